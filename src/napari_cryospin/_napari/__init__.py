@@ -1,0 +1,1 @@
+"""The thin napari layer: manifest commands, readers, writer, sample data, widgets."""

@@ -1,0 +1,1 @@
+"""Particle data: RELION STAR, cryoSPARC .cs and MRC stacks in, maps and poses out."""

@@ -1,0 +1,1 @@
+"""The cryoSPIN engine: stages, switch, events, checkpoints (GUI-free)."""

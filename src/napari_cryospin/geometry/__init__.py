@@ -1,0 +1,1 @@
+"""SO(3) geometry: rotation representations and conversions (torch, differentiable)."""

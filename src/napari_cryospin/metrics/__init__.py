@@ -1,0 +1,1 @@
+"""Accuracy metrics: FSC, resolution, pose error after global alignment."""

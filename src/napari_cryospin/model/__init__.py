@@ -1,0 +1,1 @@
+"""Learnable parts of cryoSPIN: multi-head encoder, Hartley volume, per-particle poses."""

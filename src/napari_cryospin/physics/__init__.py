@@ -1,0 +1,1 @@
+"""Image-formation physics: Fourier/Hartley transforms, CTF, shifts, central slices."""
