@@ -1,0 +1,66 @@
+"""What the engine tells its consumers (snapshots) and what they may tell it (commands).
+
+The CLI and the napari dock read the same :class:`Snapshot` stream; a consumer sends a
+:class:`Command` as the value of the generator's ``yield`` (``gen.send(cmd)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+
+class Stage(StrEnum):
+    """Where a run is: amortized encoding, per-particle decoding, or finished."""
+
+    ENCODING = "auto-encoding"
+    DECODING = "auto-decoding"
+    DONE = "done"
+
+
+@dataclass
+class Command:
+    """A request to the running engine.
+
+    ``kind`` is ``"switch"`` (go to auto-decoding at the next step), ``"stop"`` (save a checkpoint and
+    end) or ``"particle"`` (show the pose candidates of particle ``value`` in later snapshots).
+    """
+
+    kind: str
+    value: int | None = None
+
+
+@dataclass
+class ParticleView:
+    """One particle's pose picture: its image, each head's candidate and the winner."""
+
+    index: int
+    image: np.ndarray  # (L, L) the (downsampled) particle image
+    projection: np.ndarray  # (L, L) CTF-modulated projection at the current best pose
+    candidates: np.ndarray  # (M, 3, 3) each head's rotation (encoding) or (1, 3, 3) (decoding)
+    candidate_losses: np.ndarray  # (M,) per-candidate loss, lower is better
+    winner: int  # index into candidates
+    path: np.ndarray  # (T, 3, 3) the particle's pose at past decoding steps (empty in encoding)
+
+
+@dataclass
+class Snapshot:
+    """A throttled progress report of a run."""
+
+    epoch: int  # 0-based epoch being run
+    step: int  # global optimisation step
+    stage: Stage
+    progress: float  # 0..1 of the whole run
+    elapsed_s: float
+    images_per_s: float
+    loss: float  # running mean of the training loss this epoch
+    voxel_size: float
+    volume: np.ndarray | None = None  # (D, D, D) real-space map, when it changed since the last one
+    head_fractions: np.ndarray | None = None  # (M,) share of particles won by each head, sums to 1
+    particle: ParticleView | None = None
+    resolution: float | None = None  # Å, half-map FSC 0.143 (or None before it is computed)
+    fsc: tuple[np.ndarray, np.ndarray] | None = None  # (frequency 1/Å, FSC) of the last evaluation
+    history: list[dict] = field(default_factory=list)  # per-epoch records as in metrics.json
+    message: str = ""  # a human-readable line for status bars

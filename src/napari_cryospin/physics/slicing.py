@@ -1,0 +1,67 @@
+"""Central slices of a 3D Fourier/Hartley grid (Fourier slice theorem) and their insertion.
+
+A slice at rotation R samples the volume spectrum at ``R · (kx, ky, 0)`` by trilinear interpolation,
+batched over any leading shape of rotations and differentiable with respect to the volume and R.
+Volumes are ``[z, y, x]`` with the zero frequency at index ``D // 2``; frequencies are in cycles per box.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rotate_frequencies(rotations: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
+    """3D points ``R · (kx, ky, 0)`` (..., P, 3) for rotations (..., 3, 3) and k2 (P, 2)."""
+    return k2 @ rotations[..., :, :2].transpose(-1, -2)
+
+
+def extract_slices(volume: torch.Tensor, rotations: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples (..., P) of a real or complex (D, D, D) grid on the slices of ``rotations``.
+
+    Points outside the grid read as zero.
+    """
+    d = volume.shape[-1]
+    lead = rotations.shape[:-2]
+    q = rotate_frequencies(rotations, k2)
+    # grid_sample wants (x, y, z) in [-1, 1] with align_corners=True: index i ↦ 2i/(D−1) − 1.
+    grid = (q + d // 2) * (2.0 / (d - 1)) - 1.0
+    grid = grid.reshape(1, 1, 1, -1, 3)
+    vol = torch.stack([volume.real, volume.imag])[None] if volume.is_complex() else volume[None, None]
+    out = torch.nn.functional.grid_sample(
+        vol.to(grid.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )[0, :, 0, 0]
+    out = torch.complex(out[0], out[1]) if volume.is_complex() else out[0]
+    return out.reshape(*lead, k2.shape[0])
+
+
+def insert_slices(
+    values: torch.Tensor, weights: torch.Tensor, rotations: torch.Tensor, k2: torch.Tensor, box: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear gridding: add slice ``values`` (n, P) and ``weights`` (n, P) into (D, D, D) grids.
+
+    Returns (value sum, weight sum); the adjoint of :func:`extract_slices`, used for backprojection.
+    """
+    d = box
+    q = rotate_frequencies(rotations, k2).reshape(-1, 3) + d // 2
+    vals = values.reshape(-1)
+    wts = weights.reshape(-1).to(q.dtype)
+    base = torch.floor(q)
+    frac = q - base
+    base = base.long()
+    num = torch.zeros(d * d * d, dtype=vals.dtype, device=vals.device)
+    den = torch.zeros(d * d * d, dtype=wts.dtype, device=wts.device)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                ix, iy, iz = base[:, 0] + dx, base[:, 1] + dy, base[:, 2] + dz
+                w = (
+                    (frac[:, 0] if dx else 1 - frac[:, 0])
+                    * (frac[:, 1] if dy else 1 - frac[:, 1])
+                    * (frac[:, 2] if dz else 1 - frac[:, 2])
+                )
+                ok = (ix >= 0) & (ix < d) & (iy >= 0) & (iy < d) & (iz >= 0) & (iz < d)
+                flat = (iz * d + iy) * d + ix
+                flat, w = flat[ok], w[ok]
+                num.index_add_(0, flat, vals[ok] * w.to(vals.dtype))
+                den.index_add_(0, flat, wts[ok] * w)
+    return num.reshape(d, d, d), den.reshape(d, d, d)
