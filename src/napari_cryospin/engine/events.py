@@ -43,6 +43,7 @@ class ParticleView:
     candidate_losses: np.ndarray  # (M,) per-candidate loss, lower is better
     winner: int  # index into candidates
     path: np.ndarray  # (T, 3, 3) the particle's pose at past decoding steps (empty in encoding)
+    log_posterior: np.ndarray | None = None  # (12·nside²,) HEALPix (RING) log posterior of view direction
 
 
 @dataclass

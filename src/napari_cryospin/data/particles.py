@@ -1,0 +1,122 @@
+"""The particle data model (`CTFParams`, `ParticleSet`) and `load_particles`, which picks the reader."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .downsample import ParticleStack
+from .errors import ParticleFileError
+from .mrc import open_stack
+
+
+@dataclass
+class CTFParams:
+    """Per-particle CTF parameters, float arrays of shape (n,), in the units RELION writes."""
+
+    defocus_u: np.ndarray  # Å
+    defocus_v: np.ndarray  # Å
+    defocus_angle: np.ndarray  # degrees
+    voltage: np.ndarray  # kV
+    cs: np.ndarray  # mm
+    amplitude_contrast: np.ndarray
+    phase_shift: np.ndarray  # degrees
+    bfactor: np.ndarray  # Å²
+
+    def __len__(self) -> int:
+        return len(self.defocus_u)
+
+    def subset(self, indices: np.ndarray | slice) -> CTFParams:
+        """The parameters of the chosen particles."""
+        return CTFParams(**{f.name: getattr(self, f.name)[indices] for f in fields(self)})
+
+
+@dataclass
+class ParticleSet:
+    """Particle images with their CTF and, when the file has them, poses (see docs/architecture.md).
+
+    `ctf` is None only for a bare MRC stack, which carries no CTF; the engine decides what to do.
+    `shifts` are in pixels of the images as served (`pixel_size`), with RELION's origin sign.
+    """
+
+    path: Path
+    stack: ParticleStack
+    pixel_size: float
+    ctf: CTFParams | None
+    rotations: np.ndarray | None
+    shifts: np.ndarray | None
+    table: pd.DataFrame | None
+    optics: pd.DataFrame | None
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    @property
+    def box(self) -> int:
+        """Side length of the served images, in pixels."""
+        return self.stack.box
+
+    @property
+    def original_pixel_size(self) -> float:
+        """Pixel size in Å of the images as stored in the stacks (before any downsampling)."""
+        return self.pixel_size * self.stack.box / self.stack.original_box
+
+    def subset(self, indices: np.ndarray | slice) -> ParticleSet:
+        """The chosen particles, in the given order (table rows follow)."""
+        pick = np.arange(len(self))[indices]
+        return ParticleSet(
+            path=self.path,
+            stack=self.stack.subset(pick),
+            pixel_size=self.pixel_size,
+            ctf=None if self.ctf is None else self.ctf.subset(pick),
+            rotations=None if self.rotations is None else self.rotations[pick],
+            shifts=None if self.shifts is None else self.shifts[pick],
+            table=None if self.table is None else self.table.iloc[pick].reset_index(drop=True),
+            optics=self.optics,
+        )
+
+
+def _load_bare_stack(path: Path, box: int | None) -> ParticleSet:
+    mrc = open_stack(path)
+    if mrc.pixel_size is None:
+        raise ParticleFileError(
+            f"{path.name}: the MRC header holds no pixel size and a bare stack has no STAR file to "
+            f"give one. Fix: set the pixel size in the header or open a STAR file for this stack."
+        )
+    stack = ParticleStack([path], np.zeros(len(mrc), np.int64), np.arange(len(mrc)), box=box)
+    return ParticleSet(
+        path=path,
+        stack=stack,
+        pixel_size=mrc.pixel_size * stack.original_box / stack.box,
+        ctf=None,
+        rotations=None,
+        shifts=None,
+        table=None,
+        optics=None,
+    )
+
+
+def load_particles(path: str | os.PathLike, box: int | None = None) -> ParticleSet:
+    """Open a RELION .star, cryoSPARC .cs or bare .mrcs/.mrc stack, served at `box` pixels if given.
+
+    The returned pixel size is that of the served images (original pixel size × original box / box).
+    """
+    from .cryosparc import read_cs  # deferred: the readers import this module's dataclasses
+    from .star import read_star
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".star":
+        return read_star(path, box=box)
+    if suffix == ".cs":
+        return read_cs(path, box=box)
+    if suffix in (".mrcs", ".mrc", ".st"):
+        return _load_bare_stack(path, box)
+    raise ParticleFileError(
+        f"{path.name}: unknown particle file type '{path.suffix}'. Fix: open a RELION .star, a "
+        f"cryoSPARC .cs or an .mrcs stack."
+    )

@@ -1,0 +1,46 @@
+"""Settings of one cryoSPIN run, shared by the CLI, the napari dock and checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a reconstruction; defaults suit a laptop CPU at box 64.
+
+    ``switch`` is an epoch number (switch at its start), ``"auto"`` (the criterion in
+    ``engine/switch.py``) or ``None`` (only when commanded).
+    """
+
+    particles: str
+    out: str
+    heads: int = 7
+    epochs: int = 20
+    switch: int | str | None = "auto"
+    device: str = "auto"
+    box: int | None = None
+    encoder_box: int = 64
+    encoder_width: int = 32
+    batch_size: int = 64
+    seed: int = 0
+    half_maps: bool = True
+    resume: bool = False
+    max_particles: int | None = None
+    snapshot_interval_s: float = 0.5
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form, for checkpoints and metrics.json."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        """Inverse of :meth:`to_dict`, ignoring unknown keys from other versions."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @property
+    def out_dir(self) -> Path:
+        """The output folder as a path."""
+        return Path(self.out)
