@@ -41,7 +41,7 @@ def _diagnose(path: Path, exc: Exception) -> ParticleFileError:
                 item = dtype_from_mode(hdr.mode).itemsize
             except ValueError:
                 item = 0
-            expected = _HEADER_BYTES + int(hdr.next) + int(hdr.nx) * int(hdr.ny) * int(hdr.nz) * item
+            expected = _HEADER_BYTES + int(hdr.nsymbt) + int(hdr.nx) * int(hdr.ny) * int(hdr.nz) * item
             shape = (int(hdr.nz), int(hdr.ny), int(hdr.nx))
     if item and size < expected:
         return ParticleFileError(

@@ -25,9 +25,7 @@ def _read_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:
-        raise ParticleFileError(
-            f"{path.name}: not a readable STAR file ({exc}). {_FIX_REEXPORT}."
-        ) from exc
+        raise ParticleFileError(f"{path.name}: not a readable STAR file ({exc}). {_FIX_REEXPORT}.") from exc
     tables = {k: v for k, v in blocks.items() if isinstance(v, pd.DataFrame)}
     particles = tables.get("particles")
     if particles is None:
@@ -43,8 +41,9 @@ def _read_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
             f"{path.name}: the data_particles table has no rlnImageName column. {_FIX_REEXPORT}."
         )
     if len(particles) == 0:
-        raise ParticleFileError(f"{path.name}: the particle table is empty. Fix: choose a STAR "
-                                f"file that lists particles.")
+        raise ParticleFileError(
+            f"{path.name}: the particle table is empty. Fix: choose a STAR file that lists particles."
+        )
     return particles.reset_index(drop=True), tables.get("optics")
 
 
@@ -111,8 +110,9 @@ def _pixel_size(path: Path, table: pd.DataFrame, stack: ParticleStack) -> float:
             )
         return header
     if not np.all(np.isfinite(sizes) & (sizes > 0)):
-        raise ParticleFileError(f"{path.name}: pixel sizes must be positive numbers. Fix: correct "
-                                f"the pixel size column.")
+        raise ParticleFileError(
+            f"{path.name}: pixel sizes must be positive numbers. Fix: correct the pixel size column."
+        )
     if np.ptp(sizes) > 1e-4 * sizes.max():
         raise ParticleFileError(
             f"{path.name}: particles have different pixel sizes ({sizes.min():g} to "
@@ -121,9 +121,7 @@ def _pixel_size(path: Path, table: pd.DataFrame, stack: ParticleStack) -> float:
     return float(sizes[0])
 
 
-def _column(
-    path: Path, table: pd.DataFrame, name: str, default: float | np.ndarray | None
-) -> np.ndarray:
+def _column(path: Path, table: pd.DataFrame, name: str, default: float | np.ndarray | None) -> np.ndarray:
     if name in table.columns:
         values = pd.to_numeric(table[name], errors="coerce").to_numpy(float)
         if np.isnan(values).any():
@@ -155,9 +153,7 @@ def ctf_from_table(path: Path, table: pd.DataFrame) -> CTFParams:
     )
 
 
-def _poses(
-    path: Path, table: pd.DataFrame, pixel_size: float
-) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _poses(path: Path, table: pd.DataFrame, pixel_size: float) -> tuple[np.ndarray | None, np.ndarray | None]:
     """R = Rz(rot)·Ry(tilt)·Rz(psi) and origins in pixels of size `pixel_size`, when angles exist."""
     angles = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
     if not set(angles) <= set(table.columns):
@@ -165,9 +161,10 @@ def _poses(
     euler = np.stack([_column(path, table, a, None) for a in angles], axis=1)
     rotations = Rotation.from_euler("ZYZ", euler, degrees=True).as_matrix()
     if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(table.columns):
-        shifts = np.stack(
-            [_column(path, table, c, None) for c in ("rlnOriginXAngst", "rlnOriginYAngst")], axis=1
-        ) / pixel_size
+        shifts = (
+            np.stack([_column(path, table, c, None) for c in ("rlnOriginXAngst", "rlnOriginYAngst")], axis=1)
+            / pixel_size
+        )
     elif {"rlnOriginX", "rlnOriginY"} <= set(table.columns):
         shifts = np.stack([_column(path, table, c, None) for c in ("rlnOriginX", "rlnOriginY")], 1)
     else:

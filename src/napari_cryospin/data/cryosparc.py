@@ -1,0 +1,118 @@
+"""cryoSPARC `.cs` particle files (numpy structured arrays) → `ParticleSet`.
+
+Pose convention (recorded decision): cryoDRGN's `parse_pose_csparc` builds `expmap(pose)` and transposes
+it to get the matrix its `parse_pose_star` builds from RELION angles, which is RELION's `A = Rᵀ`. Hence
+`expmap(pose)` is our `R = Rz(rot)·Ry(tilt)·Rz(psi)`: `R = Rotation.from_rotvec(pose).as_matrix()`.
+cryoDRGN also uses `alignments3D/shift` (pixels of the blob) as is, with the sign of RELION's origin; so
+do we. Neither is checked here against data written by cryoSPARC itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from .downsample import ParticleStack
+from .errors import ParticleFileError
+from .mrc import find_stack
+from .particles import CTFParams, ParticleSet
+
+
+def _load(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise ParticleFileError(f"{path}: cryoSPARC file not found. Fix: check the path.")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ParticleFileError(
+            f"{path.name}: not a cryoSPARC .cs file ({exc}). Fix: export particles from cryoSPARC."
+        ) from exc
+    if not isinstance(data, np.ndarray) or data.dtype.names is None:
+        raise ParticleFileError(
+            f"{path.name}: not a cryoSPARC .cs file (no named fields). Fix: export particles from cryoSPARC."
+        )
+    if len(data) == 0:
+        raise ParticleFileError(f"{path.name}: holds no particles. Fix: choose a non-empty .cs file.")
+    return data
+
+
+def _field(path: Path, data: np.ndarray, name: str, default: float | np.ndarray | None) -> np.ndarray:
+    if name in data.dtype.names:
+        return np.asarray(data[name], dtype=float)
+    if default is None:
+        raise ParticleFileError(
+            f"{path.name}: missing field {name}. Fix: export the particles from a cryoSPARC job that "
+            f"has it (for CTF fields: after CTF estimation)."
+        )
+    return np.broadcast_to(np.asarray(default, dtype=float), (len(data),)).copy()
+
+
+def _stack_refs(path: Path, data: np.ndarray) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    for name in ("blob/path", "blob/idx"):
+        if name not in data.dtype.names:
+            raise ParticleFileError(
+                f"{path.name}: missing field {name}, so the images cannot be found. Fix: use the "
+                f"particles .cs of an extraction or refinement job."
+            )
+    raw = [p.decode() if isinstance(p, bytes) else str(p) for p in data["blob/path"]]
+    names, file_index = np.unique([p.removeprefix(">") for p in raw], return_inverse=True)
+    files = [find_stack(str(name), path.resolve().parent, path) for name in names]
+    return files, file_index, np.asarray(data["blob/idx"], dtype=np.int64)
+
+
+def _pixel_size(path: Path, data: np.ndarray, stack: ParticleStack) -> float:
+    if "blob/psize_A" in data.dtype.names:
+        sizes = np.asarray(data["blob/psize_A"], dtype=float)
+        if np.all(sizes > 0) and np.ptp(sizes) <= 1e-4 * sizes.max():
+            return float(sizes[0])
+        raise ParticleFileError(
+            f"{path.name}: blob/psize_A must be one positive pixel size (found {sizes.min():g} to "
+            f"{sizes.max():g} Å). Fix: open particles of one pixel size."
+        )
+    header = stack.stack(0).pixel_size
+    if header is None:
+        raise ParticleFileError(
+            f"{path.name}: no blob/psize_A field and no pixel size in {stack.files[0].name}. Fix: "
+            f"export the particles from cryoSPARC with their blob fields."
+        )
+    return header
+
+
+def read_cs(path: str | os.PathLike, box: int | None = None) -> ParticleSet:
+    """Read a cryoSPARC particle `.cs`; images are served at `box` pixels when given."""
+    path = Path(path)
+    data = _load(path)
+    files, file_index, image_index = _stack_refs(path, data)
+    stack = ParticleStack(files, file_index, image_index, box=box, source=path)
+    original_pixel = _pixel_size(path, data, stack)
+    df1 = _field(path, data, "ctf/df1_A", None)
+    ctf = CTFParams(
+        defocus_u=df1,
+        defocus_v=_field(path, data, "ctf/df2_A", df1),
+        defocus_angle=np.rad2deg(_field(path, data, "ctf/df_angle_rad", 0.0)),
+        voltage=_field(path, data, "ctf/accel_kv", None),
+        cs=_field(path, data, "ctf/cs_mm", None),
+        amplitude_contrast=_field(path, data, "ctf/amp_contrast", None),
+        phase_shift=np.rad2deg(_field(path, data, "ctf/phase_shift_rad", 0.0)),
+        bfactor=_field(path, data, "ctf/bfactor", 0.0),
+    )
+    scale = stack.original_box / stack.box
+    rotations = shifts = None
+    if "alignments3D/pose" in data.dtype.names:
+        rotations = Rotation.from_rotvec(np.asarray(data["alignments3D/pose"], float)).as_matrix()
+        shifts = np.zeros((len(data), 2))
+        if "alignments3D/shift" in data.dtype.names:
+            shifts = np.asarray(data["alignments3D/shift"], float) / scale
+    return ParticleSet(
+        path=path,
+        stack=stack,
+        pixel_size=original_pixel * scale,
+        ctf=ctf,
+        rotations=rotations,
+        shifts=shifts,
+        table=None,
+        optics=None,
+    )
