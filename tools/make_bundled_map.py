@@ -15,10 +15,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 
 from napari_cryospin import atomic
+from napari_cryospin.data.mrc import write_volume
 
 BIOPYTHON = "biopython==1.88"
 MEMBER = "biopython-1.88/Tests/PDB/7DDO.pdb"
@@ -57,14 +57,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_map(path: Path, volume: np.ndarray, voxel_size: float) -> None:
-    """Save a float32 map with its voxel size in the header."""
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(volume.astype(np.float32))
-        mrc.voxel_size = voxel_size
-        mrc.update_header_stats()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Build the box-64 and box-32 maps and ``provenance.json``."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -83,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         voxel = voxel64 * BOXES[0] / box
         volume = atomic.atoms_to_map(atoms, box, voxel)
         path = args.out_dir / f"ace2_rbd_7ddo_box{box}.mrc"
-        write_map(path, volume, voxel)
+        write_volume(path, volume, voxel)
         outputs[path.name] = {
             "box": box,
             "voxel_size_A": voxel,

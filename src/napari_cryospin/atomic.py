@@ -180,12 +180,11 @@ def auto_voxel_size(atoms: Atoms, box: int, fill: float = 0.6) -> float:
 
 
 def _splat(xyz_vox: np.ndarray, weights: np.ndarray, box: int, sigma_vox: float) -> np.ndarray:
-    """Sum of normalised Gaussians (σ in voxels) at voxel coordinates (x, y, z) on a (box,)*3 grid."""
+    """Sum of Gaussians (σ in voxels), each summing to its weight, at voxel coordinates (x, y, z)."""
     reach = math.ceil(3 * sigma_vox)
     off = np.arange(-reach, reach + 1)
     oz, oy, ox = (a.ravel() for a in np.meshgrid(off, off, off, indexing="ij"))
     grid = np.zeros(box**3, dtype=np.float64)
-    norm = (2 * math.pi * sigma_vox**2) ** -1.5
     chunk = max(1, 4_000_000 // oz.size)
     for s in range(0, len(xyz_vox), chunk):
         p, w = xyz_vox[s : s + chunk], weights[s : s + chunk]
@@ -194,7 +193,8 @@ def _splat(xyz_vox: np.ndarray, weights: np.ndarray, box: int, sigma_vox: float)
         iy = base[:, 1:2] + oy
         iz = base[:, 2:3] + oz
         d2 = (ix - p[:, 0:1]) ** 2 + (iy - p[:, 1:2]) ** 2 + (iz - p[:, 2:3]) ** 2
-        val = w[:, None] * norm * np.exp(-0.5 * d2 / sigma_vox**2)
+        kernel = np.exp(-0.5 * d2 / sigma_vox**2)
+        val = kernel * (w / kernel.sum(axis=1))[:, None]
         ok = (ix >= 0) & (ix < box) & (iy >= 0) & (iy < box) & (iz >= 0) & (iz < box)
         flat = (iz * box + iy) * box + ix
         grid += np.bincount(flat[ok], weights=val[ok], minlength=box**3)
