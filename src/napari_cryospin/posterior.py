@@ -59,7 +59,8 @@ def view_log_posterior(
     rotations = rotations_for_views(healpix_view_grid(nside), n_inplane).reshape(-1, 3, 3)
     rotations = rotations.to(device=device, dtype=torch.float32)
     with torch.no_grad():
-        nll = torch.cat([score_fn(rotations[i : i + batch]).reshape(-1) for i in range(0, len(rotations), batch)])
+        chunks = [score_fn(rotations[i : i + batch]).reshape(-1) for i in range(0, len(rotations), batch)]
+    nll = torch.cat(chunks)
     log_like = -nll.to(torch.float64).cpu() / temperature
     per_view = torch.logsumexp(log_like.reshape(-1, n_inplane), dim=1)
     return (per_view - torch.logsumexp(per_view, dim=0)).numpy()

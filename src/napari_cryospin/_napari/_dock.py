@@ -1,0 +1,186 @@
+"""The "cryoSPIN reconstruction" dock: run settings, Start/Stop/Resume, the switch button, live map."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import numpy as np
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from ..engine.config import RunConfig
+from ..engine.events import Command, Snapshot, Stage
+from ._hub import hub_for
+from ._run import engine_stream, merge_snapshots
+from ._settings import RunSettings
+from ._volume import show_volume
+
+FLUSH_MS = 150
+
+
+class ReconstructionDock(QWidget):
+    """Configure and watch one cryoSPIN run; the run itself lives in a napari thread worker."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.hub = hub_for(napari_viewer)
+        self.settings = RunSettings(napari_viewer)
+        self.worker: GeneratorWorker | None = None
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: Snapshot | None = None
+        self._progress: progress | None = None
+        self._config: RunConfig | None = None
+        self._switch_requested = False
+        self._stopping = False
+        self._flush_timer = QTimer(self, singleShot=True, interval=FLUSH_MS)
+        self._flush_timer.timeout.connect(self._flush)
+
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.resume_button = QPushButton("Resume")
+        self.switch_button = QPushButton("Switch to auto-decoding")
+        self.start_button.setToolTip("Start a new run (overwrites results in the output folder)")
+        self.stop_button.setToolTip("Save a checkpoint and end the run")
+        self.resume_button.setToolTip("Continue from checkpoint.pt in the output folder")
+        self.switch_button.setToolTip("Stop training the encoder; refine each particle's pose directly")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(self.resume)
+        self.switch_button.clicked.connect(self.switch)
+        self.status = QLabel("Choose particles and press Start.")
+        self.status.setWordWrap(True)
+
+        buttons = QHBoxLayout()
+        for button in (self.start_button, self.stop_button, self.resume_button):
+            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.settings)
+        layout.addLayout(buttons)
+        layout.addWidget(self.switch_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self.settings.out_changed.connect(self._update_buttons)
+        self._update_buttons()
+
+    @property
+    def running(self) -> bool:
+        """Whether a worker is running a reconstruction."""
+        return self.worker is not None
+
+    def start(self) -> None:
+        """Start a fresh run with the current settings."""
+        self._launch(resume=False)
+
+    def resume(self) -> None:
+        """Continue the run whose checkpoint is in the output folder."""
+        self._launch(resume=True)
+
+    def stop(self) -> None:
+        """Ask the engine to save a checkpoint and end (it answers at its next snapshot)."""
+        if self.running:
+            self.send(Command("stop"))
+            self._stopping = True
+            self.stop_button.setEnabled(False)
+            self.status.setText("Stopping: saving a checkpoint…")
+
+    def switch(self) -> None:
+        """Ask the engine to leave auto-encoding now; the button stays off for the rest of the run."""
+        if self.running:
+            self.send(Command("switch"))
+            self._switch_requested = True
+            self.switch_button.setEnabled(False)
+
+    def send(self, command: Command) -> None:
+        """Queue a command for the running engine (delivered in order, one per engine step)."""
+        self._commands.put(command)
+
+    def _launch(self, resume: bool) -> None:
+        if self.running:
+            return
+        try:
+            config = self.settings.config(resume=resume)
+        except ValueError as exc:
+            show_error(str(exc))
+            return
+        self._config = config
+        self._commands = queue.SimpleQueue()
+        self._pending = None
+        self._switch_requested = False
+        self._stopping = False
+        self.send(Command("particle", self.hub.particle))
+        self.worker = create_worker(engine_stream, config, self._commands, _start_thread=False)
+        self.worker.yielded.connect(self._on_snapshot)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.finished.connect(self._on_finished)
+        self._progress = progress(total=1000, desc="cryoSPIN")
+        self.hub.attach(self.send)
+        self.status.setText("Loading particles and building the model…")
+        self._update_buttons()
+        self.worker.start()
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        self._pending = merge_snapshots(self._pending, snapshot)
+        if not self._flush_timer.isActive():
+            self._flush_timer.start()
+
+    def _flush(self) -> None:
+        snapshot, self._pending = self._pending, None
+        if snapshot is None:
+            return
+        self.status.setText(status_line(snapshot, self._config))
+        if self._progress is not None:
+            self._progress.set_description(f"cryoSPIN {snapshot.stage.value}")
+            self._progress.update(round(snapshot.progress * 1000) - self._progress.n)
+        if snapshot.volume is not None:
+            show_volume(self.viewer, snapshot.volume, snapshot.voxel_size)
+        self._update_buttons(snapshot.stage)
+        self.hub.publish(snapshot)
+
+    def _on_returned(self, error: ValueError | None) -> None:
+        if error is not None:
+            show_error(str(error))
+
+    def _on_finished(self) -> None:
+        self._flush_timer.stop()
+        self._flush()
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.worker = None
+        self.hub.attach(None)
+        self._update_buttons()
+        last = self.hub.last
+        if last is not None and last.stage == Stage.DONE and self._config is not None:
+            show_info(f"cryoSPIN: {last.message or 'finished'} (output folder {self._config.out})")
+        elif self._config is not None and not (Path(self._config.out) / "checkpoint.pt").exists():
+            show_warning("cryoSPIN: the run ended without a checkpoint; Resume is not possible.")
+
+    def _update_buttons(self, stage: Stage | None = None) -> None:
+        running = self.running
+        checkpoint = Path(self.settings.out_path()) / "checkpoint.pt" if self.settings.out_path() else None
+        self.start_button.setEnabled(not running)
+        self.resume_button.setEnabled(not running and checkpoint is not None and checkpoint.exists())
+        self.stop_button.setEnabled(running and not self._stopping)
+        self.switch_button.setEnabled(running and stage == Stage.ENCODING and not self._switch_requested)
+        self.settings.setEnabled(not running)
+
+
+def status_line(snapshot: Snapshot, config: RunConfig | None) -> str:
+    """One line for the dock: epoch, stage, speed, loss and resolution; at the end, the engine's message."""
+    epochs = f"/{config.epochs}" if config is not None else ""
+    parts = [
+        f"epoch {snapshot.epoch + 1}{epochs}",
+        snapshot.stage.value,
+        f"{snapshot.images_per_s:.0f} images/s",
+    ]
+    if np.isfinite(snapshot.loss):
+        parts.append(f"loss {snapshot.loss:.4g}")
+    if snapshot.resolution is not None:
+        parts.append(f"resolution {snapshot.resolution:.1f} Å")
+    line = " · ".join(parts)
+    return f"{line}\n{snapshot.message}" if snapshot.stage == Stage.DONE and snapshot.message else line

@@ -1,0 +1,129 @@
+"""The "Run plots" dock: share of particles won per head, loss and resolution against time, FSC."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ..engine.events import Snapshot
+from ._hub import hub_for
+from ._posterior_view import head_colour
+
+
+class RunTrace:
+    """What the plots need from the snapshot stream: loss and resolution over time, last shares and FSC."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything recorded."""
+        self.loss: list[tuple[float, float]] = []
+        self.resolution: list[tuple[float, float]] = []
+        self.head_fractions: np.ndarray | None = None
+        self.fsc: tuple[np.ndarray, np.ndarray] | None = None
+
+    def add(self, snapshot: Snapshot) -> None:
+        """Record one snapshot; a clock that goes back (a new run) starts the trace again."""
+        if self.loss and snapshot.elapsed_s < self.loss[-1][0]:
+            self.clear()
+        minutes = snapshot.elapsed_s / 60.0
+        if np.isfinite(snapshot.loss):
+            self.loss.append((minutes, float(snapshot.loss)))
+        if snapshot.resolution is not None and (
+            not self.resolution or self.resolution[-1][1] != snapshot.resolution
+        ):
+            self.resolution.append((minutes, float(snapshot.resolution)))
+        if snapshot.head_fractions is not None:
+            self.head_fractions = np.asarray(snapshot.head_fractions, dtype=float)
+        if snapshot.fsc is not None:
+            self.fsc = snapshot.fsc
+
+
+def head_percentages(fractions: np.ndarray) -> np.ndarray:
+    """Shares per head as percentages summing to 100 (an all-zero input stays zero)."""
+    fractions = np.clip(np.asarray(fractions, dtype=float), 0.0, None)
+    total = fractions.sum()
+    return 100.0 * fractions / total if total > 0 else fractions
+
+
+class RunPlots(QWidget):
+    """Four live plots fed by the reconstruction dock through the viewer's hub."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.hub = hub_for(napari_viewer)
+        self.trace = RunTrace()
+        self.figure = Figure(figsize=(5.0, 5.0), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(460)
+        axes = self.figure.subplots(2, 2)
+        self.heads_ax, self.fsc_ax = axes[0]
+        self.loss_ax, self.resolution_ax = axes[1]
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.canvas)
+        self.hub.snapshot.connect(self.on_snapshot)
+        self.hub.running.connect(self._on_running)
+        if self.hub.last is not None:
+            self.on_snapshot(self.hub.last)
+        else:
+            self.redraw()
+
+    def _on_running(self, running: bool) -> None:
+        if running:
+            self.trace.clear()
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        """Add a snapshot and redraw."""
+        self.trace.add(snapshot)
+        self.redraw()
+
+    def bar_heights(self) -> np.ndarray:
+        """Heights of the head-histogram bars as drawn (percent)."""
+        return np.array([patch.get_height() for patch in self.heads_ax.patches])
+
+    def redraw(self) -> None:
+        """Redraw all four plots from the trace."""
+        for ax in (self.heads_ax, self.fsc_ax, self.loss_ax, self.resolution_ax):
+            ax.clear()
+            ax.tick_params(labelsize=7)
+        self._draw_heads()
+        self._draw_fsc()
+        self._draw_series(self.loss_ax, self.trace.loss, "training loss", "loss")
+        self._draw_series(self.resolution_ax, self.trace.resolution, "resolution (FSC 0.143)", "Å")
+        self.canvas.draw_idle()
+
+    def _draw_heads(self) -> None:
+        ax = self.heads_ax
+        ax.set_title("particles won per head", fontsize=9)
+        ax.set_ylabel("%", fontsize=8)
+        if self.trace.head_fractions is None:
+            return
+        percent = head_percentages(self.trace.head_fractions)
+        heads = np.arange(1, len(percent) + 1)
+        ax.bar(heads, percent, color=[head_colour(h) for h in range(len(percent))], edgecolor="black", lw=0.5)
+        ax.set_xticks(heads)
+        ax.set_xlabel("head", fontsize=8)
+        ax.set_ylim(0, max(100.0 / len(percent) * 2, percent.max() * 1.15))
+
+    def _draw_fsc(self) -> None:
+        ax = self.fsc_ax
+        ax.set_title("half-map FSC", fontsize=9)
+        ax.set_xlabel("spatial frequency (1/Å)", fontsize=8)
+        ax.axhline(0.143, color="0.5", linestyle="--", linewidth=0.8)
+        ax.set_ylim(-0.05, 1.05)
+        if self.trace.fsc is not None:
+            frequency, fsc = self.trace.fsc
+            ax.plot(frequency, fsc, color="tab:blue", linewidth=1.2)
+
+    @staticmethod
+    def _draw_series(ax, points: list[tuple[float, float]], title: str, unit: str) -> None:
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("time (min)", fontsize=8)
+        ax.set_ylabel(unit, fontsize=8)
+        if points:
+            minutes, values = np.array(points).T
+            marker = "." if len(points) < 30 else None
+            ax.plot(minutes, values, color="tab:blue", linewidth=1.2, marker=marker)

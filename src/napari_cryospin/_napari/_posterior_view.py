@@ -1,0 +1,298 @@
+"""The "Pose posterior" dock: one particle's image, best projection and view-direction posterior.
+
+The sky map is Mollweide; each encoder head's candidate view is a marker in the head's colour, the
+winning head is ringed, and in auto-decoding the optimised pose is drawn with its path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..engine.events import ParticleView, Snapshot, Stage
+from ._hub import hub_for
+from ._sky import direction_lonlat_deg, lonlat, sky_raster, sky_rotation, split_at_wraps
+
+HEAD_COLOURS = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "gold",
+)
+LOG_RANGE = 12.0  # shown span of the log posterior below its maximum
+
+
+def head_colour(head: int) -> str:
+    """The colour of encoder head `head` (0-based), shared by every cryoSPIN plot."""
+    return HEAD_COLOURS[head % len(HEAD_COLOURS)]
+
+
+def _degrees_box(limit: float) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(-limit, limit)
+    box.setSingleStep(15.0)
+    box.setSuffix("°")
+    box.setWrapping(limit == 180.0)
+    return box
+
+
+class PosteriorView(QWidget):
+    """Pick a particle; see its pose candidates per head on the sky of view directions."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.hub = hub_for(napari_viewer)
+        self.view: ParticleView | None = None
+        self.stage: Stage | None = None
+        self.head_artists: list = []
+
+        self.particle_spin = QSpinBox()
+        self.particle_spin.setRange(0, 10_000_000)
+        self.particle_spin.setValue(self.hub.particle)
+        self.particle_slider = QSlider(Qt.Orientation.Horizontal)
+        self.particle_slider.setRange(0, 0)
+        self.follow_check = QCheckBox("follow the stack layer's slice")
+        self.follow_check.setChecked(True)
+        self.lon_spin, self.lat_spin = _degrees_box(180.0), _degrees_box(90.0)
+        self.centre_button = QPushButton("Centre on winner")
+        self.info = QLabel("Start a run to see this particle's pose candidates.")
+        self.info.setWordWrap(True)
+        self.figure = Figure(figsize=(5.0, 6.4), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(560)
+
+        controls = QGridLayout()
+        controls.addWidget(QLabel("particle"), 0, 0)
+        controls.addWidget(self.particle_spin, 0, 1)
+        controls.addWidget(self.particle_slider, 0, 2, 1, 3)
+        controls.addWidget(self.follow_check, 1, 0, 1, 5)
+        controls.addWidget(QLabel("centre lon"), 2, 0)
+        controls.addWidget(self.lon_spin, 2, 1)
+        controls.addWidget(QLabel("lat"), 2, 2)
+        controls.addWidget(self.lat_spin, 2, 3)
+        controls.addWidget(self.centre_button, 2, 4)
+        layout = QVBoxLayout(self)
+        layout.addLayout(controls)
+        layout.addWidget(self.info)
+        layout.addWidget(self.canvas, 1)
+
+        self.particle_spin.valueChanged.connect(self._on_particle)
+        self.particle_slider.valueChanged.connect(self.particle_spin.setValue)
+        self.lon_spin.valueChanged.connect(self.redraw)
+        self.lat_spin.valueChanged.connect(self.redraw)
+        self.centre_button.clicked.connect(self.centre_on_winner)
+        self.hub.snapshot.connect(self.on_snapshot)
+        napari_viewer.dims.events.current_step.connect(self._follow_stack)
+        napari_viewer.layers.selection.events.active.connect(self._follow_stack)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._sync_range)
+        self._sync_range()
+        if self.hub.last is not None:
+            self.on_snapshot(self.hub.last)
+        else:
+            self.redraw()
+
+    def select_particle(self, index: int) -> None:
+        """Show particle `index` (the spin box, slider and run follow)."""
+        self.particle_spin.setValue(index)
+
+    def _on_particle(self, index: int) -> None:
+        self.particle_slider.blockSignals(True)
+        self.particle_slider.setValue(index)
+        self.particle_slider.blockSignals(False)
+        if index != self.hub.particle:
+            self.hub.select_particle(index)
+        if self.view is not None and self.view.index != index:
+            self.info.setText(f"Particle {index}: waiting for the next snapshot of the run…")
+
+    def _stack_layer(self):
+        active = self.viewer.layers.selection.active
+        if active is not None and active.metadata.get("particles_path") and active.ndim == 3:
+            return active
+        return None
+
+    def _sync_range(self, _event=None) -> None:
+        stacks = [layer for layer in self.viewer.layers if layer.metadata.get("particles_path")]
+        top = max((layer.data.shape[0] for layer in stacks), default=1) - 1
+        self.particle_slider.setRange(0, max(top, 0))
+
+    def _follow_stack(self, _event=None) -> None:
+        layer = self._stack_layer()
+        if not self.follow_check.isChecked() or layer is None or self.viewer.dims.ndisplay != 2:
+            return
+        index = round(float(layer.world_to_data(self.viewer.dims.point)[0]))
+        self.particle_spin.setValue(int(np.clip(index, 0, layer.data.shape[0] - 1)))
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        """Draw the snapshot's particle view when it is the particle asked for."""
+        if snapshot.particle is None or snapshot.particle.index != self.particle_spin.value():
+            return
+        self.view, self.stage = snapshot.particle, snapshot.stage
+        self.redraw()
+
+    def centre_on_winner(self) -> None:
+        """Rotate the sky so that the winning candidate's view sits at the centre."""
+        if self.view is None:
+            return
+        lon, lat = direction_lonlat_deg(self.view.candidates[self.view.winner][:, 2])
+        self.lon_spin.blockSignals(True)
+        self.lon_spin.setValue(lon)
+        self.lon_spin.blockSignals(False)
+        self.lat_spin.setValue(lat)
+
+    def redraw(self, _value=None) -> None:
+        """Redraw images and sky from the current particle view and sky centre."""
+        self.figure.clear()
+        self.head_artists = []
+        grid = self.figure.add_gridspec(2, 2, height_ratios=(1.0, 1.55))
+        image_ax, projection_ax = self.figure.add_subplot(grid[0, 0]), self.figure.add_subplot(grid[0, 1])
+        sky_ax = self.figure.add_subplot(grid[1, :], projection="mollweide")
+        if self.view is None:
+            for ax in (image_ax, projection_ax):
+                ax.set_axis_off()
+            self._style_sky(sky_ax)
+            self.canvas.draw_idle()
+            return
+        self._draw_images(image_ax, projection_ax)
+        self._draw_sky(sky_ax)
+        self.info.setText(self._describe())
+        self.canvas.draw_idle()
+
+    def _draw_images(self, image_ax, projection_ax) -> None:
+        view = self.view
+        decoding = self.stage == Stage.DECODING
+        titles = (
+            f"particle {view.index}",
+            "projection at pose" if decoding else f"best: head {view.winner + 1}",
+        )
+        for ax, image, title in zip(
+            (image_ax, projection_ax), (view.image, view.projection), titles, strict=True
+        ):
+            low, high = np.percentile(image, [1.0, 99.0])
+            ax.imshow(image, cmap="gray", vmin=low, vmax=high, origin="upper")
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+
+    def _draw_sky(self, ax) -> None:
+        view = self.view
+        rotation = sky_rotation(self.lon_spin.value(), self.lat_spin.value())
+        if view.log_posterior is not None:
+            lon, lat, values = sky_raster(view.log_posterior, rotation)
+            mesh = ax.pcolormesh(
+                lon,
+                lat,
+                values - values.max(),
+                cmap="bone",
+                vmin=-LOG_RANGE,
+                vmax=0.0,
+                shading="flat",
+                rasterized=True,
+            )
+            bar = self.figure.colorbar(mesh, ax=ax, orientation="horizontal", shrink=0.6, pad=0.02, aspect=30)
+            bar.set_label("log posterior of the view, relative to its maximum", fontsize=8)
+            bar.ax.tick_params(labelsize=7)
+        if self.stage == Stage.DECODING:
+            self._draw_decoding(ax, rotation)
+        else:
+            self._draw_heads(ax, rotation)
+        self._style_sky(ax)
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.04),
+            ncol=4,
+            fontsize=7,
+            frameon=False,
+            handletextpad=0.2,
+            columnspacing=0.8,
+        )
+
+    def _draw_heads(self, ax, rotation: np.ndarray) -> None:
+        view = self.view
+        lon, lat = lonlat(view.candidates[:, :, 2], rotation)
+        for head in range(len(view.candidates)):
+            won = head == view.winner
+            label = f"head {head + 1}" + (" (winner)" if won else "")
+            artist = ax.scatter(
+                lon[head],
+                lat[head],
+                s=150 if won else 60,
+                color=head_colour(head),
+                edgecolors="black",
+                linewidths=0.8,
+                zorder=4 if won else 3,
+                label=label,
+            )
+            self.head_artists.append(artist)
+        ax.scatter(
+            lon[view.winner],
+            lat[view.winner],
+            s=420,
+            facecolors="none",
+            edgecolors="white",
+            linewidths=2.0,
+            zorder=5,
+        )
+
+    def _draw_decoding(self, ax, rotation: np.ndarray) -> None:
+        view = self.view
+        if len(view.path):
+            path_lon, path_lat = lonlat(view.path[:, :, 2], rotation)
+            for number, (lon, lat) in enumerate(split_at_wraps(path_lon, path_lat)):
+                ax.plot(
+                    lon,
+                    lat,
+                    color="tab:orange",
+                    linewidth=1.4,
+                    marker=".",
+                    markersize=3,
+                    zorder=3,
+                    label="path in auto-decoding" if number == 0 else None,
+                )
+        lon, lat = lonlat(view.candidates[view.winner][:, 2], rotation)
+        artist = ax.scatter(
+            lon,
+            lat,
+            s=260,
+            marker="*",
+            color="tab:red",
+            edgecolors="white",
+            linewidths=1.0,
+            zorder=5,
+            label="current pose",
+        )
+        self.head_artists.append(artist)
+
+    def _style_sky(self, ax) -> None:
+        ax.grid(True, color="0.6", linewidth=0.4, alpha=0.6)
+        ax.set_xticklabels([])
+        ax.tick_params(labelsize=7)
+        lon, lat = self.lon_spin.value(), self.lat_spin.value()
+        ax.set_title(f"view directions (Mollweide, centre {lon:.0f}°, {lat:.0f}°)", fontsize=9)
+
+    def _describe(self) -> str:
+        view = self.view
+        if self.stage == Stage.DECODING:
+            return f"Particle {view.index}: auto-decoding, loss {view.candidate_losses[view.winner]:.4g}."
+        losses = ", ".join(f"{loss:.3g}" for loss in view.candidate_losses)
+        return f"Particle {view.index}: head {view.winner + 1} wins; losses per head: {losses}."

@@ -1,0 +1,110 @@
+"""npe2 readers: MRC maps as 3D volumes, MRC stacks and STAR/.cs particle files as 2D image stacks."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+
+from ..data.mrc import open_stack, read_volume
+from ..data.particles import load_particles
+from ._lazy import LazyStack
+
+LayerData = list[tuple]
+PathLike = str | os.PathLike
+
+
+def _single(path: PathLike | list, suffixes: tuple[str, ...]) -> Path | None:
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = Path(path)
+    return path if path.suffix.lower() in suffixes else None
+
+
+def volume_contrast(volume: np.ndarray) -> tuple[float, float]:
+    """Contrast limits for a maximum-intensity view: from the 99th percentile to the maximum."""
+    sample = np.asarray(volume, dtype=np.float32)[::2, ::2, ::2]
+    low, high = float(np.percentile(sample, 99.0)), float(np.max(volume))
+    return (low, high) if high > low else (float(np.min(volume)), high + 1e-6)
+
+
+def image_contrast(images: np.ndarray) -> tuple[float, float]:
+    """Robust contrast limits (0.5 and 99.5 percentiles) of a few images."""
+    low, high = np.percentile(np.asarray(images, dtype=np.float32), [0.5, 99.5])
+    return float(low), float(max(high, low + 1e-6))
+
+
+def _is_image_stack(path: Path) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+            return bool(mrc.is_image_stack()) or (mrc.data is not None and mrc.data.ndim == 2)
+
+
+def read_volume_layer(path: PathLike) -> LayerData:
+    """A 3D map as an Image layer scaled by its voxel size (Å), shown as a maximum-intensity projection."""
+    path = Path(path)
+    if _is_image_stack(path):
+        return read_stack_layer(path)
+    volume, voxel = read_volume(path)
+    meta = {
+        "name": path.stem,
+        "scale": (voxel,) * 3,
+        "rendering": "mip",
+        "colormap": "gray",
+        "contrast_limits": volume_contrast(volume),
+        "metadata": {"path": str(path), "voxel_size": voxel},
+    }
+    return [(volume, meta, "image")]
+
+
+def read_stack_layer(path: PathLike) -> LayerData:
+    """An MRC image stack, memory-mapped, as a 2D Image layer stepping through particles."""
+    path = Path(path)
+    stack = open_stack(path)
+    pixel = stack.pixel_size or 1.0
+    meta = {
+        "name": path.stem,
+        "scale": (1.0, pixel, pixel),
+        "colormap": "gray",
+        "contrast_limits": image_contrast(stack[: min(len(stack), 16)]),
+        "metadata": {"particles_path": str(path), "pixel_size": pixel},
+    }
+    return [(stack.data, meta, "image")]
+
+
+def read_particles_layer(path: PathLike) -> LayerData:
+    """The images a STAR or cryoSPARC file points to, read lazily, with its table in the metadata."""
+    path = Path(path)
+    particles = load_particles(path)
+    images = LazyStack(particles.stack)
+    pixel = particles.pixel_size
+    meta = {
+        "name": path.stem,
+        "scale": (1.0, pixel, pixel),
+        "colormap": "gray",
+        "contrast_limits": image_contrast(images[: min(len(images), 16)]),
+        "metadata": {"particles_path": str(path), "pixel_size": pixel, "table": particles.table},
+    }
+    return [(images, meta, "image")]
+
+
+def get_volume_reader(path: PathLike | list) -> Callable[[PathLike], LayerData] | None:
+    """Reader for .mrc/.map files (image stacks saved as .mrc open as stacks)."""
+    return read_volume_layer if _single(path, (".mrc", ".map")) else None
+
+
+def get_stack_reader(path: PathLike | list) -> Callable[[PathLike], LayerData] | None:
+    """Reader for .mrcs particle stacks."""
+    return read_stack_layer if _single(path, (".mrcs",)) else None
+
+
+def get_particles_reader(path: PathLike | list) -> Callable[[PathLike], LayerData] | None:
+    """Reader for RELION .star and cryoSPARC .cs particle files."""
+    return read_particles_layer if _single(path, (".star", ".cs")) else None

@@ -1,0 +1,189 @@
+"""The run-settings form of the reconstruction dock, turned into a `RunConfig`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from ..engine.config import RunConfig
+
+PARTICLE_FILTER = "Particles (*.star *.cs *.mrcs *.mrc)"
+SWITCH_MODES = ("auto", "at epoch", "manual")
+
+
+def _detected_devices() -> list[str]:
+    from ..engine.device import available_devices
+
+    return available_devices()
+
+
+def _spin(low: int, high: int, value: int, step: int = 1) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def _with_button(edit: QLineEdit, button: QPushButton) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.setContentsMargins(0, 0, 0, 0)
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return row
+
+
+class RunSettings(QWidget):
+    """Particles (file or open stack layer), output folder, device and the run's numbers."""
+
+    out_changed = Signal()
+
+    def __init__(self, viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        defaults = RunConfig(particles="", out="")
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("An open particle stack (opened with this plugin's reader)")
+        self.particles_edit = QLineEdit()
+        self.particles_edit.setPlaceholderText("RELION .star, cryoSPARC .cs or .mrcs stack")
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("folder for volume.mrc, poses.star, checkpoint.pt, …")
+        browse_particles, browse_out = QPushButton("Browse…"), QPushButton("Browse…")
+        browse_particles.clicked.connect(self._browse_particles)
+        browse_out.clicked.connect(self._browse_out)
+        self.device_combo = QComboBox()
+        detected = _detected_devices()
+        self.device_combo.addItem(f"auto ({detected[0]})", "auto")
+        for name in detected:
+            self.device_combo.addItem(name, name)
+        self.device_combo.setToolTip(f"Detected: {', '.join(detected)}")
+        self.heads_spin = _spin(1, 64, defaults.heads)
+        self.heads_spin.setToolTip("Encoder heads: pose candidates per particle in auto-encoding")
+        self.epochs_spin = _spin(1, 10_000, defaults.epochs)
+        self.switch_combo = QComboBox()
+        self.switch_combo.addItems(SWITCH_MODES)
+        self.switch_combo.setToolTip(
+            "When to leave auto-encoding: automatically, at a given epoch, or only with the button"
+        )
+        self.switch_epoch_spin = _spin(0, 10_000, max(1, defaults.epochs // 2))
+        self.switch_combo.currentTextChanged.connect(
+            lambda mode: self.switch_epoch_spin.setEnabled(mode == "at epoch")
+        )
+        self.switch_epoch_spin.setEnabled(False)
+        self.box_spin = _spin(0, 1024, 0, step=2)
+        self.box_spin.setSpecialValueText("original")
+        self.box_spin.setToolTip("Downsample the images to this box (even); 'original' keeps them")
+        self.batch_spin = _spin(1, 4096, defaults.batch_size)
+        self.half_maps_check = QCheckBox("reconstruct half maps (gold-standard FSC)")
+        self.half_maps_check.setChecked(defaults.half_maps)
+
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("open stack", self.layer_combo)
+        form.addRow("particles", _with_button(self.particles_edit, browse_particles))
+        form.addRow("output folder", _with_button(self.out_edit, browse_out))
+        form.addRow("device", self.device_combo)
+        form.addRow("heads", self.heads_spin)
+        form.addRow("epochs", self.epochs_spin)
+        switch_row = QHBoxLayout()
+        switch_row.addWidget(self.switch_combo, 1)
+        switch_row.addWidget(self.switch_epoch_spin)
+        form.addRow("switch", switch_row)
+        form.addRow("box", self.box_spin)
+        form.addRow("batch size", self.batch_spin)
+        form.addRow("", self.half_maps_check)
+
+        self.layer_combo.activated.connect(self._use_layer)
+        self.particles_edit.editingFinished.connect(self._suggest_out)
+        self.out_edit.textChanged.connect(self.out_changed)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def particle_layers(self) -> list:
+        """Open layers that know their particle file (metadata['particles_path'])."""
+        return [layer for layer in self.viewer.layers if layer.metadata.get("particles_path")]
+
+    def _refresh_layers(self, _event=None) -> None:
+        current = self.layer_combo.currentText()
+        self.layer_combo.clear()
+        self.layer_combo.addItem("— choose a file below —")
+        for layer in self.particle_layers():
+            self.layer_combo.addItem(layer.name)
+        if current and self.layer_combo.findText(current) > 0:
+            self.layer_combo.setCurrentIndex(self.layer_combo.findText(current))
+        elif not self.particles_edit.text() and self.layer_combo.count() > 1:
+            self.layer_combo.setCurrentIndex(1)
+            self._use_layer(1)
+
+    def _use_layer(self, index: int) -> None:
+        if index <= 0:
+            return
+        name = self.layer_combo.itemText(index)
+        if name in self.viewer.layers:
+            self.set_particles(self.viewer.layers[name].metadata["particles_path"])
+
+    def set_particles(self, path: str) -> None:
+        """Use the particle file `path`, suggesting an output folder next to it."""
+        self.particles_edit.setText(str(path))
+        self._suggest_out()
+
+    def _suggest_out(self) -> None:
+        particles = self.particles_edit.text().strip()
+        if particles and not self.out_edit.text().strip():
+            self.out_edit.setText(str(Path(particles).parent / "cryospin"))
+
+    def _browse_particles(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Particles", self.particles_edit.text(), PARTICLE_FILTER)
+        if path:
+            self.set_particles(path)
+
+    def _browse_out(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Output folder", self.out_edit.text())
+        if path:
+            self.out_edit.setText(path)
+
+    def out_path(self) -> str:
+        """The output folder as typed (may be empty)."""
+        return self.out_edit.text().strip()
+
+    def switch_value(self) -> int | str | None:
+        """`RunConfig.switch` for the chosen mode."""
+        mode = self.switch_combo.currentText()
+        if mode == "at epoch":
+            return self.switch_epoch_spin.value()
+        return "auto" if mode == "auto" else None
+
+    def config(self, resume: bool = False) -> RunConfig:
+        """The run these settings describe; ValueError names a missing particle file or output folder."""
+        particles, out = self.particles_edit.text().strip(), self.out_path()
+        if not particles:
+            raise ValueError("No particles chosen. Fix: pick a .star, .cs or .mrcs file, or an open stack.")
+        if not Path(particles).is_file():
+            raise ValueError(f"{particles}: file not found. Fix: check the path.")
+        if not out:
+            raise ValueError("No output folder. Fix: choose where cryoSPIN should save its results.")
+        return RunConfig(
+            particles=particles,
+            out=out,
+            heads=self.heads_spin.value(),
+            epochs=self.epochs_spin.value(),
+            switch=self.switch_value(),
+            device=self.device_combo.currentData(),
+            box=self.box_spin.value() or None,
+            batch_size=self.batch_spin.value(),
+            half_maps=self.half_maps_check.isChecked(),
+            resume=resume,
+        )

@@ -1,0 +1,41 @@
+"""The live map layer: created once in 3D, then updated in place so napari never rebuilds it."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image
+
+from ._reader import volume_contrast
+
+MAP_LAYER = "cryoSPIN map"
+
+
+def show_volume(viewer, volume: np.ndarray, voxel_size: float, name: str = MAP_LAYER) -> Image:
+    """Put `volume` (Å voxels) in the layer `name`, keeping contrast the user chose by hand."""
+    limits = volume_contrast(volume)
+    scale = (float(voxel_size),) * 3
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        user_set = layer.metadata.get("auto_contrast") != tuple(layer.contrast_limits)
+        layer.data = volume
+        if tuple(layer.scale) != scale:
+            layer.scale = scale
+        if not user_set:
+            layer.contrast_limits_range = (min(limits[0], float(volume.min())), limits[1])
+            layer.contrast_limits = limits
+            layer.metadata["auto_contrast"] = tuple(layer.contrast_limits)
+        return layer
+    layer = viewer.add_image(
+        volume,
+        name=name,
+        scale=scale,
+        rendering="mip",
+        colormap="gray",
+        contrast_limits=limits,
+        metadata={"voxel_size": float(voxel_size)},
+    )
+    layer.metadata["auto_contrast"] = tuple(layer.contrast_limits)
+    if viewer.dims.ndisplay != 3:
+        viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    return layer

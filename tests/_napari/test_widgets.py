@@ -1,0 +1,195 @@
+"""Widgets rendered from made-up snapshots on a GUI-free ViewerModel: markers, histogram, buttons, layer."""
+
+from importlib.resources import files
+
+import numpy as np
+import pytest
+import yaml
+
+from napari_cryospin._napari._dock import ReconstructionDock, status_line
+from napari_cryospin._napari._hub import hub_for
+from napari_cryospin._napari._plots import RunPlots, head_percentages
+from napari_cryospin._napari._posterior_view import PosteriorView
+from napari_cryospin._napari._volume import MAP_LAYER
+from napari_cryospin.engine.events import Command, Stage
+
+
+def _publish(viewer, snapshot):
+    hub_for(viewer).publish(snapshot)
+
+
+@pytest.mark.parametrize("heads", [1, 4, 7])
+def test_posterior_view_marks_every_head_and_rings_the_winner(qtbot, ui_viewer, ui_snapshot, heads):
+    view = PosteriorView(ui_viewer)
+    qtbot.addWidget(view)
+    snapshot = ui_snapshot(heads=heads)
+    _publish(ui_viewer, snapshot)
+    assert len(view.head_artists) == heads
+    colours = {tuple(artist.get_facecolor()[0]) for artist in view.head_artists}
+    assert len(colours) == heads
+    labels = [text.get_text() for text in view.figure.axes[2].get_legend().get_texts()]
+    winner = snapshot.particle.winner
+    assert labels[winner] == f"head {winner + 1} (winner)"
+    assert view.head_artists[winner].get_sizes()[0] > view.head_artists[(winner + 1) % heads].get_sizes()[
+        0
+    ] or (heads == 1)
+
+
+def test_posterior_view_ignores_other_particles_and_asks_the_run(qtbot, ui_viewer, ui_snapshot):
+    view = PosteriorView(ui_viewer)
+    qtbot.addWidget(view)
+    sent = []
+    hub_for(ui_viewer).attach(sent.append)
+    view.select_particle(5)
+    assert sent == [Command("particle", 5)]
+    _publish(ui_viewer, ui_snapshot(particle=3))
+    assert view.view is None
+    _publish(ui_viewer, ui_snapshot(particle=5))
+    assert view.view.index == 5
+
+
+def test_decoding_shows_the_current_pose_and_its_path(qtbot, ui_viewer, ui_snapshot):
+    view = PosteriorView(ui_viewer)
+    qtbot.addWidget(view)
+    _publish(ui_viewer, ui_snapshot(stage=Stage.DECODING))
+    sky = view.figure.axes[2]
+    assert len(view.head_artists) == 1
+    assert any(line.get_label() == "path in auto-decoding" for line in sky.get_lines())
+
+
+def test_centre_on_winner_rotates_the_sky_to_it(qtbot, ui_viewer, ui_snapshot):
+    view = PosteriorView(ui_viewer)
+    qtbot.addWidget(view)
+    snapshot = ui_snapshot()
+    _publish(ui_viewer, snapshot)
+    view.centre_on_winner()
+    winner = view.head_artists[snapshot.particle.winner].get_offsets()[0]
+    np.testing.assert_allclose(winner, [0.0, 0.0], atol=1e-2)
+
+
+def test_view_follows_the_stack_layer_slice(qtbot, ui_viewer):
+    stack = ui_viewer.add_image(np.zeros((30, 8, 8)), metadata={"particles_path": "p.star"})
+    view = PosteriorView(ui_viewer)
+    qtbot.addWidget(view)
+    ui_viewer.layers.selection.active = stack
+    ui_viewer.dims.set_current_step(0, 12)
+    assert view.particle_spin.value() == 12
+    assert view.particle_slider.maximum() == 29
+
+
+def test_histogram_sums_to_100_percent(qtbot, ui_viewer, ui_snapshot):
+    plots = RunPlots(ui_viewer)
+    qtbot.addWidget(plots)
+    _publish(ui_viewer, ui_snapshot(heads=7))
+    heights = plots.bar_heights()
+    assert len(heights) == 7
+    assert heights.sum() == pytest.approx(100.0)
+    np.testing.assert_allclose(head_percentages([0.0, 0.0]), 0.0)
+
+
+def test_plots_trace_loss_resolution_and_fsc(qtbot, ui_viewer, ui_snapshot):
+    plots = RunPlots(ui_viewer)
+    qtbot.addWidget(plots)
+    for t in (60.0, 120.0, 180.0):
+        _publish(ui_viewer, ui_snapshot(elapsed=t))
+    assert len(plots.loss_ax.get_lines()[0].get_xdata()) == 3
+    assert len(plots.resolution_ax.get_lines()[0].get_xdata()) == 1
+    assert len(plots.fsc_ax.get_lines()) == 2  # curve and the 0.143 line
+    _publish(ui_viewer, ui_snapshot(elapsed=1.0))  # clock went back: a new run
+    assert len(plots.trace.loss) == 1
+
+
+def test_dock_flush_updates_layer_in_place_and_switch_button(qtbot, ui_viewer, ui_snapshot, tmp_path):
+    dock = ReconstructionDock(ui_viewer)
+    qtbot.addWidget(dock)
+    dock.worker = object()  # pretend a run is going: only the GUI side is under test here
+    dock._on_snapshot(ui_snapshot(stage=Stage.ENCODING))
+    qtbot.waitUntil(lambda: MAP_LAYER in ui_viewer.layers)
+    layer = ui_viewer.layers[MAP_LAYER]
+    assert ui_viewer.dims.ndisplay == 3
+    assert tuple(layer.scale) == (2.5, 2.5, 2.5)
+    assert dock.switch_button.isEnabled()
+    dock.switch()
+    assert not dock.switch_button.isEnabled()
+    assert dock._commands.get_nowait() == Command("switch")
+    snapshot = ui_snapshot(stage=Stage.ENCODING)
+    snapshot.volume = 2 * snapshot.volume
+    dock._on_snapshot(snapshot)
+    qtbot.waitUntil(lambda: layer.data.max() > 1.5)
+    assert ui_viewer.layers[MAP_LAYER] is layer and len(ui_viewer.layers) == 1
+    assert layer.contrast_limits[1] == pytest.approx(2.0)
+    assert not dock.switch_button.isEnabled()
+    assert dock.status.text().startswith("epoch 2 ·") and "12.0 Å" in dock.status.text()
+
+
+def test_user_contrast_survives_updates(qtbot, ui_viewer, ui_snapshot):
+    dock = ReconstructionDock(ui_viewer)
+    qtbot.addWidget(dock)
+    dock._on_snapshot(ui_snapshot())
+    qtbot.waitUntil(lambda: MAP_LAYER in ui_viewer.layers)
+    layer = ui_viewer.layers[MAP_LAYER]
+    layer.contrast_limits = (0.1, 0.5)
+    dock._on_snapshot(ui_snapshot())
+    qtbot.wait(2 * 150 + 50)
+    assert tuple(layer.contrast_limits) == pytest.approx((0.1, 0.5))
+
+
+def test_switch_button_is_off_in_decoding_and_without_a_run(qtbot, ui_viewer, ui_snapshot):
+    dock = ReconstructionDock(ui_viewer)
+    qtbot.addWidget(dock)
+    assert not dock.switch_button.isEnabled() and not dock.stop_button.isEnabled()
+    dock.worker = object()
+    dock._on_snapshot(ui_snapshot(stage=Stage.DECODING))
+    qtbot.waitUntil(lambda: dock.status.text().startswith("epoch"))
+    assert not dock.switch_button.isEnabled()
+
+
+def test_bad_input_is_reported_without_starting(qtbot, ui_viewer, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_cryospin._napari._dock.show_error", shown.append)
+    dock = ReconstructionDock(ui_viewer)
+    qtbot.addWidget(dock)
+    dock.start()
+    dock.settings.particles_edit.setText(str(tmp_path / "missing.star"))
+    dock.settings.out_edit.setText(str(tmp_path / "out"))
+    dock.start()
+    assert not dock.running
+    assert shown[0].startswith("No particles chosen") and "missing.star: file not found" in shown[1]
+
+
+def test_dock_offers_open_particle_layers_and_detected_devices(qtbot, ui_viewer, tmp_path):
+    dock = ReconstructionDock(ui_viewer)
+    qtbot.addWidget(dock)
+    ui_viewer.add_image(
+        np.zeros((3, 8, 8)), name="parts", metadata={"particles_path": str(tmp_path / "p.star")}
+    )
+    settings = dock.settings
+    assert settings.layer_combo.itemText(1) == "parts"
+    assert settings.particles_edit.text() == str(tmp_path / "p.star")
+    assert settings.out_path() == str(tmp_path / "cryospin")
+    devices = [settings.device_combo.itemData(i) for i in range(settings.device_combo.count())]
+    assert devices[0] == "auto" and devices[-1] == "cpu"
+    settings.switch_combo.setCurrentText("at epoch")
+    settings.switch_epoch_spin.setValue(3)
+    assert settings.switch_value() == 3
+    settings.switch_combo.setCurrentText("manual")
+    assert settings.switch_value() is None
+
+
+def test_status_line_reads_like_the_issue_asks(ui_snapshot):
+    line = status_line(ui_snapshot(), None)
+    assert line == "epoch 2 · auto-encoding · 250 images/s · loss 0.5 · resolution 12.0 Å"
+
+
+def test_every_manifest_widget_opens(qtbot, ui_viewer):
+    import importlib
+
+    manifest = yaml.safe_load(files("napari_cryospin").joinpath("napari.yaml").read_text())
+    commands = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
+    widgets = manifest["contributions"]["widgets"]
+    assert len(widgets) == 3
+    for widget in widgets:
+        module, name = commands[widget["command"]].split(":")
+        instance = getattr(importlib.import_module(module), name)(napari_viewer=ui_viewer)
+        qtbot.addWidget(instance)
+        assert instance.minimumSizeHint().height() > 0
