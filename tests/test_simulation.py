@@ -198,27 +198,20 @@ _PDB = "".join(
     for i, (rec, name, res, x, y, z, occ, el) in enumerate(_ATOMS)
 )
 
-_CIF = """\
-data_test
-loop_
-_atom_site.group_PDB
-_atom_site.id
-_atom_site.type_symbol
-_atom_site.label_atom_id
-_atom_site.label_comp_id
-_atom_site.Cartn_x
-_atom_site.Cartn_y
-_atom_site.Cartn_z
-_atom_site.occupancy
-_atom_site.pdbx_PDB_model_num
-ATOM 1 N N ALA 10.000 0.000 0.000 1.00 1
-ATOM 2 C CA ALA 0.000 12.000 0.000 1.00 1
-ATOM 3 C C ALA 0.000 0.000 8.000 0.50 1
-HETATM 4 ZN ZN ZN -4.000 -4.000 -4.000 1.00 1
-HETATM 5 O O HOH 3.000 3.000 3.000 1.00 1
-ATOM 6 C CA ALA 50.000 50.000 50.000 1.00 2
-#
-"""
+_CIF_ITEMS = ["group_PDB", "id", "type_symbol", "label_atom_id", "label_alt_id", "label_comp_id",
+              "label_asym_id", "label_seq_id", "pdbx_PDB_ins_code", "Cartn_x", "Cartn_y", "Cartn_z",
+              "occupancy", "B_iso_or_equiv", "auth_seq_id", "auth_comp_id", "auth_asym_id", "auth_atom_id",
+              "pdbx_PDB_model_num"]  # fmt: skip
+_CIF = (
+    "data_test\nloop_\n"
+    + "".join(f"_atom_site.{item}\n" for item in _CIF_ITEMS)
+    + "".join(
+        f"{rec} {i + 1} {el} {name.strip()} . {res.strip()} A {i + 1} ? {x} {y} {z} {occ} 10.0 "
+        f"{i + 1} {res.strip()} A {name.strip()} 1\n"
+        for i, (rec, name, res, x, y, z, occ, el) in enumerate(_ATOMS)
+    )
+    + "ATOM 6 C CA . ALA A 6 ? 50.0 50.0 50.0 1.0 10.0 6 ALA A CA 2\n#\n"
+)
 
 
 @pytest.mark.parametrize("use_gemmi", [False, True])

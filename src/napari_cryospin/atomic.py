@@ -118,6 +118,8 @@ def _read_with_gemmi(path: Path) -> tuple[list[list[float]], list[int], list[flo
     import gemmi
 
     structure = gemmi.read_structure(str(path))
+    if len(structure) == 0:
+        return [], [], []
     xyz, z, occ = [], [], []
     for chain in structure[0]:
         for residue in chain:
