@@ -16,6 +16,14 @@ from napari_cryospin.engine.events import ParticleView, Snapshot, Stage
 HEADS = 4
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ui_discover_plugins():
+    """Register installed plugins (this one included) with npe2, as napari does at start."""
+    import npe2
+
+    npe2.PluginManager.instance().discover()
+
+
 @pytest.fixture
 def ui_viewer(qtbot):
     """A GUI-free ViewerModel (no OpenGL needed)."""

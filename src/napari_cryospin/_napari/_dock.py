@@ -116,6 +116,7 @@ class ReconstructionDock(QWidget):
         self.worker = create_worker(engine_stream, config, self._commands, _start_thread=False)
         self.worker.yielded.connect(self._on_snapshot)
         self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
         self._progress = progress(total=1000, desc="cryoSPIN")
         self.hub.attach(self.send)
@@ -144,6 +145,9 @@ class ReconstructionDock(QWidget):
     def _on_returned(self, error: ValueError | None) -> None:
         if error is not None:
             show_error(str(error))
+
+    def _on_errored(self, error: Exception) -> None:
+        self.status.setText(f"The run failed: {error}. See the notification for details.")
 
     def _on_finished(self) -> None:
         self._flush_timer.stop()

@@ -1,0 +1,100 @@
+"""Readers, writer and sample data through napari's plugin machinery; what importing the plugin costs."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_cryospin._napari._lazy import LazyStack
+from napari_cryospin._napari._reader import get_particles_reader, get_stack_reader, get_volume_reader
+from napari_cryospin._napari._sample_data import bundled_map
+from napari_cryospin.data.mrc import read_volume, write_volume
+from napari_cryospin.data.particles import load_particles
+
+
+def test_map_round_trips_with_its_voxel_size(ui_viewer, tmp_path):
+    volume = np.random.default_rng(0).normal(size=(12, 12, 12)).astype(np.float32)
+    write_volume(tmp_path / "in.mrc", volume, 1.7)
+    (layer,) = ui_viewer.open(tmp_path / "in.mrc", plugin="napari-cryospin")
+    assert layer.ndim == 3 and layer.rendering == "mip"
+    np.testing.assert_allclose(layer.scale, 1.7, rtol=1e-6)
+    layer.scale = (2.25, 2.25, 2.25)
+    (written,) = layer.save(str(tmp_path / "out.mrc"), plugin="napari-cryospin")
+    data, voxel = read_volume(written)
+    np.testing.assert_array_equal(data, volume)
+    assert voxel == pytest.approx(2.25)
+
+
+def test_stack_reader_memory_maps_the_stack(ui_viewer, io_write_stack):
+    path, data = io_write_stack(name="parts.mrcs", n=6, box=16, pixel_size=2.0)
+    (layer,) = ui_viewer.open(path, plugin="napari-cryospin")
+    assert isinstance(layer.data, np.memmap)
+    assert layer.ndim == 3 and layer.metadata["particles_path"] == str(path)
+    np.testing.assert_array_equal(layer.data[4], data[4])
+
+
+def test_star_reader_shows_the_stack_with_its_table(ui_viewer, ui_tiny_particles):
+    (layer,) = ui_viewer.open(ui_tiny_particles, plugin="napari-cryospin")
+    particles = load_particles(ui_tiny_particles)
+    assert layer.metadata["particles_path"] == str(ui_tiny_particles)
+    assert len(layer.metadata["table"]) == len(particles) == layer.data.shape[0]
+    np.testing.assert_allclose(layer.scale[1:], particles.pixel_size)
+    np.testing.assert_array_equal(layer.data[7], particles.stack[7][0])
+
+
+def test_lazy_stack_indexes_like_an_array(ui_tiny_particles):
+    stack = load_particles(ui_tiny_particles).stack
+    lazy, whole = LazyStack(stack), stack[:]
+    for key in (3, slice(2, 9, 3), (5, slice(4, 10)), (slice(None), 1, 2), (Ellipsis, 3)):
+        np.testing.assert_array_equal(lazy[key], whole[key])
+    np.testing.assert_array_equal(np.asarray(lazy), whole)
+
+
+def test_readers_decline_other_files():
+    assert get_volume_reader("x.star") is None and get_stack_reader("x.mrc") is None
+    assert get_particles_reader(["a.star", "b.star"]) is None
+    assert get_particles_reader("a.cs") is not None and get_volume_reader("a.map") is not None
+
+
+def test_bundled_map_sample_is_a_scaled_volume():
+    ((data, meta, kind),) = bundled_map()
+    assert kind == "image" and data.shape == (64, 64, 64)
+    assert meta["scale"][0] > 1.0 and meta["contrast_limits"][1] > meta["contrast_limits"][0]
+
+
+def test_manifest_is_valid():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-cryospin")
+    manifest.validate_imports()
+    assert {w.display_name for w in manifest.contributions.widgets} == {
+        "cryoSPIN reconstruction",
+        "Pose posterior",
+        "Run plots",
+    }
+
+
+def test_plugin_import_pulls_in_neither_torch_nor_qt():
+    code = (
+        "import sys, napari_cryospin, napari_cryospin._napari._reader, napari_cryospin._napari._writer, "
+        "napari_cryospin._napari._sample_data; "
+        "print(sorted(m for m in ('torch', 'qtpy', 'PyQt6', 'napari') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_torch_imports_after_the_qapplication_exists():
+    code = (
+        "import sys; from qtpy.QtWidgets import QApplication; app = QApplication(sys.argv); "
+        "import torch; print(float(torch.ones(3).sum()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+    assert out.stdout.strip() == "3.0"
