@@ -278,3 +278,15 @@ def test_cli_rejects_bad_files(tmp_path: Path):
         simulate_cli.load_map(str(flat), None, None)
     with pytest.raises(FileNotFoundError, match=r"missing\.mrc"):
         simulate_cli.load_map(str(tmp_path / "missing.mrc"), None, None)
+
+
+def test_cryospin_main_reports_bad_map(tmp_path: Path, capsys):
+    if importlib.util.find_spec("napari_cryospin.cli.demo") is None:
+        pytest.skip("not every cryospin sub-command is written yet")
+    from napari_cryospin.cli import main
+
+    bad = tmp_path / "map.txt"
+    bad.write_text("x")
+    assert main(["simulate", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "map.txt" in capsys.readouterr().err
+    assert main(["simulate", "bundled", "--n", "4", "--box", "16", "--out", str(tmp_path / "o")]) == 0

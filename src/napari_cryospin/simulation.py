@@ -28,7 +28,14 @@ from .physics.shifts import centering_phase
 from .physics.slicing import extract_slices
 from .resources import bundled_map_path
 
-__all__ = ["SimulationResult", "bundled_map_path", "resize_volume", "simulate", "simulate_to_dir"]
+__all__ = [
+    "SimulationResult",
+    "bundled_map_path",
+    "resize_volume",
+    "simulate",
+    "simulate_to_dir",
+    "write_simulation",
+]
 
 log = logging.getLogger(__name__)
 
