@@ -1,0 +1,413 @@
+"""Side-by-side ab-initio benchmark: cryoSPIN against cryoDRGN's abinit (DRGN-AI) and abinit_homo_old.
+
+Each method runs on the same particles with the same thread count and a wall-clock budget; a watcher copies
+every map the method writes (with its elapsed time), records peak memory and CPU time of the process tree,
+and kills the run at the budget. Every kept map is then scored against the truth (FSC 0.5 after global
+alignment), the final poses by their rotation error after alignment; a table, results.json and a plot of
+resolution against wall time are written. Usage: ``python bench/compare.py DATASET_DIR --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import psutil
+import starfile
+from scipy.spatial.transform import Rotation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cryodrgn_convert import UNINVERT_FLAG, convert, load_cryodrgn_poses
+
+METHODS = ("cryospin", "drgnai", "bnb")
+LABELS = {
+    "cryospin": "cryoSPIN (cryospin reconstruct)",
+    "drgnai": "cryoDRGN abinit (DRGN-AI)",
+    "bnb": "cryoDRGN abinit_homo_old (branch and bound)",
+}
+THRESHOLDS = (40.0, 30.0, 25.0, 20.0)
+DEFAULT_CRYODRGN = "/work/cryodrgn-venv/bin/cryodrgn"
+
+
+@dataclass
+class Dataset:
+    """The input STAR and the truth of a benchmark folder (ribosome or ``cryospin simulate`` layout)."""
+
+    star: Path
+    truth_star: Path
+    truth_map: Path
+
+    @classmethod
+    def find(cls, folder: Path) -> Dataset:
+        """Locate particles.star and the truth in ``folder``; raise naming what is missing."""
+        layouts = [
+            (folder / "truth" / "particles_with_poses.star", folder / "truth" / "gt_volume.mrc"),
+            (folder / "truth.star", folder / "truth_volume.mrc"),
+        ]
+        star = folder / "particles.star"
+        if not star.is_file():
+            raise FileNotFoundError(f"{star}: not found (a benchmark folder needs particles.star)")
+        for truth_star, truth_map in layouts:
+            if truth_star.is_file() and truth_map.is_file():
+                return cls(star, truth_star, truth_map)
+        raise FileNotFoundError(
+            f"{folder}: no truth found (expected truth/particles_with_poses.star + truth/gt_volume.mrc, "
+            f"or truth.star + truth_volume.mrc)"
+        )
+
+
+@dataclass
+class RunRecord:
+    """What the watcher saw of one method's run."""
+
+    method: str
+    command: list[str]
+    budget_s: float
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    peak_rss_mb: float = 0.0
+    returncode: int | None = None
+    killed_at_budget: bool = False
+    snapshots: list[tuple[float, str]] = field(default_factory=list)  # (elapsed s, copied map)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment with every BLAS/OpenMP/torch thread pool capped at ``threads``."""
+    env = dict(os.environ)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        env[key] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _sample(procs: list[psutil.Process], cpu_by_pid: dict[int, float]) -> float:
+    """Total RSS (MB) of ``procs``; updates each process's latest CPU time in ``cpu_by_pid``."""
+    rss = 0
+    for p in procs:
+        try:
+            rss += p.memory_info().rss
+            t = p.cpu_times()
+            cpu_by_pid[p.pid] = t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            continue
+    return rss / 2**20
+
+
+def _copy_new_maps(
+    watch: Path, seen: dict[Path, float], snap_dir: Path, start: float, record: RunRecord
+) -> None:
+    """Copy each .mrc under ``watch`` that is new or rewritten and has been quiet for a second."""
+    now = time.time()
+    for path in sorted(watch.rglob("*.mrc")):
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if seen.get(path) == mtime or now - mtime < 1.0:
+            continue
+        seen[path] = mtime
+        elapsed = mtime - start
+        name = f"{len(record.snapshots):03d}_{elapsed:08.1f}s_{path.name}"
+        shutil.copy2(path, snap_dir / name)
+        record.snapshots.append((round(elapsed, 1), str(snap_dir / name)))
+
+
+def run_watched(
+    method: str, command: list[str], workdir: Path, watch: Path, budget_s: float, threads: int
+) -> RunRecord:
+    """Run ``command``, copying its maps as they appear, until it ends or ``budget_s`` passes."""
+    snap_dir = workdir / "snapshots"
+    shutil.rmtree(snap_dir, ignore_errors=True)
+    snap_dir.mkdir(parents=True)
+    watch.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(method, command, budget_s)
+    seen: dict[Path, float] = {}
+    cpu_by_pid: dict[int, float] = {}
+    start = time.time()
+    with open(workdir / "run.log", "w") as log:
+        popen = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), start_new_session=True
+        )
+        proc = psutil.Process(popen.pid)
+        while popen.poll() is None:
+            record.peak_rss_mb = max(record.peak_rss_mb, _sample(_tree(proc), cpu_by_pid))
+            _copy_new_maps(watch, seen, snap_dir, start, record)
+            if time.time() - start > budget_s:
+                record.killed_at_budget = True
+                os.killpg(popen.pid, signal.SIGTERM)
+                try:
+                    popen.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(popen.pid, signal.SIGKILL)
+                    popen.wait()
+                break
+            time.sleep(1.0)
+    record.wall_s = round(time.time() - start, 1)
+    record.returncode = popen.returncode
+    record.cpu_s = round(sum(cpu_by_pid.values()), 1)
+    time.sleep(1.1)
+    _copy_new_maps(watch, seen, snap_dir, start, record)
+    (workdir / "run.json").write_text(json.dumps(asdict(record), indent=1))
+    return record
+
+
+def commands(
+    method: str, data: Dataset, inputs: dict, run_dir: Path, threads: int, args: argparse.Namespace
+) -> list[str]:
+    """The command line of ``method`` writing into ``run_dir``."""
+    if method == "cryospin":
+        return [args.cryospin, "reconstruct", str(data.star), "--out", str(run_dir), *args.cryospin_args]
+    common = [inputs["particles"], "--ctf", inputs["ctf"], "-o", str(run_dir), UNINVERT_FLAG]
+    if method == "drgnai":
+        return [
+            args.cryodrgn, "abinit", *common, "--zdim", "0", "--checkpoint", "1", "-n", "1000",
+            "--max-threads", str(threads), "--num-workers", "0", "--no-analysis", "--seed", "0",
+        ]  # fmt: skip
+    return [args.cryodrgn, "abinit_homo_old", *common, "--checkpoint", "1", "-n", "1000", "--seed", "0"]
+
+
+def _star_rotations(path: Path) -> np.ndarray:
+    """R (conventions) from the Euler angles of a STAR file's particle table."""
+    table = starfile.read(path, always_dict=True)
+    particles = table.get("particles", next(iter(table.values())))
+    euler = particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+    return Rotation.from_euler("ZYZ", euler, degrees=True).as_matrix()
+
+
+def final_rotations(method: str, run_dir: Path, box: int) -> np.ndarray | None:
+    """The method's last written rotations (conventions' R), or None when it wrote none."""
+    if method == "cryospin":
+        stars = sorted(run_dir.rglob("poses*.star"), key=lambda p: p.stat().st_mtime)
+        return _star_rotations(stars[-1]) if stars else None
+    pkls = sorted(run_dir.glob("pose*.pkl"), key=lambda p: p.stat().st_mtime)
+    return load_cryodrgn_poses(pkls[-1], box)[0] if pkls else None
+
+
+def _pick(snapshots: list[tuple[float, str]], k: int) -> list[tuple[float, str]]:
+    """At most ``k`` snapshots spread evenly over the list, always the last."""
+    if len(snapshots) <= k:
+        return snapshots
+    idx = np.unique(np.round(np.linspace(0, len(snapshots) - 1, k)).astype(int))
+    return [snapshots[i] for i in idx]
+
+
+def score_maps(
+    snapshots: list[tuple[float, str]], truth: np.ndarray, voxel: float, max_maps: int
+) -> list[dict[str, float]]:
+    """Resolution at FSC 0.5 against the truth of each kept map, after the best global alignment.
+
+    Each map gets its own alignment search and is also tried with the last map's alignment (the better
+    FSC resolution is kept), so a failed search on a noisy early map does not hide real progress.
+    """
+    from napari_cryospin.metrics.alignment import fsc_to_truth
+
+    out: list[dict[str, float]] = []
+    reference: tuple[np.ndarray, bool] | None = None
+    for elapsed, path in reversed(_pick(snapshots, max_maps)):
+        vol = mrcfile.read(path).astype(np.float32)
+        if vol.shape != truth.shape or not np.isfinite(vol).all():
+            continue
+        best = fsc_to_truth(vol, truth, voxel, n_coarse=1000)
+        if reference is not None:
+            other = fsc_to_truth(vol, truth, voxel, rotation=reference[0], flip=reference[1])
+            best = min(best, other, key=lambda c: c.resolution(0.5))
+        if reference is None:
+            reference = (best.rotation, best.flip)
+        out.append({"t": elapsed, "res": round(best.resolution(0.5), 2), "map": path})
+        print(f"  {Path(path).name}: {best.resolution(0.5):.1f} Å", flush=True)
+    return sorted(out, key=lambda s: s["t"])
+
+
+def time_to(scores: list[dict[str, float]], threshold: float) -> float | None:
+    """Elapsed seconds of the first map at or better than ``threshold`` Å, or None."""
+    return next((s["t"] for s in scores if s["res"] <= threshold), None)
+
+
+def ceiling(data: Dataset, truth: np.ndarray) -> float:
+    """Resolution (FSC 0.5 vs truth) of the project's known-pose backprojection of the truth poses."""
+    from napari_cryospin.data.particles import load_particles
+    from napari_cryospin.metrics.alignment import fsc_to_truth
+    from napari_cryospin.reconstruction import backproject
+
+    particles = load_particles(data.truth_star)
+    vol = backproject(particles, particles.rotations, particles.shifts)
+    return fsc_to_truth(vol, truth, particles.pixel_size, rotation=np.eye(3), flip=False).resolution(0.5)
+
+
+def evaluate(
+    method: str, run_dir: Path, data: Dataset, truth: np.ndarray, voxel: float, max_maps: int
+) -> dict:
+    """Scores of one finished run: resolution over time, time to thresholds, pose errors, resources."""
+    from napari_cryospin.metrics.alignment import align_rotations
+
+    record = json.loads((run_dir / "run.json").read_text())
+    cache = run_dir / f"scores_{max_maps}.json"
+    if cache.is_file() and cache.stat().st_mtime > (run_dir / "run.json").stat().st_mtime:
+        scores = json.loads(cache.read_text())
+    else:
+        print(f"{method}: scoring {len(record['snapshots'])} maps (at most {max_maps})", flush=True)
+        scores = score_maps([tuple(s) for s in record["snapshots"]], truth, voxel, max_maps)
+        cache.write_text(json.dumps(scores, indent=1))
+    result = {
+        "method": method,
+        "label": LABELS[method],
+        "wall_s": record["wall_s"],
+        "cpu_s": record["cpu_s"],
+        "peak_rss_mb": round(record["peak_rss_mb"]),
+        "killed_at_budget": record["killed_at_budget"],
+        "returncode": record["returncode"],
+        "curve": scores,
+        "final_res": scores[-1]["res"] if scores else None,
+        "best_res": min(s["res"] for s in scores) if scores else None,
+        "time_to": {f"{t:g}": time_to(scores, t) for t in THRESHOLDS},
+    }
+    rotations = final_rotations(method, run_dir / "out", truth.shape[0])
+    if rotations is not None:
+        gt = _star_rotations(data.truth_star)
+        aligned = align_rotations(rotations, gt)
+        result["pose_median_deg"] = round(float(aligned.median), 2)
+        result["pose_mean_deg"] = round(float(aligned.mean), 2)
+    return result
+
+
+def _fmt_time(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def table(results: list[dict], ceiling_res: float | None) -> str:
+    """Markdown table of the results (times in minutes)."""
+    heads = [f"t→{t:g} Å" for t in THRESHOLDS]
+    lines = [
+        "| method | wall (min) | CPU (min) | " + " | ".join(heads)
+        + " | final res (Å) | best res (Å) | rot. err median / mean (°) | peak RSS (MB) |",
+        "|" + "---|" * (7 + len(THRESHOLDS)),
+    ]  # fmt: skip
+    for r in results:
+        pose = f"{r['pose_median_deg']:.1f} / {r['pose_mean_deg']:.1f}" if "pose_median_deg" in r else "—"
+        times = " | ".join(_fmt_time(r["time_to"][f"{t:g}"]) for t in THRESHOLDS)
+        final = "—" if r["final_res"] is None else f"{r['final_res']:.1f}"
+        best = "—" if r["best_res"] is None else f"{r['best_res']:.1f}"
+        lines.append(
+            f"| {r['label']} | {r['wall_s'] / 60:.1f} | {r['cpu_s'] / 60:.1f} | {times} | {final} | {best} "
+            f"| {pose} | {r['peak_rss_mb']} |"
+        )
+    if ceiling_res is not None:
+        blank = "| " * (2 + len(THRESHOLDS))
+        lines.append(f"| known-pose backprojection (ceiling) {blank}| {ceiling_res:.1f} | | | |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], ceiling_res: float | None, title: str, path: Path) -> None:
+    """Resolution (FSC 0.5 vs truth) against wall time, one line per method, ceiling dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in results:
+        if r["curve"]:
+            t = [s["t"] / 60 for s in r["curve"]]
+            ax.plot(t, [s["res"] for s in r["curve"]], marker="o", ms=3, label=r["label"])
+    if ceiling_res is not None:
+        ax.axhline(ceiling_res, color="k", ls="--", lw=1, label=f"known poses ({ceiling_res:.1f} Å)")
+    ax.set_xlabel("wall time (min)")
+    ax.set_ylabel("resolution, FSC 0.5 vs truth (Å)")
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module doc)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dataset", type=Path, help="folder with particles.star/.mrcs and the truth")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default /work/bench-out/NAME)")
+    p.add_argument("--budget-min", type=float, default=20.0, help="wall-clock budget per method (min)")
+    p.add_argument("--threads", type=int, default=2, help="threads for every method")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    p.add_argument("--reuse", action="store_true", help="score existing runs in --out instead of rerunning")
+    p.add_argument("--max-maps", type=int, default=16, help="maps scored per method (spread over time)")
+    p.add_argument("--cryodrgn", default=os.environ.get("CRYODRGN", DEFAULT_CRYODRGN))
+    p.add_argument("--cryospin", default=shutil.which("cryospin") or "cryospin")
+    p.add_argument(
+        "--cryospin-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="extra arguments for cryospin reconstruct",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen methods (or reuse their runs), score them and write table, results.json and plot."""
+    args = parse_args(argv)
+    data = Dataset.find(args.dataset)
+    out = (args.out or Path("/work/bench-out") / args.dataset.resolve().name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [m for m in args.methods.split(",") if m]
+    if unknown := set(methods) - set(METHODS):
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    inputs = convert(data.star, out / "cryodrgn_inputs")
+    with mrcfile.open(data.truth_map, permissive=True) as mrc:
+        truth = mrc.data.astype(np.float32)
+    voxel = float(inputs["pixel_size"])
+    for method in methods:
+        run_dir = out / method
+        if args.reuse and (run_dir / "run.json").is_file():
+            continue
+        shutil.rmtree(run_dir / "out", ignore_errors=True)
+        command = commands(method, data, inputs, run_dir / "out", args.threads, args)
+        print(f"{method}: {' '.join(command)}", flush=True)
+        record = run_watched(method, command, run_dir, run_dir / "out", args.budget_min * 60, args.threads)
+        print(f"{method}: {record.wall_s:.0f} s, {len(record.snapshots)} maps, rc {record.returncode}")
+    results = [
+        evaluate(m, out / m, data, truth, voxel, args.max_maps)
+        for m in METHODS
+        if (out / m / "run.json").is_file()
+    ]
+    ceiling_res = ceiling(data, truth)
+    summary = {
+        "dataset": str(args.dataset.resolve()),
+        "threads": args.threads,
+        "budget_min": args.budget_min,
+        "ceiling_res": round(ceiling_res, 2),
+        "results": results,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    text = table(results, ceiling_res)
+    (out / "table.md").write_text(text + "\n")
+    plot(
+        results,
+        ceiling_res,
+        f"{args.dataset.resolve().name}: {args.threads} threads",
+        out / "resolution_vs_time.png",
+    )
+    print(text)
+    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'resolution_vs_time.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
