@@ -113,9 +113,10 @@ def _sample(procs: list[psutil.Process], cpu_by_pid: dict[int, float]) -> float:
 def _copy_new_maps(
     watch: Path, seen: dict[Path, float], snap_dir: Path, start: float, record: RunRecord
 ) -> None:
-    """Copy each .mrc under ``watch`` that is new or rewritten and has been quiet for a second."""
+    """Copy each map (.mrc, or cryoSPIN's per-epoch .npz) under ``watch`` that is new or rewritten and has
+    been quiet for a second."""
     now = time.time()
-    for path in sorted(watch.rglob("*.mrc")):
+    for path in sorted([*watch.rglob("*.mrc"), *watch.rglob("*.npz")]):
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
@@ -191,9 +192,21 @@ def _star_rotations(path: Path) -> np.ndarray:
     return Rotation.from_euler("ZYZ", euler, degrees=True).as_matrix()
 
 
+def read_map(path: str | Path) -> np.ndarray:
+    """A map from an .mrc, or the ``volume`` of a cryoSPIN per-epoch .npz."""
+    if str(path).endswith(".npz"):
+        with np.load(path) as saved:
+            return saved["volume"].astype(np.float32)
+    return mrcfile.read(path).astype(np.float32)
+
+
 def final_rotations(method: str, run_dir: Path, box: int) -> np.ndarray | None:
     """The method's last written rotations (conventions' R), or None when it wrote none."""
     if method == "cryospin":
+        epochs = sorted(run_dir.rglob("epoch_*.npz"), key=lambda p: p.stat().st_mtime)
+        if epochs:
+            with np.load(epochs[-1]) as saved:
+                return saved["rotations"].astype(np.float64)
         stars = sorted(run_dir.rglob("poses*.star"), key=lambda p: p.stat().st_mtime)
         return _star_rotations(stars[-1]) if stars else None
     pkls = sorted(run_dir.glob("pose*.pkl"), key=lambda p: p.stat().st_mtime)
@@ -221,7 +234,7 @@ def score_maps(
     out: list[dict[str, float]] = []
     reference: tuple[np.ndarray, bool] | None = None
     for elapsed, path in reversed(_pick(snapshots, max_maps)):
-        vol = mrcfile.read(path).astype(np.float32)
+        vol = read_map(path)
         if vol.shape != truth.shape or not np.isfinite(vol).all():
             continue
         best = fsc_to_truth(vol, truth, voxel, n_coarse=1000)
