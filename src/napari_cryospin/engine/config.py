@@ -29,6 +29,7 @@ class RunConfig:
     resume: bool = False
     max_particles: int | None = None
     snapshot_interval_s: float = 0.5
+    eval_every: int | None = None
 
     def to_dict(self) -> dict:
         """Plain-JSON form, for checkpoints and metrics.json."""

@@ -1,0 +1,497 @@
+"""The cryoSPIN engine: auto-encoding, the switch, auto-decoding, as a generator of snapshots.
+
+``Engine(config).run()`` yields :class:`Snapshot`\\ s at most every ``snapshot_interval_s`` (and at every
+epoch end); the consumer may ``send`` a :class:`Command` back (switch now, stop, show a particle). Stop
+and every epoch end write an atomic checkpoint; ``config.resume`` continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Generator
+
+import numpy as np
+import torch
+
+from ..data.errors import ParticleFileError
+from ..data.particles import ParticleSet, load_particles
+from ..geometry.rotations import geodesic_distance, random_rotations
+from ..model.encoder import MultiHeadEncoder
+from ..model.likelihood import FrequencyDisk, ImageBatch, prepare_batch, squared_error
+from ..model.poses import ParticlePoses
+from ..model.volume import HartleyVolume
+from ..physics.fourier import hartley_centered, radial_shells
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig
+from .device import resolve_device
+from .events import Command, ParticleView, Snapshot, Stage
+from .outputs import write_epoch_record, write_results
+from .schedule import Schedule
+from .switch import AutoSwitch
+
+log = logging.getLogger(__name__)
+
+
+class StopRun(Exception):
+    """Raised inside the loop when the consumer asked to stop."""
+
+
+class Engine:
+    """One reconstruction run; validates the input when constructed (errors name the file and fix)."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.device = torch.device(resolve_device(config.device))
+        particles = load_particles(config.particles, box=config.box)
+        if particles.ctf is None:
+            raise ParticleFileError(
+                f"{particles.path}: a bare stack has no CTF parameters. "
+                "Fix: open the RELION .star or cryoSPARC .cs file that describes this stack."
+            )
+        if config.max_particles is not None and config.max_particles < len(particles):
+            particles = particles.subset(np.arange(config.max_particles))
+        self.particles: ParticleSet = particles
+        self.n = len(particles)
+        self.box = particles.box
+        self.schedule = Schedule(self.box, config)
+        self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
+        self.out = config.out_dir
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._selected = 0
+        self._commands: list[Command] = []
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _image_scale(self) -> float:
+        """Global standard deviation of a sample of images: every image is divided by it."""
+        rng = np.random.default_rng(self.config.seed)
+        pick = np.sort(rng.choice(self.n, size=min(self.n, 512), replace=False))
+        return float(np.std(self.particles.stack[pick])) or 1.0
+
+    def _load_images(self, idx: np.ndarray) -> torch.Tensor:
+        order = np.argsort(idx)
+        imgs = np.empty((len(idx), self.box, self.box), np.float32)
+        imgs[order] = self.particles.stack[idx[order]]
+        return torch.from_numpy(imgs).to(self.device) / self.scale
+
+    def _batch(self, idx: np.ndarray) -> ImageBatch:
+        t_idx = torch.as_tensor(idx, device=self.device)
+        return prepare_batch(t_idx, self._load_images(idx), self.particles.ctf, self.disk)
+
+    def _initial_volume(self, generator: torch.Generator) -> HartleyVolume:
+        """Exponent from the data's radial spectrum; mantissa from a random-pose reconstruction (a blob)."""
+        idx = np.arange(min(self.n, 1024))
+        rot = random_rotations(self.n, generator).numpy()
+        from ..reconstruction import backproject
+
+        blob = backproject(self.particles, rot, np.zeros((self.n, 2)), indices=idx, device=self.device)
+        # Volume units: its slices equal the orthonormal spectra of images divided by ``scale``.
+        blob = torch.from_numpy(blob).to(self.device) / (self.scale * self.box)
+        h = hartley_centered(blob, 3)
+        shells = radial_shells(self.box, 3, self.device).reshape(-1)
+        power = torch.zeros(int(shells.max()) + 1, device=self.device)
+        power.index_add_(0, shells, h.reshape(-1) ** 2)
+        count = torch.zeros_like(power).index_add_(0, shells, torch.ones_like(h).reshape(-1))
+        rms = (power / count.clamp_min(1)).sqrt().clamp_min(1e-8)
+        volume = HartleyVolume(self.box, torch.log(rms)[shells].reshape(h.shape)).to(self.device)
+        volume.set_from_real_space(blob)
+        return volume
+
+    def _build(self) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.scale = self._image_scale()
+        self.encoder = MultiHeadEncoder(
+            self.schedule.encoder_box, cfg.heads, cfg.encoder_width, max_shift=self.schedule.max_shift
+        ).to(self.device)
+        self.volume = self._initial_volume(gen)
+        self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.schedule.encoder_lr)
+        self.vol_opt = torch.optim.Adam(self.volume.parameters(), lr=self.schedule.volume_lr_encoding)
+        self.poses: ParticlePoses | None = None
+        self.pose_opt = None
+        self.best_rot = torch.eye(3).repeat(self.n, 1, 1)
+        self.best_shift = torch.zeros(self.n, 2)
+        self.best_head = torch.full((self.n,), -1, dtype=torch.long)
+        self.prev_rot = None
+        self.prev_head = None
+        self.halves = torch.from_numpy(np.random.default_rng(cfg.seed + 1).integers(0, 2, self.n))
+        self.stage = Stage.ENCODING
+        self.epoch = 0
+        self.batch_pos = 0
+        self.perm = None
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+        self.switch_reason = ""
+
+    # ------------------------------------------------------------------------------------ checkpoint
+    def _state(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "stage": self.stage.value,
+            "epoch": self.epoch,
+            "batch_pos": self.batch_pos,
+            "perm": self.perm,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "scale": self.scale,
+            "encoder": self.encoder.state_dict(),
+            "enc_opt": self.enc_opt.state_dict(),
+            "volume": self.volume.state_dict(),
+            "vol_opt": self.vol_opt.state_dict(),
+            "poses": None if self.poses is None else self.poses.state_dict(),
+            "pose_opt": None if self.pose_opt is None else self.pose_opt.state_dict(),
+            "best_rot": self.best_rot,
+            "best_shift": self.best_shift,
+            "best_head": self.best_head,
+            "prev_rot": self.prev_rot,
+            "prev_head": self.prev_head,
+            "history": self.history,
+            "switch_reason": self.switch_reason,
+            "rng": torch.get_rng_state(),
+        }
+
+    def _restore(self, st: dict) -> None:
+        self.stage = Stage(st["stage"])
+        self.epoch, self.batch_pos, self.perm = st["epoch"], st["batch_pos"], st["perm"]
+        self.step, self.elapsed, self.scale = st["step"], st["elapsed"], st["scale"]
+        self.encoder.load_state_dict(st["encoder"])
+        self.enc_opt.load_state_dict(st["enc_opt"])
+        if st["volume"]["mantissa"].shape[0] != self.volume.copies:
+            self.volume.split()
+            self.vol_opt = self._volume_optimizer()
+        self.volume.load_state_dict(st["volume"])
+        self.vol_opt.load_state_dict(st["vol_opt"])
+        self.best_rot, self.best_shift, self.best_head = st["best_rot"], st["best_shift"], st["best_head"]
+        self.prev_rot, self.prev_head = st["prev_rot"], st["prev_head"]
+        if st["poses"] is not None:
+            self.poses = ParticlePoses(self.best_rot, self.best_shift).to(self.device)
+            self.poses.load_state_dict(st["poses"])
+            self.pose_opt = self._pose_optimizer()
+            self.pose_opt.load_state_dict(st["pose_opt"])
+        self.history = st["history"]
+        self.switch_reason = st["switch_reason"]
+        torch.set_rng_state(st["rng"])
+
+    def _volume_optimizer(self) -> torch.optim.Optimizer:
+        lr = (
+            self.schedule.volume_lr_decoding
+            if self.stage == Stage.DECODING
+            else self.schedule.volume_lr_encoding
+        )
+        return torch.optim.Adam(self.volume.parameters(), lr=lr)
+
+    def _pose_optimizer(self) -> torch.optim.Optimizer:
+        assert self.poses is not None
+        return torch.optim.SparseAdam(
+            [
+                {"params": [self.poses.omega.weight], "lr": self.schedule.rotation_lr},
+                {"params": [self.poses.shift.weight], "lr": self.schedule.shift_lr},
+            ]
+        )
+
+    # ------------------------------------------------------------------------------------ the stages
+    def _encoder_input(self, batch: ImageBatch) -> torch.Tensor:
+        return self.schedule.encoder_images(batch.images)
+
+    def _encoding_step(self, idx: np.ndarray, n_points: int) -> float:
+        batch = self._batch(idx)
+        self.encoder.train()
+        rot, shift = self.encoder(self._encoder_input(batch))
+        err = squared_error(self.volume, batch, rot, shift, self.disk, n_points)
+        best, win = err.min(dim=1)
+        loss = best.mean()
+        self.enc_opt.zero_grad(set_to_none=True)
+        self.vol_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.enc_opt.step()
+        self.vol_opt.step()
+        ar = torch.arange(len(idx), device=self.device)
+        cpu_idx = torch.as_tensor(idx)
+        self.best_rot[cpu_idx] = rot[ar, win].detach().cpu()
+        self.best_shift[cpu_idx] = shift[ar, win].detach().cpu()
+        self.best_head[cpu_idx] = win.cpu()
+        return float(loss.detach())
+
+    def _decoding_step(self, idx: np.ndarray, n_points: int) -> float:
+        assert self.poses is not None and self.pose_opt is not None
+        batch = self._batch(idx)
+        t_idx = batch.idx
+        halves = self.halves[torch.as_tensor(idx)].to(self.device)
+        for _ in range(self.schedule.pose_steps):
+            rot, shift = self.poses(t_idx)
+            loss = self._per_half_error(batch, rot, shift, halves, n_points).mean()
+            self.pose_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.pose_opt.step()
+        with torch.no_grad():
+            rot, shift = self.poses(t_idx)
+        loss = self._per_half_error(batch, rot, shift, halves, n_points).mean()
+        self.vol_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.vol_opt.step()
+        return float(loss.detach())
+
+    def _per_half_error(self, batch, rot, shift, halves, n_points) -> torch.Tensor:
+        if self.volume.copies == 1:
+            return squared_error(self.volume, batch, rot, shift, self.disk, n_points)
+        err = torch.empty(rot.shape[0], device=self.device)
+        for c in (0, 1):
+            sel = halves == c
+            if sel.any():
+                sub = ImageBatch(batch.idx[sel], batch.images[sel], batch.spectrum[sel], batch.ctf[sel])
+                err[sel] = squared_error(self.volume, sub, rot[sel], shift[sel], self.disk, n_points, c)
+        return err
+
+    @torch.no_grad()
+    def _switch_to_decoding(self, reason: str) -> None:
+        """One pass picks every particle's best head; its pose seeds the per-particle parameters."""
+        self.encoder.eval()
+        n_points = self.schedule.points(self.disk, Stage.ENCODING, self.epoch)
+        for start in range(0, self.n, self.config.batch_size * 4):
+            idx = np.arange(start, min(self.n, start + self.config.batch_size * 4))
+            batch = self._batch(idx)
+            rot, shift = self.encoder(self._encoder_input(batch))
+            err = squared_error(self.volume, batch, rot, shift, self.disk, n_points)
+            win = err.argmin(1)
+            ar = torch.arange(len(idx), device=self.device)
+            self.best_rot[idx] = rot[ar, win].cpu()
+            self.best_shift[idx] = shift[ar, win].cpu()
+            self.best_head[idx] = win.cpu()
+        self.stage = Stage.DECODING
+        self.switch_reason = reason
+        self.poses = ParticlePoses(self.best_rot, self.best_shift).to(self.device)
+        self.pose_opt = self._pose_optimizer()
+        if self.config.half_maps:
+            self.volume.split()
+        self.vol_opt = self._volume_optimizer()
+        log.info("switched to auto-decoding at epoch %d: %s", self.epoch, reason)
+
+    # ------------------------------------------------------------------------------------- reporting
+    def current_poses(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every particle's current best rotation (n, 3, 3) and shift (n, 2) in pixels."""
+        if self.poses is not None:
+            rot, shift = self.poses.all_poses()
+            return rot.cpu().numpy(), shift.cpu().numpy()
+        return self.best_rot.numpy(), self.best_shift.numpy()
+
+    def _particle_view(self, with_posterior: bool) -> ParticleView:
+        i = min(max(self._selected, 0), self.n - 1)
+        idx = np.array([i])
+        batch = self._batch(idx)
+        half = int(self.halves[i]) if self.volume.copies == 2 else 0
+        n_points = self.schedule.points(self.disk, self.stage, self.epoch)
+        with torch.no_grad():
+            if self.stage == Stage.ENCODING or self.poses is None:
+                self.encoder.eval()
+                rot, shift = self.encoder(self._encoder_input(batch))
+                path = np.zeros((0, 3, 3), np.float32)
+            else:
+                r, s = self.poses(batch.idx)
+                rot, shift = r[:, None], s[:, None]
+                path = np.asarray(self._paths.get(i, []), np.float32).reshape(-1, 3, 3)
+            err = squared_error(self.volume, batch, rot, shift, self.disk, n_points, half)[0]
+            win = int(err.argmin())
+            projection = self._projection(batch, rot[0, win], shift[0, win], half)
+        log_post = None
+        if with_posterior:
+            from ..posterior import view_log_posterior
+
+            s_win = shift[0, win]
+            sigma2 = max(float(err.min()), 1e-6)
+
+            def score(rots: torch.Tensor) -> torch.Tensor:
+                b = ImageBatch(
+                    batch.idx.expand(rots.shape[0]),
+                    batch.images.expand(rots.shape[0], -1, -1),
+                    batch.spectrum.expand(rots.shape[0], -1),
+                    batch.ctf.expand(rots.shape[0], -1),
+                )
+                e = squared_error(
+                    self.volume, b, rots, s_win.expand(rots.shape[0], 2), self.disk, n_points, half
+                )
+                return e * n_points / (2 * sigma2)
+
+            with torch.no_grad():
+                log_post = view_log_posterior(score, nside=self.schedule.posterior_nside)
+        return ParticleView(
+            index=i,
+            image=batch.images[0].cpu().numpy(),
+            projection=projection,
+            candidates=rot[0].cpu().numpy(),
+            candidate_losses=err.cpu().numpy(),
+            winner=win,
+            path=path,
+            log_posterior=log_post,
+        )
+
+    def _projection(self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, half: int) -> np.ndarray:
+        """The CTF-modulated, shifted model projection of one particle in real space."""
+        from ..physics.fourier import frequency_grid_2d, ifftn_centered
+        from ..physics.shifts import centering_phase
+
+        k = frequency_grid_2d(self.box, self.device).reshape(-1, 2)
+        full_ctf = torch.zeros(self.box * self.box, device=self.device)
+        full_ctf[self.disk.flat] = batch.ctf[0]
+        h = self.volume.slices(rot[None], k, half)[0]
+        hm = h.reshape(self.box, self.box)
+        f = 0.5 * (hm + _flip(hm)) - 0.5j * (hm - _flip(hm))
+        f = f.reshape(-1) * full_ctf * centering_phase(k / self.box, shift[None])[0].conj()
+        return ifftn_centered(f.reshape(self.box, self.box), 2).real.cpu().numpy() * self.box
+
+    def _volume_array(self) -> np.ndarray:
+        return self.volume.real_space().cpu().numpy() * (self.scale * self.box)
+
+    def _head_fractions(self) -> np.ndarray:
+        won = self.best_head[self.best_head >= 0]
+        counts = torch.bincount(won, minlength=self.config.heads).float()
+        return (counts / counts.sum().clamp_min(1)).numpy()
+
+    def _snapshot(self, loss: float, ips: float, full: bool, with_posterior: bool = False) -> Snapshot:
+        evaluated = [h for h in self.history if h["resolution"] is not None]
+        last = evaluated[-1] if evaluated else {}
+        fsc = last.get("fsc")
+        return Snapshot(
+            epoch=self.epoch,
+            step=self.step,
+            stage=self.stage,
+            progress=min(1.0, (self.epoch + self.batch_pos / max(1, self._n_batches)) / self.config.epochs),
+            elapsed_s=self.elapsed,
+            images_per_s=ips,
+            loss=loss,
+            voxel_size=self.particles.pixel_size,
+            volume=self._volume_array() if full else None,
+            head_fractions=self._head_fractions(),
+            particle=self._particle_view(with_posterior) if full else None,
+            resolution=last.get("resolution"),
+            fsc=None if fsc is None else (np.asarray(fsc[0]), np.asarray(fsc[1])),
+            history=list(self.history),
+            message=self._message(loss, ips, last.get("resolution")),
+        )
+
+    def _message(self, loss: float, ips: float, res: float | None) -> str:
+        r = f", {res:.1f} Å" if res else ""
+        return (
+            f"epoch {self.epoch + 1}/{self.config.epochs} · {self.stage.value} · "
+            f"{ips:.0f} img/s · loss {loss:.4f}{r}"
+        )
+
+    # ------------------------------------------------------------------------------------------ loop
+    def _handle(self, cmd: Command | None) -> None:
+        if cmd is None:
+            return
+        if cmd.kind == "particle" and cmd.value is not None:
+            self._selected = int(cmd.value)
+            self._want_posterior = True
+        elif cmd.kind in ("switch", "stop"):
+            self._commands.append(cmd)
+        else:
+            raise ValueError(f"unknown engine command {cmd.kind!r}")
+
+    def run(self) -> Generator[Snapshot, Command | None, None]:
+        """Run (or resume) the reconstruction, yielding snapshots; see the module docstring."""
+        self._build()
+        if self.config.resume:
+            self._restore(load_checkpoint(self.out))
+        self._paths: dict[int, list[np.ndarray]] = {}
+        self._want_posterior = True
+        auto = AutoSwitch()
+        bs = self.config.batch_size
+        self._n_batches = (self.n + bs - 1) // bs
+        last_yield = 0.0
+        try:
+            while self.epoch < self.config.epochs:
+                if self.stage == Stage.ENCODING:
+                    sw = self.config.switch
+                    if isinstance(sw, int) and not isinstance(sw, bool) and self.epoch >= sw:
+                        self._switch_to_decoding(f"set epoch {sw}")
+                if self.perm is None:
+                    gen = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
+                    self.perm = torch.randperm(self.n, generator=gen).numpy()
+                    self.batch_pos = 0
+                t_epoch = time.perf_counter()
+                seen, loss_sum = 0, 0.0
+                while self.batch_pos < self._n_batches:
+                    if any(c.kind == "stop" for c in self._commands):
+                        raise StopRun
+                    if self.stage == Stage.ENCODING and any(c.kind == "switch" for c in self._commands):
+                        self._commands = [c for c in self._commands if c.kind != "switch"]
+                        self._switch_to_decoding("requested by the user")
+                    idx = self.perm[self.batch_pos * bs : (self.batch_pos + 1) * bs]
+                    t0 = time.perf_counter()
+                    n_points = self.schedule.points(self.disk, self.stage, self.epoch)
+                    if self.stage == Stage.ENCODING:
+                        loss = self._encoding_step(idx, n_points)
+                    else:
+                        loss = self._decoding_step(idx, n_points)
+                        if self._selected in set(idx.tolist()):
+                            self._record_path()
+                    self.elapsed += time.perf_counter() - t0
+                    self.step += 1
+                    self.batch_pos += 1
+                    seen += len(idx)
+                    loss_sum += loss * len(idx)
+                    now = time.perf_counter()
+                    if now - last_yield >= self.config.snapshot_interval_s:
+                        ips = seen / max(now - t_epoch, 1e-9)
+                        full = self._want_posterior or now - last_yield >= 4 * self.config.snapshot_interval_s
+                        snap = self._snapshot(loss_sum / seen, ips, full, self._want_posterior)
+                        self._want_posterior = False
+                        last_yield = time.perf_counter()
+                        self._handle((yield snap))
+                ips = seen / max(time.perf_counter() - t_epoch, 1e-9)
+                self._end_epoch(loss_sum / max(seen, 1), ips, auto)
+                snap = self._snapshot(loss_sum / max(seen, 1), ips, True, True)
+                last_yield = time.perf_counter()
+                self._handle((yield snap))
+        except StopRun:
+            save_checkpoint(self.out, self._state())
+            snap = self._snapshot(float("nan"), 0.0, True)
+            snap.stage = Stage.DONE
+            snap.message = f"stopped at epoch {self.epoch + 1}; checkpoint saved in {self.out}"
+            yield snap
+            return
+        results = write_results(self)
+        snap = self._snapshot(self.history[-1]["loss"] if self.history else float("nan"), 0.0, True, True)
+        snap.stage = Stage.DONE
+        snap.message = results
+        yield snap
+
+    def _record_path(self) -> None:
+        assert self.poses is not None
+        with torch.no_grad():
+            r, _ = self.poses(torch.tensor([self._selected], device=self.device))
+        self._paths.setdefault(self._selected, []).append(r[0].cpu().numpy())
+
+    def _end_epoch(self, loss: float, ips: float, auto: AutoSwitch) -> None:
+        rot, _ = self.current_poses()
+        rot_t = torch.from_numpy(rot)
+        stable = change = None
+        if self.prev_rot is not None:
+            change = float(torch.rad2deg(geodesic_distance(self.prev_rot, rot_t)).median())
+            if self.stage == Stage.ENCODING:
+                stable = float((self.prev_head == self.best_head).float().mean())
+        every = self.config.eval_every or max(1, self.config.epochs // 8)
+        evaluate = (self.epoch + 1) % every == 0 or self.epoch + 1 == self.config.epochs
+        record = write_epoch_record(self, loss, ips, stable, change, evaluate)
+        self.history.append(record)
+        self.prev_rot = rot_t.clone()
+        self.prev_head = self.best_head.clone()
+        self.epoch += 1
+        self.perm = None
+        self.batch_pos = 0
+        if self.stage == Stage.ENCODING and self.config.switch == "auto":
+            go, reason = auto.should_switch(self.epoch, self.config.epochs, stable, change)
+            if go:
+                self._switch_to_decoding(reason)
+        save_checkpoint(self.out, self._state())
+        (self.out / "metrics.json").write_text(
+            json.dumps({"config": self.config.to_dict(), "epochs": self.history})
+        )
+
+
+def _flip(h: torch.Tensor) -> torch.Tensor:
+    """H(−k) on a centred even grid (the −L/2 row and column map onto themselves)."""
+    return torch.roll(torch.flip(h, dims=(-2, -1)), shifts=(1, 1), dims=(-2, -1))

@@ -1,0 +1,98 @@
+"""The image likelihood of Eq. 3 on a disk of frequencies, in Hartley space.
+
+Instead of shifting every model slice, the observed spectrum is re-centred with the candidate shift
+(the phase is unitary, so the squared error is the same) and compared with ``CTF · slice`` as Hartley
+coefficients: one real slice per candidate pose, differentiable in volume, rotation and shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.particles import CTFParams
+from ..physics.ctf import ctf_2d
+from ..physics.fourier import fftn_centered, fourier_to_hartley, frequency_grid_2d
+from ..physics.shifts import centering_phase
+from .volume import HartleyVolume
+
+
+class FrequencyDisk:
+    """The frequencies (cycles per box) inside radius ``box/2 − 1``, sorted by radius.
+
+    Sorting lets a low-pass mask of any radius be the first ``count(radius)`` points.
+    """
+
+    def __init__(self, box: int, pixel_size: float, device: torch.device):
+        k = frequency_grid_2d(box, device).reshape(-1, 2)
+        r = k.norm(dim=-1)
+        order = torch.argsort(r, stable=True)
+        keep = order[r[order] <= box / 2 - 1]
+        self.box, self.pixel_size = box, pixel_size
+        self.flat = keep
+        self.k = k[keep]
+        self.radius = r[keep]
+
+    def count(self, radius: float) -> int:
+        """Number of points with |k| ≤ radius (cycles per box)."""
+        return int(
+            torch.searchsorted(self.radius, torch.tensor(radius, device=self.radius.device), right=True)
+        )
+
+    def resolution(self, radius: float) -> float:
+        """The resolution in Å of a radius in cycles per box."""
+        return self.box * self.pixel_size / max(radius, 1e-6)
+
+
+@dataclass
+class ImageBatch:
+    """A batch of particles prepared for the likelihood: spectra and CTFs on the frequency disk."""
+
+    idx: torch.Tensor  # (B,) particle indices
+    images: torch.Tensor  # (B, L, L) normalised real-space images (the encoder's input)
+    spectrum: torch.Tensor  # (B, P) complex, orthonormal spectrum of the image
+    ctf: torch.Tensor  # (B, P)
+
+
+def prepare_batch(idx: torch.Tensor, images: torch.Tensor, ctf: CTFParams, disk: FrequencyDisk) -> ImageBatch:
+    """FFT the (normalised) images and evaluate their CTFs on the disk."""
+    box = images.shape[-1]
+    spec = fftn_centered(images, 2).reshape(images.shape[0], -1)[:, disk.flat] / box
+    sel = idx.cpu().numpy()
+    dev = images.device
+
+    def col(a):
+        return torch.as_tensor(a[sel], dtype=torch.float32, device=dev)
+
+    values = ctf_2d(
+        disk.k / (box * disk.pixel_size),
+        col(ctf.defocus_u),
+        col(ctf.defocus_v),
+        col(ctf.defocus_angle),
+        col(ctf.voltage),
+        col(ctf.cs),
+        col(ctf.amplitude_contrast),
+        col(ctf.phase_shift),
+        col(ctf.bfactor),
+    )
+    return ImageBatch(idx=idx, images=images, spectrum=spec, ctf=values)
+
+
+def squared_error(
+    volume: HartleyVolume,
+    batch: ImageBatch,
+    rotations: torch.Tensor,
+    shifts: torch.Tensor,
+    disk: FrequencyDisk,
+    n_points: int,
+    copy: int = 0,
+) -> torch.Tensor:
+    """Mean squared Hartley residual (B, ...) for candidate poses (B, ..., 3, 3) and shifts (B, ..., 2)."""
+    k = disk.k[:n_points]
+    b = rotations.shape[0]
+    extra = rotations.shape[1:-2]
+    model = volume.slices(rotations, k, copy) * batch.ctf[:, :n_points].reshape(b, *([1] * len(extra)), -1)
+    phase = centering_phase(k / disk.box, shifts.reshape(-1, 2)).reshape(b, *extra, -1)
+    obs = fourier_to_hartley(batch.spectrum[:, :n_points].reshape(b, *([1] * len(extra)), -1) * phase)
+    return ((model - obs) ** 2).mean(-1)

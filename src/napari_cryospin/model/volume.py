@@ -1,0 +1,58 @@
+"""Explicit volume decoder: a voxel grid in Hartley space, ``H = mantissa · exp(exponent)`` (Sec. 4.3).
+
+The exponent carries the steep radial fall-off of the spectrum so the mantissa stays O(1); slicing the
+Hartley grid at a pose gives the Hartley transform of the projection directly (it is real and linear).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..physics.fourier import hartley_centered, ihartley_centered
+from ..physics.slicing import extract_slices
+
+
+class HartleyVolume(nn.Module):
+    """A (D, D, D) Hartley-space density, or two independent ones (gold-standard halves)."""
+
+    def __init__(self, box: int, exponent: torch.Tensor, copies: int = 1):
+        super().__init__()
+        self.box = box
+        self.mantissa = nn.Parameter(torch.zeros(copies, box, box, box))
+        self.exponent = nn.Parameter(exponent.expand(copies, box, box, box).clone())
+
+    @property
+    def copies(self) -> int:
+        """How many independent maps this decoder holds (1, or 2 for half maps)."""
+        return self.mantissa.shape[0]
+
+    def hartley(self, copy: int = 0) -> torch.Tensor:
+        """The Hartley grid of one copy."""
+        return self.mantissa[copy] * torch.exp(self.exponent[copy])
+
+    def slices(self, rotations: torch.Tensor, k2: torch.Tensor, copy: int = 0) -> torch.Tensor:
+        """Hartley coefficients (..., P) of the projections at ``rotations`` on frequencies ``k2``."""
+        return extract_slices(self.hartley(copy), rotations, k2)
+
+    def real_space(self, copy: int | None = None) -> torch.Tensor:
+        """The real-space map of one copy, or the mean of all copies when ``copy`` is None."""
+        with torch.no_grad():
+            h = self.hartley(copy) if copy is not None else (self.mantissa * torch.exp(self.exponent)).mean(0)
+            return ihartley_centered(h, 3)
+
+    @torch.no_grad()
+    def set_from_real_space(self, volume: torch.Tensor, copy: int | None = None) -> None:
+        """Load a real-space map: the exponent keeps its radial profile, the mantissa takes the rest."""
+        h = hartley_centered(volume.to(self.mantissa.device, torch.float32), 3)
+        targets = range(self.copies) if copy is None else [copy]
+        for c in targets:
+            self.mantissa[c] = h / torch.exp(self.exponent[c])
+
+    @torch.no_grad()
+    def split(self) -> None:
+        """Become two copies of the current map (the start of gold-standard half maps)."""
+        if self.copies == 2:
+            return
+        self.mantissa = nn.Parameter(self.mantissa.detach().expand(2, -1, -1, -1).clone())
+        self.exponent = nn.Parameter(self.exponent.detach().expand(2, -1, -1, -1).clone())
