@@ -60,6 +60,8 @@ def accumulate(
 ) -> Accumulator:
     """Grid ``Σ C·Y`` and ``Σ C²`` of the chosen particles (all when ``indices`` is None) at their poses.
 
+    Only half of each image's spectrum is inserted; the other half follows from Friedel symmetry.
+
     ``particles`` needs ``stack[idx] -> (k, L, L)``, ``ctf`` (per-particle arrays as in ``CTFParams``)
     and ``pixel_size``; ``rotations`` (n, 3, 3) and ``shifts_px`` (n, 2) follow the conventions.
     """
@@ -78,13 +80,13 @@ def accumulate(
     apix = float(particles.pixel_size)
     k = frequency_grid_2d(box, device).reshape(-1, 2)
     disk = disk_indices(box, box / 2, device)
+    half = (k[disk, 1] > 0) | ((k[disk, 1] == 0) & (k[disk, 0] >= 0))
+    disk = disk[half]
     kd = k[disk]
     num = torch.zeros((box, box, box), dtype=torch.complex64, device=device)
     den = torch.zeros((box, box, box), dtype=torch.float32, device=device)
     for start in range(0, len(idx_all), batch_size):
-        idx = idx_all[start : start + batch_size]
-        order = np.argsort(idx, kind="stable")
-        idx = idx[order]
+        idx = np.sort(idx_all[start : start + batch_size])
         images = torch.as_tensor(particles.stack[idx], device=device)
         spectra = fftn_centered(images, 2).reshape(len(idx), -1)[:, disk]
         ctf = ctf_2d(kd / (box * apix), **_ctf_tensors(particles.ctf, idx, device))
@@ -97,7 +99,14 @@ def accumulate(
         re, im = insert_slices(weighted.real, weighted.imag, rot, kd, box)
         num += torch.complex(re, im)
         den += insert_slices(ctf * ctf, ctf * ctf, rot, kd, box)[0]
-    return Accumulator(num, den)
+    return Accumulator(num + _mirror(num).conj(), den + _mirror(den))
+
+
+def _mirror(grid: torch.Tensor) -> torch.Tensor:
+    """``grid[−k]`` on the centred grid (zero where −k falls outside, the −D/2 planes)."""
+    out = torch.roll(torch.flip(grid, (0, 1, 2)), (1, 1, 1), (0, 1, 2))
+    out[0], out[:, 0], out[:, :, 0] = 0, 0, 0
+    return out
 
 
 def _shell_index(box: int, device: torch.device) -> torch.Tensor:
