@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
+import starfile
 import torch
 
-from napari_cryospin.geometry.rotations import random_rotations
+from napari_cryospin.geometry.rotations import matrix_to_euler, random_rotations
 from napari_cryospin.metrics.alignment import MIRROR, align_rotations, align_volume, fsc_to_truth
 from napari_cryospin.metrics.fsc import fsc, resolution_at
 from napari_cryospin.physics.ctf import ctf_2d
@@ -174,3 +179,87 @@ def test_ribosome_known_poses_resolution():
     resolution = resolution_at(freq, values, 0.5)
     assert resolution <= 17.5, f"FSC 0.5 against the truth at {resolution:.2f} Å"
     assert _corr(rec, truth) > 0
+
+
+def _write_star(folder: Path, s: SimpleNamespace, rotations: np.ndarray) -> Path:
+    """A RELION 3.1 STAR file and stack of the simulated particles with the given poses."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with mrcfile.new(folder / "stack.mrcs", overwrite=True) as mrc:
+        mrc.set_data(s.particles.stack.images.astype(np.float32))
+        mrc.voxel_size = APIX
+    n = len(rotations)
+    euler = matrix_to_euler(torch.as_tensor(rotations)).numpy()
+    ctf = s.particles.ctf
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": [1],
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnAmplitudeContrast": [0.1],
+            "rlnSphericalAberration": [2.7],
+            "rlnVoltage": [300.0],
+            "rlnImagePixelSize": [APIX],
+            "rlnImageSize": [BOX],
+            "rlnImageDimensionality": [2],
+        }
+    )
+    particles = pd.DataFrame(
+        {
+            "rlnImageName": [f"{i + 1:06d}@stack.mrcs" for i in range(n)],
+            "rlnOpticsGroup": np.ones(n, dtype=int),
+            "rlnDefocusU": ctf.defocus_u,
+            "rlnDefocusV": ctf.defocus_v,
+            "rlnDefocusAngle": ctf.defocus_angle,
+            "rlnAngleRot": euler[:, 0],
+            "rlnAngleTilt": euler[:, 1],
+            "rlnAnglePsi": euler[:, 2],
+            "rlnOriginXAngst": s.shifts[:, 0] * APIX,
+            "rlnOriginYAngst": s.shifts[:, 1] * APIX,
+        }
+    )
+    path = folder / "particles.star"
+    starfile.write({"optics": optics, "particles": particles}, path)
+    return path
+
+
+def test_backproject_and_evaluate_cli(simulated, tmp_path, capsys):
+    from napari_cryospin.cli import backproject as backproject_cli
+    from napari_cryospin.cli import evaluate as evaluate_cli
+    from napari_cryospin.data.mrc import read_volume, write_volume
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    backproject_cli.add_parser(sub)
+    evaluate_cli.add_parser(sub)
+    star = _write_star(tmp_path / "data", simulated, simulated.rotations)
+    truth_map = tmp_path / "truth.mrc"
+    write_volume(truth_map, simulated.vol, APIX)
+    out = tmp_path / "bp"
+    args = parser.parse_args(["backproject", str(star), "--out", str(out), "--batch-size", "100"])
+    assert args.run(args) == 0
+    assert "half-map FSC 0.143" in capsys.readouterr().out
+    vol, voxel = read_volume(out / "volume.mrc")
+    assert voxel == pytest.approx(APIX)
+    assert _corr(vol, simulated.vol) > 0.9
+    assert {"half_a.mrc", "half_b.mrc", "fsc.png", "fsc.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "fsc.json").read_text())["resolution_0143"] < 4 * APIX
+
+    a = random_rotations(1, torch.Generator().manual_seed(5), torch.float64).numpy()[0]
+    r_est = a @ MIRROR @ simulated.rotations @ MIRROR
+    est = _write_star(tmp_path / "est", simulated, r_est)
+    est_map = tmp_path / "est.mrc"
+    write_volume(est_map, backproject(simulated.particles, r_est, simulated.shifts), APIX)
+    report = tmp_path / "eval.json"
+    argv = ["evaluate", "--truth", str(star), "--poses", str(est), "--volume-truth", str(truth_map)]
+    args = parser.parse_args([*argv, "--volume", str(est_map), "--json", str(report)])
+    assert args.run(args) == 0
+    printed = capsys.readouterr().out
+    assert "rotation error median (deg)" in printed and "FSC 0.5 vs truth" in printed
+    numbers = json.loads(report.read_text())
+    assert numbers["flip"] is True
+    assert numbers["rotation_error_median_deg"] < 1e-3
+    assert numbers["shift_error_median_px"] < 1e-3
+    assert numbers["fsc_resolution_05"] < 4 * APIX
+
+    args = parser.parse_args(["evaluate", "--truth", str(star)])
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        args.run(args)
