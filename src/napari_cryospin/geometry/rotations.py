@@ -104,7 +104,10 @@ def matrix_to_euler(r: torch.Tensor) -> torch.Tensor:
     rot = torch.atan2(r[..., 1, 2], r[..., 0, 2])
     psi = torch.atan2(r[..., 2, 1], -r[..., 2, 0])
     # At tilt 0 or 180 only rot ± psi is defined: put it all in rot.
-    rot_g = torch.atan2(r[..., 1, 0], r[..., 0, 0]) * torch.where(r[..., 2, 2] > 0, 1.0, -1.0)
+    up = r[..., 2, 2] > 0
+    rot_g = torch.where(
+        up, torch.atan2(r[..., 1, 0], r[..., 0, 0]), torch.atan2(-r[..., 1, 0], -r[..., 0, 0])
+    )
     rot = torch.where(gimbal, rot_g, rot)
     psi = torch.where(gimbal, torch.zeros_like(psi), psi)
     return torch.stack([rot, tilt, psi], -1) * (180 / math.pi)

@@ -1,0 +1,150 @@
+"""The cryoSPIN engine on a tiny simulated set: WTA, switch, stop/resume, half maps, outputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cryospin.engine.config import RunConfig
+from napari_cryospin.engine.engine import Engine
+from napari_cryospin.engine.events import Command, Stage
+from napari_cryospin.engine.switch import AutoSwitch
+from napari_cryospin.model.likelihood import FrequencyDisk, squared_error
+
+
+def _config(tiny_dataset, tmp_path, **kw) -> RunConfig:
+    base = dict(
+        particles=str(tiny_dataset / "particles.star"),
+        out=str(tmp_path / "run"),
+        heads=3,
+        epochs=2,
+        switch=1,
+        device="cpu",
+        encoder_width=4,
+        encoder_box=16,
+        batch_size=50,
+        snapshot_interval_s=0.0,
+        eval_every=1,
+    )
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_winner_takes_all_picks_lowest_loss_head(tiny_dataset, tmp_path):
+    from napari_cryospin.data.particles import load_particles
+    from napari_cryospin.geometry.rotations import random_rotations
+
+    eng = Engine(_config(tiny_dataset, tmp_path))
+    eng._build()
+    truth = load_particles(tiny_dataset / "truth.star")
+    idx = np.arange(8)
+    batch = eng._batch(idx)
+    true_rot = torch.as_tensor(truth.rotations[idx], dtype=torch.float32)
+    wrong = random_rotations(8, torch.Generator().manual_seed(0))
+    # put the true pose in head 1, random ones elsewhere; load the true map into the decoder
+    from napari_cryospin.data.mrc import read_volume
+
+    vol, _ = read_volume(tiny_dataset / "truth_volume.mrc")
+    eng.volume.set_from_real_space(torch.as_tensor(vol) / (eng.scale * eng.box))
+    rot = torch.stack([wrong, true_rot, wrong.flip(0)], dim=1)
+    shift = torch.as_tensor(truth.shifts[idx], dtype=torch.float32)[:, None].expand(8, 3, 2)
+    err = squared_error(eng.volume, batch, rot, shift, eng.disk, eng.disk.count(8))
+    assert (err.argmin(1) == 1).float().mean() >= 0.75
+    # and the engine's WTA step records, per particle, exactly the argmin head of its loss
+    eng.encoder.train()  # the step runs in training mode (batch statistics); the same batch, the same output
+    with torch.no_grad():
+        r, s = eng.encoder(eng._encoder_input(batch))
+        expected = squared_error(eng.volume, batch, r, s, eng.disk, eng.disk.count(8)).argmin(1)
+    eng.enc_opt.param_groups[0]["lr"] = 0.0
+    eng.vol_opt.param_groups[0]["lr"] = 0.0
+    eng._encoding_step(idx, eng.disk.count(8))
+    assert torch.equal(eng.best_head[idx], expected)
+
+
+def test_likelihood_disk_is_sorted_and_inside_nyquist():
+    disk = FrequencyDisk(32, 2.0, torch.device("cpu"))
+    assert torch.all(disk.radius[1:] >= disk.radius[:-1])
+    assert disk.radius.max() <= 15
+    assert disk.count(0) == 1 and disk.count(1) == 5
+
+
+def test_switch_on_command_changes_stage_at_next_step(tiny_dataset, tmp_path):
+    eng = Engine(_config(tiny_dataset, tmp_path, switch=None, epochs=3))
+    gen = eng.run()
+    snap = next(gen)
+    assert snap.stage == Stage.ENCODING
+    snap = gen.send(Command("switch"))
+    assert snap.stage == Stage.DECODING
+    assert eng.switch_reason == "requested by the user"
+    assert eng.poses is not None
+    gen.close()
+
+
+def test_stop_saves_checkpoint_and_resume_continues(tiny_dataset, tmp_path):
+    cfg = _config(tiny_dataset, tmp_path, epochs=3, switch=1)
+    gen = Engine(cfg).run()
+    snaps = [next(gen)]
+    while snaps[-1].epoch < 1:
+        snaps.append(gen.send(None))
+    final = gen.send(Command("stop"))
+    assert final.stage == Stage.DONE and "checkpoint" in final.message
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    stopped_epoch = final.epoch
+    cfg.resume = True
+    resumed = Engine(cfg)
+    snaps = list(resumed.run())
+    assert snaps[0].epoch == stopped_epoch  # continues where it stopped, not from 0
+    assert snaps[-1].stage == Stage.DONE
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[-1]["stage"] == "auto-decoding"
+
+
+def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):
+    from napari_cryospin.data.mrc import read_volume
+    from napari_cryospin.data.particles import load_particles
+    from napari_cryospin.reconstruction import split_halves
+
+    eng = Engine(_config(tiny_dataset, tmp_path))
+    snaps = list(eng.run())
+    out = tmp_path / "run"
+    for name in ("volume.mrc", "half_a.mrc", "half_b.mrc", "poses.star", "metrics.json", "fsc.png"):
+        assert (out / name).exists(), name
+    vol, voxel = read_volume(out / "volume.mrc")
+    assert vol.shape == (32, 32, 32) and voxel == pytest.approx(eng.particles.pixel_size)
+    poses = load_particles(out / "poses.star")
+    assert len(poses) == 200 and poses.rotations is not None
+    a, b = split_halves(200, eng.config.seed)
+    assert len(np.intersect1d(a, b)) == 0 and len(a) + len(b) == 200
+    assert snaps[-1].head_fractions.sum() == pytest.approx(1.0)
+    assert snaps[-1].resolution is not None
+
+
+def test_deterministic_under_seed(tiny_dataset, tmp_path):
+    def losses(sub):
+        eng = Engine(_config(tiny_dataset, tmp_path / sub, epochs=1, switch=None, eval_every=5))
+        return [s.loss for s in eng.run()][:-1]
+
+    assert losses("a") == losses("b")
+
+
+def test_auto_switch_criterion():
+    auto = AutoSwitch(min_epochs=2, head_stability=0.9, pose_change_deg=5, max_fraction=0.5)
+    assert auto.should_switch(1, 20, 0.99, 1.0)[0] is False  # too early
+    assert auto.should_switch(3, 20, 0.5, 1.0)[0] is False  # heads still hop
+    assert auto.should_switch(3, 20, 0.95, 20.0)[0] is False  # poses still move
+    assert auto.should_switch(3, 20, 0.95, 2.0)[0] is True
+    assert auto.should_switch(10, 20, None, None)[0] is True  # budget spent
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    from napari_cryospin.data.errors import ParticleFileError
+
+    missing = tmp_path / "nope.star"
+    with pytest.raises(ParticleFileError, match=r"nope\.star"):
+        Engine(RunConfig(particles=str(missing), out=str(tmp_path / "o")))
+    with pytest.raises(ValueError, match="not available"):
+        Engine(RunConfig(particles=str(missing), out=str(tmp_path / "o"), device="cuda:7"))

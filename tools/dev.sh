@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run the demo (`tools/dev.sh demo`) or the test suite (`tools/dev.sh test`).
+# Installs the system libraries napari needs (Debian/Ubuntu, when run as root), a virtual environment
+# in .venv with the CPU build of torch first (so nothing pulls a multi-GB CUDA build), then the package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-test}"
+
+system_packages() {
+  local pkgs="xvfb xauth libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-icccm4
+    libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0
+    libxcb-shape0 libxcb-cursor0 libxcb-xkb1 libfontconfig1 libdbus-1-3"
+  if command -v xvfb-run >/dev/null && dpkg -s libxcb-cursor0 libgl1-mesa-dri >/dev/null 2>&1; then
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+  else
+    echo "warning: cannot install system packages (need root + apt); GUI tests need: $pkgs" >&2
+  fi
+}
+
+python_env() {
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -e ".[testing]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import torch, napari_cryospin" # fail loudly if the install did not work
+}
+
+case "$what" in
+  demo)
+    python_env
+    .venv/bin/cryospin demo --out cryospin-demo
+    ;;
+  test)
+    system_packages
+    python_env
+    .venv/bin/ruff check src tests bench tools
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python -m pytest -q
+    ;;
+  *)
+    echo "usage: tools/dev.sh demo|test" >&2
+    exit 2
+    ;;
+esac
