@@ -363,7 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="score existing runs in --out instead of rerunning")
     p.add_argument("--max-maps", type=int, default=16, help="maps scored per method (spread over time)")
     p.add_argument("--cryodrgn", default=os.environ.get("CRYODRGN", DEFAULT_CRYODRGN))
-    p.add_argument("--cryospin", default=shutil.which("cryospin") or "cryospin")
+    beside = Path(sys.executable).with_name("cryospin")
+    p.add_argument("--cryospin", default=str(beside) if beside.exists() else shutil.which("cryospin"))
     p.add_argument(
         "--cryospin-args",
         nargs=argparse.REMAINDER,
