@@ -19,7 +19,14 @@ from ..data.errors import ParticleFileError
 from ..data.particles import ParticleSet, load_particles
 from ..geometry.rotations import geodesic_distance, random_rotations
 from ..model.encoder import MultiHeadEncoder
-from ..model.likelihood import FrequencyDisk, ImageBatch, prepare_batch, squared_error
+from ..model.likelihood import (
+    FrequencyDisk,
+    ImageBatch,
+    prepare_batch,
+    searched_error,
+    shift_grid,
+    squared_error,
+)
 from ..model.poses import ParticlePoses
 from ..model.volume import HartleyVolume
 from ..physics.fourier import hartley_centered, radial_shells
@@ -109,6 +116,7 @@ class Engine:
         self.volume = self._initial_volume(gen)
         self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.schedule.encoder_lr)
         self.vol_opt = torch.optim.Adam(self.volume.parameters(), lr=self.schedule.volume_lr_encoding)
+        self.offsets = shift_grid(self.schedule.shift_search, device=self.device)
         self.poses: ParticlePoses | None = None
         self.pose_opt = None
         self.best_rot = torch.eye(3).repeat(self.n, 1, 1)
@@ -200,7 +208,7 @@ class Engine:
         batch = self._batch(idx)
         self.encoder.train()
         rot, shift = self.encoder(self._encoder_input(batch))
-        err = squared_error(self.volume, batch, rot, shift, self.disk, n_points)
+        err, shift = searched_error(self.volume, batch, rot, shift, self.offsets, self.disk, n_points)
         best, win = err.min(dim=1)
         loss = best.mean()
         self.enc_opt.zero_grad(set_to_none=True)
@@ -254,7 +262,7 @@ class Engine:
             idx = np.arange(start, min(self.n, start + self.config.batch_size * 4))
             batch = self._batch(idx)
             rot, shift = self.encoder(self._encoder_input(batch))
-            err = squared_error(self.volume, batch, rot, shift, self.disk, n_points)
+            err, shift = searched_error(self.volume, batch, rot, shift, self.offsets, self.disk, n_points)
             win = err.argmin(1)
             ar = torch.arange(len(idx), device=self.device)
             self.best_rot[idx] = rot[ar, win].cpu()
@@ -292,7 +300,10 @@ class Engine:
                 r, s = self.poses(batch.idx)
                 rot, shift = r[:, None], s[:, None]
                 path = np.asarray(self._paths.get(i, []), np.float32).reshape(-1, 3, 3)
-            err = squared_error(self.volume, batch, rot, shift, self.disk, n_points, half)[0]
+            err, shift = searched_error(
+                self.volume, batch, rot, shift, self.offsets, self.disk, n_points, half
+            )
+            err = err[0]
             win = int(err.argmin())
             projection = self._projection(batch, rot[0, win], shift[0, win], half)
         log_post = None

@@ -32,6 +32,7 @@ class Schedule:
         self.epochs = config.epochs
         self.encoder_box = min(config.encoder_box, box)
         self.max_shift = box / 8
+        self.shift_search = box / 16  # pixels searched around each head's shift (1-px grid)
         self.max_radius = box / 2 - 1
 
     def radius(self, stage: Stage, epoch: int) -> float:

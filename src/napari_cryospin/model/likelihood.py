@@ -96,3 +96,44 @@ def squared_error(
     phase = centering_phase(k / disk.box, shifts.reshape(-1, 2)).reshape(b, *extra, -1)
     obs = fourier_to_hartley(batch.spectrum[:, :n_points].reshape(b, *([1] * len(extra)), -1) * phase)
     return ((model - obs) ** 2).mean(-1)
+
+
+def shift_grid(radius: float, step: float = 1.0, device: torch.device | str | None = None) -> torch.Tensor:
+    """In-plane offsets (S, 2) in pixels on a square grid inside a disk of ``radius`` (always holds 0)."""
+    n = int(radius // step)
+    a = torch.arange(-n, n + 1, device=device, dtype=torch.float32) * step
+    yy, xx = torch.meshgrid(a, a, indexing="ij")
+    grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
+    return grid[grid.norm(dim=-1) <= radius + 1e-6]
+
+
+def searched_error(
+    volume: HartleyVolume,
+    batch: ImageBatch,
+    rotations: torch.Tensor,
+    shifts: torch.Tensor,
+    offsets: torch.Tensor,
+    disk: FrequencyDisk,
+    n_points: int,
+    copy: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`squared_error`, minimised over ``shifts + offsets`` for every candidate pose.
+
+    The model slice does not depend on the shift, so all offsets cost two matrix products:
+    ``‖m − o_s‖² = ‖m‖² − 2⟨m, o_s⟩ + ‖o‖²``. Returns the best errors (B, ...) and shifts (B, ..., 2).
+    """
+    k = disk.k[:n_points]
+    b = rotations.shape[0]
+    extra = rotations.shape[1:-2]
+    ones = [1] * len(extra)
+    model = volume.slices(rotations, k, copy) * batch.ctf[:, :n_points].reshape(b, *ones, -1)
+    phase = centering_phase(k / disk.box, shifts.reshape(-1, 2)).reshape(b, *extra, -1)
+    g = batch.spectrum[:, :n_points].reshape(b, *ones, -1) * phase
+    off = centering_phase(k / disk.box, offsets)  # (S, P)
+    c_minus_s = (off.real - off.imag).T
+    c_plus_s = (off.real + off.imag).T
+    cross = (model * g.real) @ c_minus_s - (model * g.imag) @ c_plus_s  # (B, ..., S)
+    obs_norm = (fourier_to_hartley(g) ** 2).sum(-1, keepdim=True)
+    err = ((model**2).sum(-1, keepdim=True) - 2 * cross + obs_norm) / n_points
+    best, which = err.min(-1)
+    return best, shifts + offsets[which]
