@@ -40,16 +40,15 @@ def insert_slices(
     """Trilinear gridding: add slice ``values`` (n, P) and ``weights`` (n, P) into (D, D, D) grids.
 
     Returns (value sum, weight sum); the adjoint of :func:`extract_slices`, used for backprojection.
+    Both go in as two channels of one ``index_add_`` per corner; points outside land in a spare row.
     """
     d = box
     q = rotate_frequencies(rotations, k2).reshape(-1, 3) + d // 2
-    vals = values.reshape(-1)
-    wts = weights.reshape(-1).to(q.dtype)
+    pair = torch.stack([values.reshape(-1), weights.reshape(-1).to(values.dtype)], dim=-1)
     base = torch.floor(q)
-    frac = q - base
+    frac = (q - base).to(values.dtype)
     base = base.long()
-    num = torch.zeros(d * d * d, dtype=vals.dtype, device=vals.device)
-    den = torch.zeros(d * d * d, dtype=wts.dtype, device=wts.device)
+    out = torch.zeros(d * d * d + 1, 2, dtype=values.dtype, device=values.device)
     for dz in (0, 1):
         for dy in (0, 1):
             for dx in (0, 1):
@@ -60,8 +59,7 @@ def insert_slices(
                     * (frac[:, 2] if dz else 1 - frac[:, 2])
                 )
                 ok = (ix >= 0) & (ix < d) & (iy >= 0) & (iy < d) & (iz >= 0) & (iz < d)
-                flat = (iz * d + iy) * d + ix
-                flat, w = flat[ok], w[ok]
-                num.index_add_(0, flat, vals[ok] * w.to(vals.dtype))
-                den.index_add_(0, flat, wts[ok] * w)
-    return num.reshape(d, d, d), den.reshape(d, d, d)
+                flat = torch.where(ok, (iz * d + iy) * d + ix, d * d * d)
+                out.index_add_(0, flat, pair * w[:, None])
+    grid = out[:-1].reshape(d, d, d, 2)
+    return grid[..., 0], grid[..., 1]
