@@ -30,6 +30,7 @@ from ..model.likelihood import (
 from ..model.poses import ParticlePoses
 from ..model.volume import HartleyVolume
 from ..physics.fourier import hartley_centered, radial_shells
+from ..reconstruction import split_halves
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .device import resolve_device
@@ -124,7 +125,9 @@ class Engine:
         self.best_head = torch.full((self.n,), -1, dtype=torch.long)
         self.prev_rot = None
         self.prev_head = None
-        self.halves = torch.from_numpy(np.random.default_rng(cfg.seed + 1).integers(0, 2, self.n))
+        _, half_b = split_halves(self.n, cfg.seed)
+        self.halves = torch.zeros(self.n, dtype=torch.long)
+        self.halves[torch.from_numpy(half_b)] = 1  # the same halves as the half maps written out
         self.stage = Stage.ENCODING
         self.epoch = 0
         self.batch_pos = 0
