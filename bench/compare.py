@@ -327,8 +327,8 @@ def table(results: list[dict], ceiling_res: float | None) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], ceiling_res: float | None, title: str, path: Path) -> None:
-    """Resolution (FSC 0.5 vs truth) against wall time, one line per method, ceiling dashed."""
+def plot(results: list[dict], ceiling_res: float | None, budget_min: float, title: str, path: Path) -> None:
+    """Resolution (FSC 0.5 vs truth, log axis) against wall time, one line per method, ceiling dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,6 +341,12 @@ def plot(results: list[dict], ceiling_res: float | None, title: str, path: Path)
             ax.plot(t, [s["res"] for s in r["curve"]], marker="o", ms=3, label=r["label"])
     if ceiling_res is not None:
         ax.axhline(ceiling_res, color="k", ls="--", lw=1, label=f"known poses ({ceiling_res:.1f} Å)")
+    ax.set_xlim(0, budget_min * 1.02)
+    ax.set_yscale("log")
+    ax.set_yticks(
+        [10, 15, 20, 30, 50, 100, 200, 400], labels=["10", "15", "20", "30", "50", "100", "200", "400"]
+    )
+    ax.minorticks_off()
     ax.set_xlabel("wall time (min)")
     ax.set_ylabel("resolution, FSC 0.5 vs truth (Å)")
     ax.invert_yaxis()
@@ -401,7 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         for m in METHODS
         if (out / m / "run.json").is_file()
     ]
-    ceiling_res = ceiling(data, truth)
+    cached = out / "ceiling.json"
+    if args.reuse and cached.is_file():
+        ceiling_res = json.loads(cached.read_text())["ceiling_res"]
+    else:
+        ceiling_res = ceiling(data, truth)
+        cached.write_text(json.dumps({"ceiling_res": ceiling_res}))
     summary = {
         "dataset": str(args.dataset.resolve()),
         "threads": args.threads,
@@ -415,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(
         results,
         ceiling_res,
+        args.budget_min,
         f"{args.dataset.resolve().name}: {args.threads} threads",
         out / "resolution_vs_time.png",
     )
