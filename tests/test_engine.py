@@ -10,7 +10,7 @@ from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
 from napari_cryospin.engine.switch import AutoSwitch
-from napari_cryospin.model.likelihood import FrequencyDisk, squared_error
+from napari_cryospin.model.likelihood import FrequencyDisk, searched_error, shift_grid, squared_error
 
 
 def _config(tiny_dataset, tmp_path, **kw) -> RunConfig:
@@ -55,11 +55,27 @@ def test_winner_takes_all_picks_lowest_loss_head(tiny_dataset, tmp_path):
     eng.encoder.train()  # the step runs in training mode (batch statistics); the same batch, the same output
     with torch.no_grad():
         r, s = eng.encoder(eng._encoder_input(batch))
-        expected = squared_error(eng.volume, batch, r, s, eng.disk, eng.disk.count(8)).argmin(1)
+        err, _ = searched_error(eng.volume, batch, r, s, eng.offsets, eng.disk, eng.disk.count(8))
+        expected = err.argmin(1)
     eng.enc_opt.param_groups[0]["lr"] = 0.0
     eng.vol_opt.param_groups[0]["lr"] = 0.0
     eng._encoding_step(idx, eng.disk.count(8))
     assert torch.equal(eng.best_head[idx], expected)
+
+
+def test_shift_search_equals_explicit_shifts_and_never_loses(tiny_dataset, tmp_path):
+    from napari_cryospin.geometry.rotations import random_rotations
+
+    eng = Engine(_config(tiny_dataset, tmp_path))
+    eng._build()
+    batch = eng._batch(np.arange(6))
+    rot = random_rotations(12, torch.Generator().manual_seed(5)).reshape(6, 2, 3, 3)
+    base = torch.randn(6, 2, 2, generator=torch.Generator().manual_seed(6))
+    n = eng.disk.count(10)
+    best, shifts = searched_error(eng.volume, batch, rot, base, shift_grid(2.0), eng.disk, n)
+    explicit = squared_error(eng.volume, batch, rot, shifts, eng.disk, n)
+    assert torch.allclose(best, explicit, atol=1e-5)
+    assert torch.all(best <= squared_error(eng.volume, batch, rot, base, eng.disk, n) + 1e-6)
 
 
 def test_likelihood_disk_is_sorted_and_inside_nyquist():
