@@ -21,8 +21,8 @@ class RunConfig:
     switch: int | str | None = "auto"
     device: str = "auto"
     box: int | None = None
-    encoder_box: int = 64
-    encoder_width: int = 32
+    encoder_box: int | None = None  # None: 32 on a CPU, the full box on a GPU
+    encoder_width: int | None = None  # None: 16 on a CPU, 32 on a GPU
     batch_size: int = 64
     seed: int = 0
     half_maps: bool = True

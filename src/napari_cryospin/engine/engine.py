@@ -63,7 +63,7 @@ class Engine:
         self.particles: ParticleSet = particles
         self.n = len(particles)
         self.box = particles.box
-        self.schedule = Schedule(self.box, config)
+        self.schedule = Schedule(self.box, config, self.device.type)
         self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
         self.out = config.out_dir
         self.out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ class Engine:
         gen = torch.Generator().manual_seed(cfg.seed)
         self.scale = self._image_scale()
         self.encoder = MultiHeadEncoder(
-            self.schedule.encoder_box, cfg.heads, cfg.encoder_width, max_shift=self.schedule.max_shift
+            self.schedule.encoder_box, cfg.heads, self.schedule.encoder_width, max_shift=self.schedule.max_shift
         ).to(self.device)
         self.volume = self._initial_volume(gen)
         self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.schedule.encoder_lr)

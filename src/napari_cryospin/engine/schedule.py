@@ -27,10 +27,12 @@ class Schedule:
     start_fraction = 0.3  # of the largest radius, at epoch 0
     full_at_fraction = 0.5  # of the epochs: where the encoding radius reaches its top
 
-    def __init__(self, box: int, config: RunConfig):
+    def __init__(self, box: int, config: RunConfig, device: str = "cpu"):
         self.box = box
         self.epochs = config.epochs
-        self.encoder_box = min(config.encoder_box, box)
+        cpu = device == "cpu"
+        self.encoder_box = min(config.encoder_box or (32 if cpu else box), box)
+        self.encoder_width = config.encoder_width or (16 if cpu else 32)
         self.max_shift = box / 8
         self.shift_search = box / 16  # pixels searched around each head's shift (1-px grid)
         self.max_radius = box / 2 - 1
