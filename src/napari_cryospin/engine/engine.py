@@ -112,7 +112,10 @@ class Engine:
         gen = torch.Generator().manual_seed(cfg.seed)
         self.scale = self._image_scale()
         self.encoder = MultiHeadEncoder(
-            self.schedule.encoder_box, cfg.heads, self.schedule.encoder_width, max_shift=self.schedule.max_shift
+            self.schedule.encoder_box,
+            cfg.heads,
+            self.schedule.encoder_width,
+            max_shift=self.schedule.max_shift,
         ).to(self.device)
         self.volume = self._initial_volume(gen)
         self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.schedule.encoder_lr)
