@@ -118,8 +118,10 @@ class Engine:
             max_shift=self.schedule.max_shift,
         ).to(self.device)
         self.volume = self._initial_volume(gen)
-        self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.schedule.encoder_lr)
-        self.vol_opt = torch.optim.Adam(self.volume.parameters(), lr=self.schedule.volume_lr_encoding)
+        self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.schedule.encoder_lr, foreach=True)
+        self.vol_opt = torch.optim.Adam(
+            self.volume.parameters(), lr=self.schedule.volume_lr_encoding, foreach=True
+        )
         self.offsets = shift_grid(self.schedule.shift_search, device=self.device)
         self.poses: ParticlePoses | None = None
         self.pose_opt = None
@@ -195,7 +197,7 @@ class Engine:
             if self.stage == Stage.DECODING
             else self.schedule.volume_lr_encoding
         )
-        return torch.optim.Adam(self.volume.parameters(), lr=lr)
+        return torch.optim.Adam(self.volume.parameters(), lr=lr, foreach=True)
 
     def _pose_optimizer(self) -> torch.optim.Optimizer:
         assert self.poses is not None
