@@ -27,7 +27,7 @@ def test_posterior_view_marks_every_head_and_rings_the_winner(qtbot, ui_viewer, 
     assert len(view.head_artists) == heads
     colours = {tuple(artist.get_facecolor()[0]) for artist in view.head_artists}
     assert len(colours) == heads
-    labels = [text.get_text() for text in view.figure.axes[2].get_legend().get_texts()]
+    labels = [text.get_text() for text in view.figure.axes[0].get_legend().get_texts()]
     winner = snapshot.particle.winner
     assert labels[winner] == f"head {winner + 1} (winner)"
     assert view.head_artists[winner].get_sizes()[0] > view.head_artists[(winner + 1) % heads].get_sizes()[
@@ -52,7 +52,7 @@ def test_decoding_shows_the_current_pose_and_its_path(qtbot, ui_viewer, ui_snaps
     view = PosteriorView(ui_viewer)
     qtbot.addWidget(view)
     _publish(ui_viewer, ui_snapshot(stage=Stage.DECODING))
-    sky = view.figure.axes[2]
+    sky = view.figure.axes[0]
     assert len(view.head_artists) == 1
     assert any(line.get_label() == "path in auto-decoding" for line in sky.get_lines())
 

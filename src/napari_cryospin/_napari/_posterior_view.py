@@ -77,9 +77,12 @@ class PosteriorView(QWidget):
         self.centre_button = QPushButton("Centre on winner")
         self.info = QLabel("Start a run to see this particle's pose candidates.")
         self.info.setWordWrap(True)
-        self.figure = Figure(figsize=(5.0, 6.4), layout="constrained")
+        self.images_figure = Figure(figsize=(5.0, 2.4), layout="constrained")
+        self.images_canvas = FigureCanvasQTAgg(self.images_figure)
+        self.images_canvas.setFixedHeight(220)
+        self.figure = Figure(figsize=(5.0, 3.6), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(560)
+        self.canvas.setMinimumHeight(340)
 
         controls = QGridLayout()
         controls.addWidget(QLabel("particle"), 0, 0)
@@ -94,6 +97,7 @@ class PosteriorView(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(controls)
         layout.addWidget(self.info)
+        layout.addWidget(self.images_canvas)
         layout.addWidget(self.canvas, 1)
 
         self.particle_spin.valueChanged.connect(self._on_particle)
@@ -163,24 +167,28 @@ class PosteriorView(QWidget):
     def redraw(self, _value=None) -> None:
         """Redraw images and sky from the current particle view and sky centre."""
         self.figure.clear()
+        self.images_figure.clear()
         self.head_artists = []
-        grid = self.figure.add_gridspec(2, 2, height_ratios=(1.0, 1.55))
-        image_ax, projection_ax = self.figure.add_subplot(grid[0, 0]), self.figure.add_subplot(grid[0, 1])
-        sky_ax = self.figure.add_subplot(grid[1, :], projection="mollweide")
+        image_ax, projection_ax = self.images_figure.subplots(1, 2)
+        sky_ax = self.figure.add_subplot(projection="mollweide")
         if self.view is None:
             for ax in (image_ax, projection_ax):
                 ax.set_axis_off()
             self._style_sky(sky_ax)
-            self.canvas.draw_idle()
-            return
-        self._draw_images(image_ax, projection_ax)
-        self._draw_sky(sky_ax)
-        self.info.setText(self._describe())
+        else:
+            self._draw_images(image_ax, projection_ax)
+            self._draw_sky(sky_ax)
+            self.info.setText(self._describe())
+        self.images_canvas.draw_idle()
         self.canvas.draw_idle()
+
+    def _decoding(self) -> bool:
+        """Auto-decoding, or a finished run whose last view was a single optimised pose."""
+        return self.stage == Stage.DECODING or (self.stage == Stage.DONE and len(self.view.candidates) == 1)
 
     def _draw_images(self, image_ax, projection_ax) -> None:
         view = self.view
-        decoding = self.stage == Stage.DECODING
+        decoding = self._decoding()
         titles = (
             f"particle {view.index}",
             "projection at pose" if decoding else f"best: head {view.winner + 1}",
@@ -212,7 +220,7 @@ class PosteriorView(QWidget):
             bar = self.figure.colorbar(mesh, ax=ax, orientation="horizontal", shrink=0.6, pad=0.02, aspect=30)
             bar.set_label("log posterior of the view, relative to its maximum", fontsize=8)
             bar.ax.tick_params(labelsize=7)
-        if self.stage == Stage.DECODING:
+        if self._decoding():
             self._draw_decoding(ax, rotation)
         else:
             self._draw_heads(ax, rotation)
@@ -244,15 +252,16 @@ class PosteriorView(QWidget):
                 label=label,
             )
             self.head_artists.append(artist)
-        ax.scatter(
-            lon[view.winner],
-            lat[view.winner],
-            s=420,
-            facecolors="none",
-            edgecolors="white",
-            linewidths=2.0,
-            zorder=5,
-        )
+        for size, colour, width in ((460, "black", 3.5), (460, "white", 1.6)):
+            ax.scatter(
+                lon[view.winner],
+                lat[view.winner],
+                s=size,
+                facecolors="none",
+                edgecolors=colour,
+                linewidths=width,
+                zorder=5,
+            )
 
     def _draw_decoding(self, ax, rotation: np.ndarray) -> None:
         view = self.view
@@ -292,7 +301,7 @@ class PosteriorView(QWidget):
 
     def _describe(self) -> str:
         view = self.view
-        if self.stage == Stage.DECODING:
+        if self._decoding():
             return f"Particle {view.index}: auto-decoding, loss {view.candidate_losses[view.winner]:.4g}."
         losses = ", ".join(f"{loss:.3g}" for loss in view.candidate_losses)
         return f"Particle {view.index}: head {view.winner + 1} wins; losses per head: {losses}."
