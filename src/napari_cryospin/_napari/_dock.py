@@ -113,10 +113,11 @@ class ReconstructionDock(QWidget):
         self._switch_requested = False
         self._stopping = False
         self.send(Command("particle", self.hub.particle))
-        self.worker = create_worker(engine_stream, config, self._commands, _start_thread=False)
+        self.worker = create_worker(
+            engine_stream, config, self._commands, _start_thread=False, _connect={"errored": self._on_errored}
+        )
         self.worker.yielded.connect(self._on_snapshot)
         self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
         self.worker.finished.connect(self._on_finished)
         self._progress = progress(total=1000, desc="cryoSPIN")
         self.hub.attach(self.send)
@@ -142,9 +143,10 @@ class ReconstructionDock(QWidget):
         self._update_buttons(snapshot.stage)
         self.hub.publish(snapshot)
 
-    def _on_returned(self, error: ValueError | None) -> None:
-        if error is not None:
-            show_error(str(error))
+    def _on_returned(self, error: str | None) -> None:
+        if error:
+            show_error(error)
+            self.status.setText(error)
 
     def _on_errored(self, error: Exception) -> None:
         self.status.setText(f"The run failed: {error}. See the notification for details.")
@@ -176,9 +178,10 @@ class ReconstructionDock(QWidget):
 
 def status_line(snapshot: Snapshot, config: RunConfig | None) -> str:
     """One line for the dock: epoch, stage, speed, loss and resolution; at the end, the engine's message."""
+    epoch = snapshot.epoch + 1 if config is None else min(snapshot.epoch + 1, config.epochs)
     epochs = f"/{config.epochs}" if config is not None else ""
     parts = [
-        f"epoch {snapshot.epoch + 1}{epochs}",
+        f"epoch {epoch}{epochs}",
         snapshot.stage.value,
         f"{snapshot.images_per_s:.0f} images/s",
     ]

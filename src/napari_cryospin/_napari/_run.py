@@ -21,10 +21,10 @@ def _next_command(commands: queue.SimpleQueue) -> Command | None:
 
 def engine_stream(
     config: RunConfig, commands: queue.SimpleQueue
-) -> Generator[Snapshot, Command | None, ValueError | None]:
+) -> Generator[Snapshot, Command | None, str | None]:
     """Yield the engine's snapshots, passing on commands from `worker.send()` or the `commands` queue.
 
-    Returns the error when the engine rejects the input before running (a message for the user).
+    Returns the error message when the engine rejects the input before running (for the user, no traceback).
     """
     from ..engine.engine import Engine
 
@@ -32,7 +32,7 @@ def engine_stream(
         run = Engine(config).run()
         snapshot = next(run)
     except ValueError as exc:
-        return exc
+        return str(exc)
     while True:
         sent = yield snapshot
         try:

@@ -1,0 +1,96 @@
+"""A tiny real run (box 32, 200 particles, CPU) driven through the docks on a GUI-free ViewerModel."""
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_cryospin._napari._dock import ReconstructionDock
+from napari_cryospin._napari._plots import RunPlots
+from napari_cryospin._napari._posterior_view import PosteriorView
+from napari_cryospin._napari._volume import MAP_LAYER
+from napari_cryospin.engine.events import Stage
+
+MINUTE_MS = 60_000
+
+
+def _wait(qtbot, dock, condition, minutes: float = 2.0) -> None:
+    """Wait for `condition`, giving up early when the run ends (an engine error fails fast)."""
+    qtbot.waitUntil(lambda: condition() or not dock.running, timeout=int(minutes * MINUTE_MS))
+    assert condition(), dock.status.text()
+
+
+@pytest.fixture
+def ui_dock(qtbot, ui_viewer, ui_tiny_particles, tmp_path):
+    """The reconstruction dock set up for a 3-head, 20-epoch manual-switch CPU run; stopped at teardown."""
+    dock = ReconstructionDock(ui_viewer)
+    qtbot.addWidget(dock)
+    settings = dock.settings
+    settings.set_particles(str(ui_tiny_particles))
+    settings.out_edit.setText(str(tmp_path / "run"))
+    settings.heads_spin.setValue(3)
+    settings.epochs_spin.setValue(20)
+    settings.switch_combo.setCurrentText("manual")
+    settings.device_combo.setCurrentIndex(settings.device_combo.findData("cpu"))
+    settings.batch_spin.setValue(32)
+    yield dock
+    if dock.running:
+        worker = dock.worker
+        with qtbot.waitSignal(worker.finished, timeout=2 * MINUTE_MS):
+            dock.stop()
+
+
+def test_run_updates_map_switches_once_and_stops_resumably(qtbot, ui_viewer, ui_dock, tmp_path):
+    posterior, plots = PosteriorView(ui_viewer), RunPlots(ui_viewer)
+    qtbot.addWidget(posterior)
+    qtbot.addWidget(plots)
+    posterior.select_particle(5)
+    ui_dock.start_button.click()
+    assert ui_dock.running and not ui_dock.start_button.isEnabled()
+
+    _wait(qtbot, ui_dock, lambda: MAP_LAYER in ui_viewer.layers)
+    layer = ui_viewer.layers[MAP_LAYER]
+    assert layer.data.ndim == 3 and ui_viewer.dims.ndisplay == 3
+    assert layer.scale[0] > 1.0
+    first_map = np.array(layer.data)
+
+    _wait(qtbot, ui_dock, lambda: posterior.view is not None)
+    assert posterior.view.index == 5 and len(posterior.head_artists) == 3
+    assert plots.bar_heights().sum() == pytest.approx(100.0)
+
+    assert ui_dock.switch_button.isEnabled()
+    ui_dock.switch_button.click()
+    assert not ui_dock.switch_button.isEnabled()
+    _wait(qtbot, ui_dock, lambda: ui_dock.hub.last.stage == Stage.DECODING)
+    _wait(qtbot, ui_dock, lambda: not np.array_equal(layer.data, first_map))
+    assert not ui_dock.switch_button.isEnabled()
+    assert ui_viewer.layers[MAP_LAYER] is layer
+
+    worker = ui_dock.worker
+    with qtbot.waitSignal(worker.finished, timeout=MINUTE_MS):
+        asked = time.perf_counter()
+        ui_dock.stop_button.click()
+    assert time.perf_counter() - asked < 15.0  # about a second on an idle machine
+    assert not ui_dock.running and ui_dock.hub.last.stage == Stage.DONE
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert ui_dock.resume_button.isEnabled() and ui_dock.start_button.isEnabled()
+
+    stopped_step = ui_dock.hub.last.step
+    ui_dock.resume_button.click()
+    _wait(
+        qtbot,
+        ui_dock,
+        lambda: ui_dock.hub.last.stage == Stage.DECODING and ui_dock.hub.last.step > stopped_step,
+    )
+    assert not ui_dock.switch_button.isEnabled()
+
+
+def test_stack_without_ctf_is_refused_with_a_message(qtbot, ui_dock, io_write_stack, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_cryospin._napari._dock.show_error", shown.append)
+    path, _ = io_write_stack(name="bare.mrcs", n=4, box=16)
+    ui_dock.settings.particles_edit.setText(str(path))
+    ui_dock.start()
+    qtbot.waitUntil(lambda: not ui_dock.running, timeout=MINUTE_MS)
+    assert len(shown) == 1 and "bare.mrcs" in shown[0] and "Traceback" not in shown[0]
+    assert not ui_dock.running and ui_dock.start_button.isEnabled()
