@@ -193,3 +193,14 @@ def test_every_manifest_widget_opens(qtbot, ui_viewer):
         instance = getattr(importlib.import_module(module), name)(napari_viewer=ui_viewer)
         qtbot.addWidget(instance)
         assert instance.minimumSizeHint().height() > 0
+
+
+def test_a_view_without_posterior_keeps_the_last_one(qtbot, ui_viewer, ui_snapshot):
+    view = PosteriorView(ui_viewer)
+    qtbot.addWidget(view)
+    _publish(ui_viewer, ui_snapshot(stage=Stage.DECODING))
+    kept = view.view.log_posterior
+    later = ui_snapshot(stage=Stage.DECODING)
+    later.particle.log_posterior = None
+    _publish(ui_viewer, later)
+    assert view.view.log_posterior is kept

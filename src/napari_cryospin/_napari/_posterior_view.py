@@ -6,6 +6,8 @@ winning head is ringed, and in auto-decoding the optimised pose is drawn with it
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -51,6 +53,8 @@ def _degrees_box(limit: float) -> QDoubleSpinBox:
     box.setRange(-limit, limit)
     box.setSingleStep(15.0)
     box.setSuffix("°")
+    box.setDecimals(0)
+    box.setMinimumWidth(80)
     box.setWrapping(limit == 180.0)
     return box
 
@@ -148,10 +152,14 @@ class PosteriorView(QWidget):
         self.particle_spin.setValue(int(np.clip(index, 0, layer.data.shape[0] - 1)))
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
-        """Draw the snapshot's particle view when it is the particle asked for."""
-        if snapshot.particle is None or snapshot.particle.index != self.particle_spin.value():
+        """Draw the particle view if it is the one asked for (keeping its last posterior)."""
+        view = snapshot.particle
+        if view is None or view.index != self.particle_spin.value():
             return
-        self.view, self.stage = snapshot.particle, snapshot.stage
+        previous = self.view
+        if view.log_posterior is None and previous is not None and previous.index == view.index:
+            view = replace(view, log_posterior=previous.log_posterior)
+        self.view, self.stage = view, snapshot.stage
         self.redraw()
 
     def centre_on_winner(self) -> None:
