@@ -100,6 +100,7 @@ def test_plots_trace_loss_resolution_and_fsc(qtbot, ui_viewer, ui_snapshot):
 
 
 def test_dock_flush_updates_layer_in_place_and_switch_button(qtbot, ui_viewer, ui_snapshot, tmp_path):
+    stack = ui_viewer.add_image(np.zeros((5, 8, 8)), metadata={"particles_path": "p.star"})
     dock = ReconstructionDock(ui_viewer)
     qtbot.addWidget(dock)
     dock.worker = object()  # pretend a run is going: only the GUI side is under test here
@@ -116,7 +117,8 @@ def test_dock_flush_updates_layer_in_place_and_switch_button(qtbot, ui_viewer, u
     snapshot.volume = 2 * snapshot.volume
     dock._on_snapshot(snapshot)
     qtbot.waitUntil(lambda: layer.data.max() > 1.5)
-    assert ui_viewer.layers[MAP_LAYER] is layer and len(ui_viewer.layers) == 1
+    assert ui_viewer.layers[MAP_LAYER] is layer and len(ui_viewer.layers) == 2
+    assert not stack.visible
     assert layer.contrast_limits[1] == pytest.approx(2.0)
     assert not dock.switch_button.isEnabled()
     assert dock.status.text().startswith("epoch 2 ·") and "12.0 Å" in dock.status.text()

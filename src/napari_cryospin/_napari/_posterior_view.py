@@ -40,7 +40,7 @@ HEAD_COLOURS = (
     "tab:cyan",
     "gold",
 )
-LOG_RANGE = 12.0  # shown span of the log posterior below its maximum
+LOG_RANGE = 20.0  # shown span of the log posterior below its maximum
 
 
 def head_colour(head: int) -> str:
@@ -227,6 +227,7 @@ class PosteriorView(QWidget):
             )
             bar = self.figure.colorbar(mesh, ax=ax, orientation="horizontal", shrink=0.6, pad=0.02, aspect=30)
             bar.set_label("log posterior of the view, relative to its maximum", fontsize=8)
+            bar.set_ticks(np.arange(-LOG_RANGE, 0.1, 5.0))
             bar.ax.tick_params(labelsize=7)
         if self._decoding():
             self._draw_decoding(ax, rotation)

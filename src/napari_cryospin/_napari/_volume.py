@@ -11,7 +11,9 @@ MAP_LAYER = "cryoSPIN map"
 
 
 def show_volume(viewer, volume: np.ndarray, voxel_size: float, name: str = MAP_LAYER) -> Image:
-    """Put `volume` (Å voxels) in the layer `name`, keeping contrast the user chose by hand."""
+    """Put `volume` (Å voxels) in the layer `name`, keeping contrast the user chose by hand.
+
+    The first time, the view turns 3D and particle-stack layers are hidden."""
     limits = volume_contrast(volume)
     scale = (float(voxel_size),) * 3
     if name in viewer.layers:
@@ -35,7 +37,22 @@ def show_volume(viewer, volume: np.ndarray, voxel_size: float, name: str = MAP_L
         metadata={"voxel_size": float(voxel_size)},
     )
     layer.metadata["auto_contrast"] = tuple(layer.contrast_limits)
+    for other in viewer.layers:
+        if other.metadata.get("particles_path"):
+            other.visible = False  # a particle stack shown in 3D is a slab that hides the map
     if viewer.dims.ndisplay != 3:
         viewer.dims.ndisplay = 3
-    viewer.reset_view()
+    frame(viewer, layer)
     return layer
+
+
+def frame(viewer, layer: Image) -> None:
+    """Centre the camera on `layer` and zoom to it, whatever else (e.g. a long stack) the viewer holds."""
+    viewer.reset_view()
+    world = np.asarray(viewer.layers.extent.world)
+    own = np.asarray(layer.extent.world)
+    shown = list(viewer.dims.displayed)
+    spans = (world[1] - world[0])[shown].max(), (own[1] - own[0])[shown].max()
+    viewer.camera.center = tuple(((own[0] + own[1]) / 2)[shown])
+    if spans[1] > 0:
+        viewer.camera.zoom = viewer.camera.zoom * spans[0] / spans[1]
