@@ -3,7 +3,7 @@
 Runs ``cryospin reconstruct`` (unless ``--reuse``), then scores every per-epoch map and pose set it saved
 (``epochs/epoch_NNN.npz``): wall time, stage, median/mean rotation error after global alignment and hand,
 median shift error, FSC-0.5 resolution against the true map; the known-pose ceiling is printed beside.
-Usage: ``python bench/reconstruct.py DATASET_DIR [--out DIR] [--reuse] [-- extra reconstruct options]``.
+Usage: ``python bench/reconstruct.py DATASET_DIR [--out DIR] [--reuse] [other cryospin reconstruct options]``.
 """
 
 from __future__ import annotations
@@ -39,12 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dataset", type=Path)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--reuse", action="store_true", help="score an existing run folder without running")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="options passed to cryospin reconstruct")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
     out = args.out or Path("bench-runs") / args.dataset.name
     truth_star, truth_vol = _truth(args.dataset)
     if not args.reuse:
-        extra = [a for a in args.extra if a != "--"]
+        extra = [a for a in extra if a != "--"]
         cmd = [
             sys.executable,
             "-m",
