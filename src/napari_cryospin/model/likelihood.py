@@ -40,10 +40,6 @@ class FrequencyDisk:
             torch.searchsorted(self.radius, torch.tensor(radius, device=self.radius.device), right=True)
         )
 
-    def resolution(self, radius: float) -> float:
-        """The resolution in Å of a radius in cycles per box."""
-        return self.box * self.pixel_size / max(radius, 1e-6)
-
 
 @dataclass
 class ImageBatch:
