@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Set up a fresh machine and run the demo (`tools/dev.sh demo`) or the test suite (`tools/dev.sh test`).
+# Set up a fresh machine (`tools/dev.sh setup`) or set up and run the demo (`tools/dev.sh demo`).
 # Installs the system libraries napari needs (Debian/Ubuntu, when run as root), a virtual environment
 # in .venv with the CPU build of torch first (so nothing pulls a multi-GB CUDA build), then the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-what="${1:-test}"
+what="${1:-setup}"
 
 system_packages() {
   local pkgs="xvfb xauth libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-icccm4
@@ -34,14 +34,12 @@ case "$what" in
     python_env
     .venv/bin/cryospin demo --out cryospin-demo
     ;;
-  test)
+  setup)
     system_packages
     python_env
-    .venv/bin/ruff check src tests bench tools
-    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python -m pytest -q
     ;;
   *)
-    echo "usage: tools/dev.sh demo|test" >&2
+    echo "usage: tools/dev.sh setup|demo" >&2
     exit 2
     ;;
 esac

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .physics.ctf import ctf_2d
-from .physics.fourier import disk_indices, fftn_centered, frequency_grid_2d, ifftn_centered
+from .physics.fourier import disk_indices, fftn_centered, frequency_grid_2d, ifftn_centered, radial_shells
 from .physics.shifts import centering_phase
 from .physics.slicing import insert_slices
 
@@ -109,12 +109,6 @@ def _mirror(grid: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _shell_index(box: int, device: torch.device) -> torch.Tensor:
-    k = torch.arange(box, device=device, dtype=torch.float32) - box // 2
-    kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
-    return torch.round(torch.sqrt(kz * kz + ky * ky + kx * kx)).long()
-
-
 def _gridding_correction(box: int, device: torch.device) -> torch.Tensor:
     """sinc² of the trilinear kernel along each axis, times a soft mask of the reconstruction sphere.
 
@@ -141,7 +135,7 @@ def solve_map(acc: Accumulator, wiener: float = DEFAULT_WIENER) -> np.ndarray:
     """
     box = acc.den.shape[-1]
     device = acc.den.device
-    shells = _shell_index(box, device)
+    shells = radial_shells(box, 3, device)
     nshell = box // 2 + 1
     inside = shells < nshell
     flat = torch.where(inside, shells, torch.zeros_like(shells)).reshape(-1)

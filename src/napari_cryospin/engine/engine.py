@@ -29,8 +29,10 @@ from ..model.likelihood import (
 )
 from ..model.poses import ParticlePoses
 from ..model.volume import HartleyVolume
-from ..physics.fourier import hartley_centered, radial_shells
-from ..reconstruction import split_halves
+from ..physics.fourier import frequency_grid_2d, hartley_centered, ifftn_centered, radial_shells
+from ..physics.shifts import centering_phase
+from ..posterior import view_log_posterior
+from ..reconstruction import backproject, split_halves
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .device import resolve_device
@@ -66,7 +68,12 @@ class Engine:
         self.schedule = Schedule(self.box, config, self.device.type)
         self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
         self.out = config.out_dir
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(
+                f"{self.out}: cannot create the output folder ({exc}). Fix: choose a writable one."
+            ) from exc
         self._selected = 0
         self._commands: list[Command] = []
 
@@ -91,8 +98,6 @@ class Engine:
         """Exponent from the data's radial spectrum; mantissa from a random-pose reconstruction (a blob)."""
         idx = np.arange(min(self.n, 1024))
         rot = random_rotations(self.n, generator).numpy()
-        from ..reconstruction import backproject
-
         blob = backproject(self.particles, rot, np.zeros((self.n, 2)), indices=idx, device=self.device)
         # Volume units: its slices equal the orthonormal spectra of images divided by ``scale``.
         blob = torch.from_numpy(blob).to(self.device) / (self.scale * self.box)
@@ -316,8 +321,6 @@ class Engine:
             projection = self._projection(batch, rot[0, win], shift[0, win], half)
         log_post = None
         if with_posterior:
-            from ..posterior import view_log_posterior
-
             s_win = shift[0, win]
             sigma2 = max(float(err.min()), 1e-6)
 
@@ -348,9 +351,6 @@ class Engine:
 
     def _projection(self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, half: int) -> np.ndarray:
         """The CTF-modulated, shifted model projection of one particle in real space."""
-        from ..physics.fourier import frequency_grid_2d, ifftn_centered
-        from ..physics.shifts import centering_phase
-
         k = frequency_grid_2d(self.box, self.device).reshape(-1, 2)
         full_ctf = torch.zeros(self.box * self.box, device=self.device)
         full_ctf[self.disk.flat] = batch.ctf[0]
