@@ -18,8 +18,9 @@ def _config(tiny_dataset, tmp_path, **kw) -> RunConfig:
         particles=str(tiny_dataset / "particles.star"),
         out=str(tmp_path / "run"),
         heads=3,
-        epochs=2,
-        switch=1,
+        epochs=3,
+        explore_epochs=1,
+        switch=2,
         device="cpu",
         encoder_width=4,
         encoder_box=16,
@@ -85,20 +86,30 @@ def test_likelihood_disk_is_sorted_and_inside_nyquist():
     assert disk.count(0) == 1 and disk.count(1) == 5
 
 
-def test_switch_on_command_changes_stage_at_next_step(tiny_dataset, tmp_path):
-    eng = Engine(_config(tiny_dataset, tmp_path, switch=None, epochs=3))
+@pytest.mark.parametrize("explore", [0, 2])
+def test_switch_on_command_changes_stage_at_next_step(tiny_dataset, tmp_path, explore):
+    eng = Engine(_config(tiny_dataset, tmp_path, switch=None, epochs=3, explore_epochs=explore))
     gen = eng.run()
     snap = next(gen)
-    assert snap.stage == Stage.ENCODING
+    assert snap.stage == (Stage.EXPLORING if explore else Stage.ENCODING)
+    commanded_at = snap.step
     snap = gen.send(Command("switch"))
-    assert snap.stage == Stage.DECODING
+    while snap.step == commanded_at:  # an epoch-end snapshot may come before the next step
+        snap = gen.send(None)
+    assert snap.step == commanded_at + 1 and snap.stage == Stage.DECODING
     assert eng.switch_reason == "requested by the user"
     assert eng.poses is not None
     gen.close()
 
 
+def test_stages_run_in_order_exploring_encoding_decoding(tiny_dataset, tmp_path):
+    list(Engine(_config(tiny_dataset, tmp_path, epochs=4, explore_epochs=2, switch=3)).run())
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    assert [h["stage"] for h in history] == ["exploring", "exploring", "auto-encoding", "auto-decoding"]
+
+
 def test_stop_saves_checkpoint_and_resume_continues(tiny_dataset, tmp_path):
-    cfg = _config(tiny_dataset, tmp_path, epochs=3, switch=1)
+    cfg = _config(tiny_dataset, tmp_path, epochs=3, switch=2)
     gen = Engine(cfg).run()
     snaps = [next(gen)]
     while snaps[-1].epoch < 1:
@@ -116,7 +127,7 @@ def test_stop_saves_checkpoint_and_resume_continues(tiny_dataset, tmp_path):
     assert snaps[-1].stage == Stage.DONE
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
     assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert history[-1]["stage"] == "auto-decoding"
+    assert [h["stage"] for h in history] == ["exploring", "auto-encoding", "auto-decoding"]
 
 
 def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):

@@ -55,7 +55,9 @@ def test_run_updates_map_switches_once_and_stops_resumably(qtbot, ui_viewer, ui_
     first_map = np.array(layer.data)
 
     _wait(qtbot, ui_dock, lambda: posterior.view is not None)
-    assert posterior.view.index == 5 and len(posterior.head_artists) == 3
+    view = posterior.view
+    assert view.index == 5 and len(posterior.head_artists) == len(view.labels)
+    assert view.labels[0] == "grid 1"  # the run starts with 8 exploration epochs: top grid candidates
     assert plots.bar_heights().sum() == pytest.approx(100.0)
 
     assert ui_dock.switch_button.isEnabled()

@@ -172,7 +172,9 @@ class ReconstructionDock(QWidget):
         self.start_button.setEnabled(not running)
         self.resume_button.setEnabled(not running and checkpoint is not None and checkpoint.exists())
         self.stop_button.setEnabled(running and not self._stopping)
-        self.switch_button.setEnabled(running and stage == Stage.ENCODING and not self._switch_requested)
+        self.switch_button.setEnabled(
+            running and stage in (Stage.EXPLORING, Stage.ENCODING) and not self._switch_requested
+        )
         self.settings.setEnabled(not running)
 
 

@@ -97,14 +97,15 @@ class RunPlots(QWidget):
 
     def _draw_heads(self) -> None:
         ax = self.heads_ax
-        ax.set_title("particles won per head", fontsize=9)
+        ax.set_title("particles won per head (+ kept pose)", fontsize=9)
         ax.set_ylabel("%", fontsize=8)
         if self.trace.head_fractions is None:
             return
         percent = head_percentages(self.trace.head_fractions)
         heads = np.arange(1, len(percent) + 1)
-        ax.bar(heads, percent, color=[head_colour(h) for h in range(len(percent))], edgecolor="black", lw=0.5)
-        ax.set_xticks(heads)
+        colours = [head_colour(h) for h in range(len(percent) - 1)] + ["0.6"]
+        ax.bar(heads, percent, color=colours, edgecolor="black", lw=0.5)
+        ax.set_xticks(heads, [str(h) for h in heads[:-1]] + ["kept"], fontsize=7)
         ax.set_xlabel("head", fontsize=8)
         ax.set_ylim(0, max(100.0 / len(percent) * 2, percent.max() * 1.15))
 

@@ -59,6 +59,12 @@ def _degrees_box(limit: float) -> QDoubleSpinBox:
     return box
 
 
+def candidate_label(view, index: int) -> str:
+    """The name of a candidate ("head 2", "kept", "grid 1"); "head N" when the engine gave no labels."""
+    labels = getattr(view, "labels", None) or []
+    return labels[index] if index < len(labels) else f"head {index + 1}"
+
+
 class PosteriorView(QWidget):
     """Pick a particle; see its pose candidates per head on the sky of view directions."""
 
@@ -199,7 +205,7 @@ class PosteriorView(QWidget):
         decoding = self._decoding()
         titles = (
             f"particle {view.index}",
-            "projection at pose" if decoding else f"best: head {view.winner + 1}",
+            "projection at pose" if decoding else f"best: {candidate_label(view, view.winner)}",
         )
         for ax, image, title in zip(
             (image_ax, projection_ax), (view.image, view.projection), titles, strict=True
@@ -249,7 +255,7 @@ class PosteriorView(QWidget):
         lon, lat = lonlat(view.candidates[:, :, 2], rotation)
         for head in range(len(view.candidates)):
             won = head == view.winner
-            label = f"head {head + 1}" + (" (winner)" if won else "")
+            label = candidate_label(view, head) + (" (winner)" if won else "")
             artist = ax.scatter(
                 lon[head],
                 lat[head],
@@ -313,4 +319,5 @@ class PosteriorView(QWidget):
         if self._decoding():
             return f"Particle {view.index}: auto-decoding, loss {view.candidate_losses[view.winner]:.4g}."
         losses = ", ".join(f"{loss:.3g}" for loss in view.candidate_losses)
-        return f"Particle {view.index}: head {view.winner + 1} wins; losses per head: {losses}."
+        winner = candidate_label(view, view.winner)
+        return f"Particle {view.index}: {winner} wins; losses per candidate: {losses}."

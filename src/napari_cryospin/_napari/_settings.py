@@ -72,6 +72,10 @@ class RunSettings(QWidget):
         self.heads_spin = _spin(1, 64, defaults.heads)
         self.heads_spin.setToolTip("Encoder heads: pose candidates per particle in auto-encoding")
         self.epochs_spin = _spin(1, 10_000, defaults.epochs)
+        self.explore_spin = _spin(0, 10_000, defaults.explore_epochs)
+        self.explore_spin.setToolTip(
+            "Epochs of global pose search that give the map its first shape (0: start from a blob)"
+        )
         self.switch_combo = QComboBox()
         self.switch_combo.addItems(SWITCH_MODES)
         self.switch_combo.setToolTip(
@@ -97,6 +101,7 @@ class RunSettings(QWidget):
         form.addRow("device", self.device_combo)
         form.addRow("heads", self.heads_spin)
         form.addRow("epochs", self.epochs_spin)
+        form.addRow("exploration epochs", self.explore_spin)
         switch_row = QHBoxLayout()
         switch_row.addWidget(self.switch_combo, 1)
         switch_row.addWidget(self.switch_epoch_spin)
@@ -180,6 +185,7 @@ class RunSettings(QWidget):
             out=out,
             heads=self.heads_spin.value(),
             epochs=self.epochs_spin.value(),
+            explore_epochs=self.explore_spin.value(),
             switch=self.switch_value(),
             device=self.device_combo.currentData(),
             box=self.box_spin.value() or None,

@@ -23,6 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", type=int, default=7, help="encoder heads M (default 7)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--switch", type=_switch, default="auto", help="epoch, 'auto' (default) or 'manual'")
+    p.add_argument(
+        "--explore-epochs",
+        type=int,
+        default=8,
+        help="epochs of global pose search before auto-encoding (default 8; 0 starts from a blob)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu")
     p.add_argument("--box", type=int, default=None, help="Fourier-crop the images to this box")
     p.add_argument("--encoder-box", type=int, default=None, help="image size the encoder sees")
@@ -45,6 +51,7 @@ def config_from_args(args: argparse.Namespace):
         heads=args.heads,
         epochs=args.epochs,
         switch=args.switch,
+        explore_epochs=args.explore_epochs,
         device=args.device,
         box=args.box,
         batch_size=args.batch_size,

@@ -10,7 +10,8 @@ from pathlib import Path
 class RunConfig:
     """Everything that defines a reconstruction; defaults suit a laptop CPU at box 64.
 
-    ``switch`` is an epoch number (switch at its start), ``"auto"`` (the criterion in
+    ``explore_epochs`` of global pose search come first (0: auto-encoding starts from the blob, as in
+    the paper). ``switch`` is an epoch number (switch at its start), ``"auto"`` (the criterion in
     ``engine/switch.py``) or ``None`` (only when commanded).
     """
 
@@ -19,6 +20,7 @@ class RunConfig:
     heads: int = 7
     epochs: int = 20
     switch: int | str | None = "auto"
+    explore_epochs: int = 8
     device: str = "auto"
     box: int | None = None
     encoder_box: int | None = None  # None: 32 on a CPU, the full box on a GPU

@@ -1,4 +1,9 @@
-"""The cryoSPIN engine: auto-encoding, the switch, auto-decoding, as a generator of snapshots.
+"""The cryoSPIN engine: exploration, auto-encoding, the switch, auto-decoding, as a generator of snapshots.
+
+Exploration (a global soft pose search on a rotation grid, ``model/search.py``) gives the map its first
+asymmetric shape and every particle a pose; auto-encoding trains the multi-head encoder against that map
+with the winner-takes-all loss, each particle also keeping its best pose so far as a candidate; at the
+switch, the best candidate seeds auto-decoding.
 
 ``Engine(config).run()`` yields :class:`Snapshot`\\ s at most every ``snapshot_interval_s`` (and at every
 epoch end); the consumer may ``send`` a :class:`Command` back (switch now, stop, show a particle). Stop
@@ -28,11 +33,12 @@ from ..model.likelihood import (
     squared_error,
 )
 from ..model.poses import ParticlePoses
+from ..model.search import forget, grid_search, insert_weighted, so3_grid
 from ..model.volume import HartleyVolume
 from ..physics.fourier import frequency_grid_2d, hartley_centered, ifftn_centered, radial_shells
 from ..physics.shifts import centering_phase
 from ..posterior import view_log_posterior
-from ..reconstruction import backproject, split_halves
+from ..reconstruction import backproject, solve_map, split_halves
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .device import resolve_device
@@ -65,7 +71,7 @@ class Engine:
         self.particles: ParticleSet = particles
         self.n = len(particles)
         self.box = particles.box
-        self.schedule = Schedule(self.box, config, self.device.type)
+        self.schedule = Schedule(self.box, config, self.device.type, self.n)
         self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
         self.out = config.out_dir
         try:
@@ -128,6 +134,8 @@ class Engine:
             self.volume.parameters(), lr=self.schedule.volume_lr_encoding, foreach=True
         )
         self.offsets = shift_grid(self.schedule.shift_search, device=self.device)
+        self.grid = so3_grid(self.schedule.explore_nside, self.schedule.explore_inplane).to(self.device)
+        self.explore_sums = None
         self.poses: ParticlePoses | None = None
         self.pose_opt = None
         self.best_rot = torch.eye(3).repeat(self.n, 1, 1)
@@ -138,9 +146,9 @@ class Engine:
         _, half_b = split_halves(self.n, cfg.seed)
         self.halves = torch.zeros(self.n, dtype=torch.long)
         self.halves[torch.from_numpy(half_b)] = 1  # the same halves as the half maps written out
-        self.stage = Stage.ENCODING
+        self.stage = Stage.EXPLORING if self.schedule.explore_epochs else Stage.ENCODING
         self.epoch = 0
-        self.batch_pos = 0
+        self.pos = 0
         self.perm = None
         self.step = 0
         self.elapsed = 0.0
@@ -153,7 +161,9 @@ class Engine:
             "config": self.config.to_dict(),
             "stage": self.stage.value,
             "epoch": self.epoch,
-            "batch_pos": self.batch_pos,
+            "pos": self.pos,
+            "switch_epoch": self.schedule.switch_epoch,
+            "explore_sums": self.explore_sums,
             "perm": self.perm,
             "step": self.step,
             "elapsed": self.elapsed,
@@ -176,7 +186,9 @@ class Engine:
 
     def _restore(self, st: dict) -> None:
         self.stage = Stage(st["stage"])
-        self.epoch, self.batch_pos, self.perm = st["epoch"], st["batch_pos"], st["perm"]
+        self.epoch, self.pos, self.perm = st["epoch"], st["pos"], st["perm"]
+        self.schedule.switch_epoch = st["switch_epoch"]
+        self.explore_sums = st["explore_sums"]
         self.step, self.elapsed, self.scale = st["step"], st["elapsed"], st["scale"]
         self.encoder.load_state_dict(st["encoder"])
         self.enc_opt.load_state_dict(st["enc_opt"])
@@ -217,24 +229,87 @@ class Engine:
     def _encoder_input(self, batch: ImageBatch) -> torch.Tensor:
         return self.schedule.encoder_images(batch.images)
 
+    def _exploring_step(self, idx: np.ndarray, n_points: int) -> float:
+        """Soft-assign the batch over the grid, fold it into the running map sums, re-solve the map."""
+        batch = self._batch(idx)
+        sch = self.schedule
+        found = grid_search(
+            self.volume,
+            batch,
+            self.grid,
+            torch.zeros(len(idx), 2, device=self.device),
+            self.offsets,
+            self.disk,
+            n_points,
+            sch.explore_top_k,
+            temperature=sch.explore_temperature(self.epoch),
+        )
+        rate = len(idx) / min(self.n, sch.explore_memory)
+        self.explore_sums = forget(
+            self.explore_sums, insert_weighted(batch, found, self.disk, n_points), rate
+        )
+        # The sums hold normalised spectra, so the solved map is already in the decoder's units.
+        self.volume.set_from_real_space(torch.from_numpy(solve_map(self.explore_sums)).to(self.device))
+        cpu_idx = torch.as_tensor(idx)
+        self.best_rot[cpu_idx] = found.rotations[:, 0].cpu()
+        self.best_shift[cpu_idx] = found.shifts[:, 0].cpu()
+        self.best_head[cpu_idx] = self.config.heads
+        return float(found.errors[:, 0].mean())
+
+    def _with_kept(
+        self, idx: np.ndarray, rot: torch.Tensor, shift: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Append each particle's kept pose (its best so far) to the heads' candidates (B, M + 1, …).
+
+        Also returns which particles have a kept pose (none before the first epoch without exploration).
+        """
+        cpu_idx = torch.as_tensor(idx)
+        kept_rot = self.best_rot[cpu_idx].to(self.device)[:, None]
+        kept_shift = self.best_shift[cpu_idx].to(self.device)[:, None]
+        has = (self.best_head[cpu_idx] >= 0).to(self.device)
+        return torch.cat([rot, kept_rot], 1), torch.cat([shift, kept_shift], 1), has
+
     def _encoding_step(self, idx: np.ndarray, n_points: int) -> float:
+        """WTA over the heads trains the encoder; the map learns from each particle's best candidate.
+
+        The heads' errors see the map detached, so heads that are still wrong do not blur it; the
+        particle's kept pose competes with the heads and is replaced when a head beats it.
+        """
         batch = self._batch(idx)
         self.encoder.train()
+        heads = self.config.heads
         rot, shift = self.encoder(self._encoder_input(batch))
-        err, shift = searched_error(self.volume, batch, rot, shift, self.offsets, self.disk, n_points)
-        best, win = err.min(dim=1)
-        loss = best.mean()
+        err, shift = searched_error(
+            self.volume, batch, rot, shift, self.offsets, self.disk, n_points, detach_volume=True
+        )
+        encoder_loss = err.min(dim=1).values.mean()
+        with torch.no_grad():
+            cand_rot, cand_shift, has = self._with_kept(idx, rot.detach(), shift.detach())
+            kept_err, kept_shift = searched_error(
+                self.volume,
+                batch,
+                cand_rot[:, heads:],
+                cand_shift[:, heads:],
+                self.offsets,
+                self.disk,
+                n_points,
+            )
+            kept_err = torch.where(has[:, None], kept_err, torch.full_like(kept_err, float("inf")))
+            cand_shift[:, heads:] = kept_shift
+            win = torch.cat([err.detach(), kept_err], 1).argmin(1)
+            ar = torch.arange(len(idx), device=self.device)
+            win_rot, win_shift = cand_rot[ar, win], cand_shift[ar, win]
+        map_loss = squared_error(self.volume, batch, win_rot, win_shift, self.disk, n_points).mean()
         self.enc_opt.zero_grad(set_to_none=True)
         self.vol_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (encoder_loss + map_loss).backward()
         self.enc_opt.step()
         self.vol_opt.step()
-        ar = torch.arange(len(idx), device=self.device)
         cpu_idx = torch.as_tensor(idx)
-        self.best_rot[cpu_idx] = rot[ar, win].detach().cpu()
-        self.best_shift[cpu_idx] = shift[ar, win].detach().cpu()
+        self.best_rot[cpu_idx] = win_rot.cpu()
+        self.best_shift[cpu_idx] = win_shift.cpu()
         self.best_head[cpu_idx] = win.cpu()
-        return float(loss.detach())
+        return float(map_loss.detach())
 
     def _decoding_step(self, idx: np.ndarray, n_points: int) -> float:
         assert self.poses is not None and self.pose_opt is not None
@@ -268,19 +343,27 @@ class Engine:
 
     @torch.no_grad()
     def _switch_to_decoding(self, reason: str) -> None:
-        """One pass picks every particle's best head; its pose seeds the per-particle parameters."""
-        self.encoder.eval()
-        n_points = self.schedule.points(self.disk, Stage.ENCODING, self.epoch)
-        for start in range(0, self.n, self.config.batch_size * 4):
-            idx = np.arange(start, min(self.n, start + self.config.batch_size * 4))
-            batch = self._batch(idx)
-            rot, shift = self.encoder(self._encoder_input(batch))
-            err, shift = searched_error(self.volume, batch, rot, shift, self.offsets, self.disk, n_points)
-            win = err.argmin(1)
-            ar = torch.arange(len(idx), device=self.device)
-            self.best_rot[idx] = rot[ar, win].cpu()
-            self.best_shift[idx] = shift[ar, win].cpu()
-            self.best_head[idx] = win.cpu()
+        """One pass picks every particle's best candidate (heads and kept pose); it seeds auto-decoding.
+
+        From exploration, the kept poses are the candidates (the encoder has not been trained yet).
+        """
+        if self.stage == Stage.ENCODING:
+            self.encoder.eval()
+            n_points = self.schedule.points(self.disk, Stage.ENCODING, self.epoch)
+            for start in range(0, self.n, self.config.batch_size * 4):
+                idx = np.arange(start, min(self.n, start + self.config.batch_size * 4))
+                batch = self._batch(idx)
+                rot, shift = self.encoder(self._encoder_input(batch))
+                rot, shift, has = self._with_kept(idx, rot, shift)
+                err, shift = searched_error(self.volume, batch, rot, shift, self.offsets, self.disk, n_points)
+                err[:, -1] = torch.where(has, err[:, -1], torch.full_like(err[:, -1], float("inf")))
+                win = err.argmin(1)
+                ar = torch.arange(len(idx), device=self.device)
+                self.best_rot[idx] = rot[ar, win].cpu()
+                self.best_shift[idx] = shift[ar, win].cpu()
+                self.best_head[idx] = win.cpu()
+        self.schedule.switch_epoch = self.epoch
+        self.explore_sums = None
         self.stage = Stage.DECODING
         self.switch_reason = reason
         self.poses = ParticlePoses(self.best_rot, self.best_shift).to(self.device)
@@ -304,19 +387,41 @@ class Engine:
         batch = self._batch(idx)
         half = int(self.halves[i]) if self.volume.copies == 2 else 0
         n_points = self.schedule.points(self.disk, self.stage, self.epoch)
+        path = np.zeros((0, 3, 3), np.float32)
         with torch.no_grad():
-            if self.stage == Stage.ENCODING or self.poses is None:
+            if self.stage == Stage.EXPLORING:
+                found = grid_search(
+                    self.volume,
+                    batch,
+                    self.grid,
+                    torch.zeros(1, 2, device=self.device),
+                    self.offsets,
+                    self.disk,
+                    n_points,
+                    self.schedule.explore_top_k,
+                )
+                rot, shift, err = found.rotations, found.shifts, found.errors[0]
+                labels = [f"grid {j + 1}" for j in range(rot.shape[1])]
+            elif self.poses is None:
                 self.encoder.eval()
                 rot, shift = self.encoder(self._encoder_input(batch))
-                path = np.zeros((0, 3, 3), np.float32)
+                rot, shift, has = self._with_kept(idx, rot, shift)
+                err, shift = searched_error(
+                    self.volume, batch, rot, shift, self.offsets, self.disk, n_points, half
+                )
+                err = err[0]
+                labels = [f"head {j + 1}" for j in range(self.config.heads)] + ["kept"]
+                if not bool(has[0]):
+                    rot, shift, err, labels = rot[:, :-1], shift[:, :-1], err[:-1], labels[:-1]
             else:
                 r, s = self.poses(batch.idx)
                 rot, shift = r[:, None], s[:, None]
                 path = np.asarray(self._paths.get(i, []), np.float32).reshape(-1, 3, 3)
-            err, shift = searched_error(
-                self.volume, batch, rot, shift, self.offsets, self.disk, n_points, half
-            )
-            err = err[0]
+                err, shift = searched_error(
+                    self.volume, batch, rot, shift, self.offsets, self.disk, n_points, half
+                )
+                err = err[0]
+                labels = ["pose"]
             win = int(err.argmin())
             projection = self._projection(batch, rot[0, win], shift[0, win], half)
         log_post = None
@@ -347,6 +452,7 @@ class Engine:
             winner=win,
             path=path,
             log_posterior=log_post,
+            labels=labels,
         )
 
     def _projection(self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, half: int) -> np.ndarray:
@@ -365,7 +471,7 @@ class Engine:
 
     def _head_fractions(self) -> np.ndarray:
         won = self.best_head[self.best_head >= 0]
-        counts = torch.bincount(won, minlength=self.config.heads).float()
+        counts = torch.bincount(won, minlength=self.config.heads + 1).float()
         return (counts / counts.sum().clamp_min(1)).numpy()
 
     def _snapshot(self, loss: float, ips: float, full: bool, with_posterior: bool = False) -> Snapshot:
@@ -376,7 +482,7 @@ class Engine:
             epoch=self.epoch,
             step=self.step,
             stage=self.stage,
-            progress=min(1.0, (self.epoch + self.batch_pos / max(1, self._n_batches)) / self.config.epochs),
+            progress=min(1.0, (self.epoch + self.pos / self.n) / self.config.epochs),
             elapsed_s=self.elapsed,
             images_per_s=ips,
             loss=loss,
@@ -417,31 +523,37 @@ class Engine:
         self._paths: dict[int, list[np.ndarray]] = {}
         self._want_posterior = True
         auto = AutoSwitch()
-        bs = self.config.batch_size
-        self._n_batches = (self.n + bs - 1) // bs
         last_yield = 0.0
+        before_decoding = (Stage.EXPLORING, Stage.ENCODING)
         try:
             while self.epoch < self.config.epochs:
-                if self.stage == Stage.ENCODING:
+                if self.stage == Stage.EXPLORING and self.epoch >= self.schedule.explore_epochs:
+                    self.stage = Stage.ENCODING
+                    log.info("exploration done after %d epochs; auto-encoding starts", self.epoch)
+                if self.stage in before_decoding:
                     sw = self.config.switch
                     if isinstance(sw, int) and not isinstance(sw, bool) and self.epoch >= sw:
                         self._switch_to_decoding(f"set epoch {sw}")
                 if self.perm is None:
                     gen = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
                     self.perm = torch.randperm(self.n, generator=gen).numpy()
-                    self.batch_pos = 0
+                    self.pos = 0
                 t_epoch = time.perf_counter()
                 seen, loss_sum = 0, 0.0
-                while self.batch_pos < self._n_batches:
+                while self.pos < self.n:
                     if any(c.kind == "stop" for c in self._commands):
                         raise StopRun
-                    if self.stage == Stage.ENCODING and any(c.kind == "switch" for c in self._commands):
+                    if self.stage in before_decoding and any(c.kind == "switch" for c in self._commands):
                         self._commands = [c for c in self._commands if c.kind != "switch"]
                         self._switch_to_decoding("requested by the user")
-                    idx = self.perm[self.batch_pos * bs : (self.batch_pos + 1) * bs]
+                    exploring = self.stage == Stage.EXPLORING
+                    bs = self.schedule.explore_batch if exploring else self.config.batch_size
+                    idx = self.perm[self.pos : self.pos + bs]
                     t0 = time.perf_counter()
                     n_points = self.schedule.points(self.disk, self.stage, self.epoch)
-                    if self.stage == Stage.ENCODING:
+                    if self.stage == Stage.EXPLORING:
+                        loss = self._exploring_step(idx, n_points)
+                    elif self.stage == Stage.ENCODING:
                         loss = self._encoding_step(idx, n_points)
                     else:
                         loss = self._decoding_step(idx, n_points)
@@ -449,7 +561,7 @@ class Engine:
                             self._record_path()
                     self.elapsed += time.perf_counter() - t0
                     self.step += 1
-                    self.batch_pos += 1
+                    self.pos += len(idx)
                     seen += len(idx)
                     loss_sum += loss * len(idx)
                     now = time.perf_counter()
@@ -500,7 +612,7 @@ class Engine:
         self.prev_head = self.best_head.clone()
         self.epoch += 1
         self.perm = None
-        self.batch_pos = 0
+        self.pos = 0
         if self.stage == Stage.ENCODING and self.config.switch == "auto":
             go, reason = auto.should_switch(self.epoch, self.config.epochs, stable, change)
             if go:

@@ -13,8 +13,9 @@ import numpy as np
 
 
 class Stage(StrEnum):
-    """Where a run is: amortized encoding, per-particle decoding, or finished."""
+    """Where a run is: global exploration, amortized encoding, per-particle decoding, or finished."""
 
+    EXPLORING = "exploring"
     ENCODING = "auto-encoding"
     DECODING = "auto-decoding"
     DONE = "done"
@@ -44,6 +45,7 @@ class ParticleView:
     winner: int  # index into candidates
     path: np.ndarray  # (T, 3, 3) the particle's pose at past decoding steps (empty in encoding)
     log_posterior: np.ndarray | None = None  # (12·nside²,) HEALPix (RING) log posterior of view direction
+    labels: list[str] = field(default_factory=list)  # one per candidate ("head 1", "search", …)
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Snapshot:
     loss: float  # running mean of the training loss this epoch
     voxel_size: float
     volume: np.ndarray | None = None  # (D, D, D) real-space map, when it changed since the last one
-    head_fractions: np.ndarray | None = None  # (M,) share of particles won by each head, sums to 1
+    head_fractions: np.ndarray | None = None  # (M + 1,) share of particles held by each head, then search
     particle: ParticleView | None = None
     resolution: float | None = None  # Å, half-map FSC 0.143 (or None before it is computed)
     fsc: tuple[np.ndarray, np.ndarray] | None = None  # (frequency 1/Å, FSC) of the last evaluation

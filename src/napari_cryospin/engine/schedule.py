@@ -1,9 +1,9 @@
 """Learning rates, frequency masks and sizes of a run, derived from the box and the config.
 
-Rates follow the paper (encoder 1e-4, decoder 0.05 → 0.02 at the switch, poses 0.05); the frequency
-disk grows during auto-encoding (coarse poses first) and covers all but the corner at decoding. Every
-value is a fraction of the box or of Nyquist, never an absolute resolution, so nothing is tuned to one
-dataset.
+Rates follow the paper (encoder 1e-4, decoder 0.05 → 0.02 at the switch, poses 0.05). The frequency
+disk grows during exploration (coarse poses first), stays at the exploration's top during auto-encoding
+and grows again to all but the corner over the first half of auto-decoding. Every value is a fraction of
+the box or of Nyquist, never an absolute resolution, so nothing is tuned to one dataset.
 """
 
 from __future__ import annotations
@@ -24,10 +24,17 @@ class Schedule:
     shift_lr = 0.1
     pose_steps = 5
     posterior_nside = 8
-    start_fraction = 0.3  # of the largest radius, at epoch 0
+    start_fraction = 0.3  # of the largest radius, at epoch 0 when auto-encoding starts from the blob
     full_at_fraction = 0.5  # of the epochs: where the encoding radius reaches its top
+    # The exploration's first and last radius in cycles per box: the box scales with the particle, so these
+    # are the same detail relative to the particle at any pixel size (capped below Nyquist in small boxes).
+    explore_radii = (5.0, 13.0)
+    explore_nside, explore_inplane = 2, 12  # grid of 576 rotations, ~30° apart
+    explore_top_k = 8  # poses kept per image
+    explore_temperatures = (1.0, 1.0)
+    explore_memory = 1280  # images the running map sums remember (each batch weighs batch/memory)
 
-    def __init__(self, box: int, config: RunConfig, device: str = "cpu"):
+    def __init__(self, box: int, config: RunConfig, device: str = "cpu", n_particles: int = 4096):
         self.box = box
         self.epochs = config.epochs
         cpu = device == "cpu"
@@ -37,13 +44,31 @@ class Schedule:
         self.shift_search = box / 16  # pixels searched around each head's shift (1-px grid)
         self.max_radius = box / 2 - 1
 
+        self.explore_epochs = min(config.explore_epochs, config.epochs)
+        # Stochastic EM needs many map updates per epoch: ~16 batches, of 32 to 256 images.
+        self.explore_batch = int(min(256, max(32, n_particles // 16)))
+        self.switch_epoch: int | None = None  # set by the engine when auto-decoding starts
+
     def radius(self, stage: Stage, epoch: int) -> float:
         """Low-pass radius in cycles per box of the likelihood at ``epoch``."""
-        if stage != Stage.ENCODING:
-            return self.max_radius
-        ramp = min(1.0, epoch / max(1.0, self.full_at_fraction * self.epochs))
-        top = 0.75 * self.max_radius
-        return self.start_fraction * self.max_radius + ramp * (top - self.start_fraction * self.max_radius)
+        lo, hi = (min(r, 0.8 * self.max_radius) for r in self.explore_radii)
+        if stage == Stage.EXPLORING:
+            return lo + (hi - lo) * epoch / max(1, self.explore_epochs - 1)
+        if stage == Stage.ENCODING:
+            if self.explore_epochs:
+                return hi
+            ramp = min(1.0, epoch / max(1.0, self.full_at_fraction * self.epochs))
+            start, top = self.start_fraction * self.max_radius, 0.75 * self.max_radius
+            return start + ramp * (top - start)
+        start = self.switch_epoch if self.switch_epoch is not None else epoch
+        at_switch = self.radius(Stage.EXPLORING if start < self.explore_epochs else Stage.ENCODING, start)
+        ramp = min(1.0, (epoch - start + 1) / max(1.0, (self.epochs - start) / 2))
+        return min(self.max_radius, at_switch + ramp * (self.max_radius - at_switch))
+
+    def explore_temperature(self, epoch: int) -> float:
+        """Posterior temperature of exploration: from ``explore_temperatures[0]`` down to the last value."""
+        hot, cold = self.explore_temperatures
+        return hot + (cold - hot) * epoch / max(1, self.explore_epochs - 1)
 
     def points(self, disk, stage: Stage, epoch: int) -> int:
         """Number of disk points inside :meth:`radius`."""

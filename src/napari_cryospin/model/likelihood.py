@@ -112,17 +112,19 @@ def searched_error(
     disk: FrequencyDisk,
     n_points: int,
     copy: int = 0,
+    detach_volume: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`squared_error`, minimised over ``shifts + offsets`` for every candidate pose.
 
     The model slice does not depend on the shift, so all offsets cost two matrix products:
-    ``‖m − o_s‖² = ‖m‖² − 2⟨m, o_s⟩ + ‖o‖²``. Returns the best errors (B, ...) and shifts (B, ..., 2).
+    ``‖m − o_s‖² = ‖m‖² − 2⟨m, o_s⟩ + ‖o‖²``. Returns the best errors (B, ...) and shifts (B, ..., 2);
+    ``detach_volume`` lets the gradient reach the poses only.
     """
     k = disk.k[:n_points]
     b = rotations.shape[0]
     extra = rotations.shape[1:-2]
     ones = [1] * len(extra)
-    model = volume.slices(rotations, k, copy) * batch.ctf[:, :n_points].reshape(b, *ones, -1)
+    model = volume.slices(rotations, k, copy, detach_volume) * batch.ctf[:, :n_points].reshape(b, *ones, -1)
     phase = centering_phase(k / disk.box, shifts.reshape(-1, 2)).reshape(b, *extra, -1)
     g = batch.spectrum[:, :n_points].reshape(b, *ones, -1) * phase
     off = centering_phase(k / disk.box, offsets)  # (S, P)

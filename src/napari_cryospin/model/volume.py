@@ -31,9 +31,15 @@ class HartleyVolume(nn.Module):
         """The Hartley grid of one copy."""
         return self.mantissa[copy] * torch.exp(self.exponent[copy])
 
-    def slices(self, rotations: torch.Tensor, k2: torch.Tensor, copy: int = 0) -> torch.Tensor:
-        """Hartley coefficients (..., P) of the projections at ``rotations`` on frequencies ``k2``."""
-        return extract_slices(self.hartley(copy), rotations, k2)
+    def slices(
+        self, rotations: torch.Tensor, k2: torch.Tensor, copy: int = 0, detach: bool = False
+    ) -> torch.Tensor:
+        """Hartley coefficients (..., P) of the projections at ``rotations`` on frequencies ``k2``.
+
+        ``detach`` keeps the gradient from reaching the map (it still reaches the rotations).
+        """
+        h = self.hartley(copy)
+        return extract_slices(h.detach() if detach else h, rotations, k2)
 
     def real_space(self, copy: int | None = None) -> torch.Tensor:
         """The real-space map of one copy, or the mean of all copies when ``copy`` is None."""
