@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from napari_cryospin.geometry.rotations import axis_angle_to_matrix, random_rotations
-from napari_cryospin.metrics.alignment import MIRROR, align_rotations, project_to_so3, shift_errors
+from napari_cryospin.metrics.alignment import (
+    MIRROR,
+    align_rotations,
+    poses_in_truth_frame,
+    project_to_so3,
+    shift_errors,
+)
 from napari_cryospin.metrics.fsc import fsc, resolution_at, soft_mask
 
 
@@ -103,6 +109,21 @@ def test_align_rotations_noisy_with_outliers(flip):
     inlier_median = np.median(result.errors_deg[~outliers])
     assert inlier_median == pytest.approx(1.538 * 2.0, rel=0.06)
     assert result.median < 15.0
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_poses_in_truth_frame_undo_global_rotation_hand_and_offset(flip):
+    n = 300
+    r_gt = _rotations(n, 7)
+    a = _rotations(1, 8)[0]
+    g = MIRROR @ r_gt @ MIRROR if flip else r_gt
+    true_shifts = np.random.default_rng(9).uniform(-3, 3, (n, 2))
+    offset = np.array([0.7, -1.2, 0.4])  # the estimate's map sits off the truth's origin
+    shifts = true_shifts + np.einsum("nij,j->ni", r_gt[:, :2, :], offset)
+    result = align_rotations(a @ g, r_gt)
+    rot, back = poses_in_truth_frame(result, a @ g, shifts, r_gt, true_shifts)
+    np.testing.assert_allclose(rot, r_gt, atol=1e-8)
+    np.testing.assert_allclose(back, true_shifts, atol=1e-8)
 
 
 def test_project_to_so3():

@@ -134,7 +134,7 @@ class Engine:
             self.volume.parameters(), lr=self.schedule.volume_lr_encoding, foreach=True
         )
         self.offsets = shift_grid(self.schedule.shift_search, device=self.device)
-        self.grid = so3_grid(self.schedule.explore_nside, self.schedule.explore_inplane).to(self.device)
+        self.grids = [so3_grid(*grid).to(self.device) for grid in self.schedule.explore_grids]
         self.explore_sums = None
         self.poses: ParticlePoses | None = None
         self.pose_opt = None
@@ -236,7 +236,7 @@ class Engine:
         found = grid_search(
             self.volume,
             batch,
-            self.grid,
+            self.grids[sch.explore_grid(self.epoch)],
             torch.zeros(len(idx), 2, device=self.device),
             self.offsets,
             self.disk,
@@ -393,7 +393,7 @@ class Engine:
                 found = grid_search(
                     self.volume,
                     batch,
-                    self.grid,
+                    self.grids[self.schedule.explore_grid(self.epoch)],
                     torch.zeros(1, 2, device=self.device),
                     self.offsets,
                     self.disk,

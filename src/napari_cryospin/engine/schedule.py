@@ -29,7 +29,11 @@ class Schedule:
     # The exploration's first and last radius in cycles per box: the box scales with the particle, so these
     # are the same detail relative to the particle at any pixel size (capped below Nyquist in small boxes).
     explore_radii = (5.0, 13.0)
-    explore_nside, explore_inplane = 2, 12  # grid of 576 rotations, ~30° apart
+    # (HEALPix nside, in-plane angles): 576 rotations ~30° apart, then 4608 ~15° apart. The coarse grid
+    # lets a blob's top candidates span distinct poses; the fine one puts most particles within the basin
+    # of local refinement (with a good map: 99 % within 25° of the truth on ribosome70s, against 65 %).
+    explore_grids = ((2, 12), (4, 24))
+    explore_fine_from = 0.5  # of the exploration epochs
     explore_top_k = 8  # poses kept per image
     explore_temperatures = (1.0, 1.0)
     explore_memory = 1280  # images the running map sums remember (each batch weighs batch/memory)
@@ -64,6 +68,10 @@ class Schedule:
         at_switch = self.radius(Stage.EXPLORING if start < self.explore_epochs else Stage.ENCODING, start)
         ramp = min(1.0, (epoch - start + 1) / max(1.0, (self.epochs - start) / 2))
         return min(self.max_radius, at_switch + ramp * (self.max_radius - at_switch))
+
+    def explore_grid(self, epoch: int) -> int:
+        """Index into ``explore_grids`` of the rotation grid exploration searches at ``epoch``."""
+        return int(epoch >= self.explore_fine_from * self.explore_epochs)
 
     def explore_temperature(self, epoch: int) -> float:
         """Posterior temperature of exploration: from ``explore_temperatures[0]`` down to the last value."""

@@ -81,6 +81,29 @@ def align_rotations(r_est: np.ndarray, r_gt: np.ndarray, seed: int = 0) -> Align
     return best
 
 
+def poses_in_truth_frame(
+    alignment: AlignmentResult,
+    rotations: np.ndarray,
+    shifts: np.ndarray,
+    true_rotations: np.ndarray,
+    true_shifts: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Estimated poses (n, 3, 3), shifts (n, 2) px re-expressed in the truth's frame.
+
+    Rotations become ``Aᵀ·R`` (mirrored back when the hand differs); shifts lose the projection of the
+    least-squares 3D offset between the two maps' origins. Backprojecting these scores a map against the
+    truth without interpolating it (``fsc_to_truth`` rotates the map trilinearly and translates it by
+    whole voxels, which costs resolution that the poses did not lose).
+    """
+    rot = np.einsum("ji,njk->nik", alignment.rotation, np.asarray(rotations, np.float64))
+    if alignment.flip:
+        rot = MIRROR @ rot @ MIRROR
+    diff = np.asarray(shifts, np.float64) - np.asarray(true_shifts, np.float64)
+    design = np.asarray(true_rotations, np.float64)[:, :2, :].reshape(-1, 3)
+    offset, *_ = np.linalg.lstsq(design, diff.reshape(-1), rcond=None)
+    return rot, np.asarray(shifts, np.float64) - (design @ offset).reshape(-1, 2)
+
+
 def shift_errors(shift_est: np.ndarray, shift_gt: np.ndarray) -> np.ndarray:
     """Per-particle distance (px) between estimated and true shifts (n, 2).
 

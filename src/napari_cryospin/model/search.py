@@ -20,6 +20,9 @@ from ..reconstruction import Accumulator
 from .likelihood import FrequencyDisk, ImageBatch
 from .volume import HartleyVolume
 
+MAX_TABLE = 1 << 24
+"""Largest (image, shift, rotation) error table held at once (64 MiB of float32)."""
+
 
 def so3_grid(nside: int, n_inplane: int) -> torch.Tensor:
     """Rotations (12·nside²·n_inplane, 3, 3): HEALPix view directions × evenly spaced in-plane angles."""
@@ -56,20 +59,31 @@ def grid_search(
     """
     k = disk.k[:n_points]
     b, g, s = len(batch.idx), len(grid), len(offsets)
-    slices = volume.slices(grid.to(k.device), k, copy)  # (G, P)
+    grid = grid.to(k.device)
     ctf = batch.ctf[:, :n_points]
     shifts = centres[:, None, :] + offsets[None]  # (B, S, 2)
     phase = centering_phase(k / disk.box, shifts.reshape(-1, 2)).reshape(b, s, -1)
     obs = fourier_to_hartley(batch.spectrum[:, None, :n_points] * phase)  # (B, S, P)
-    cross = (obs * ctf[:, None, :]) @ slices.T  # (B, S, G)
-    model_norm = (ctf * ctf) @ (slices * slices).T  # (B, G)
+    weighted = obs * ctf[:, None, :]
     obs_norm = (obs[:, :1] ** 2).sum(-1, keepdim=True)  # (B, 1, 1): a unitary phase keeps the norm
-    err = ((model_norm[:, None, :] - 2 * cross + obs_norm) / n_points).reshape(b, s * g)
-    neg, which = torch.topk(-err, min(top_k, s * g), dim=1)
-    errors = -neg
+    # Rotations in chunks, so that the (B, S, chunk) error table stays near MAX_TABLE values.
+    chunk = max(1, MAX_TABLE // max(1, b * s))
+    errors = which = None
+    for start in range(0, g, chunk):
+        slices = volume.slices(grid[start : start + chunk], k, copy)  # (G', P)
+        cross = weighted @ slices.T  # (B, S, G')
+        model_norm = (ctf * ctf) @ (slices * slices).T  # (B, G')
+        err = (model_norm[:, None, :] - 2 * cross + obs_norm) / n_points
+        gc = len(slices)
+        flat_idx = torch.arange(s, device=k.device)[:, None] * g + start + torch.arange(gc, device=k.device)
+        err, flat_idx = err.reshape(b, -1), flat_idx.reshape(1, -1).expand(b, -1)
+        if errors is not None:
+            err, flat_idx = torch.cat([errors, err], 1), torch.cat([which, flat_idx], 1)
+        neg, pick = torch.topk(-err, min(top_k, err.shape[1]), dim=1)
+        errors, which = -neg, torch.gather(flat_idx, 1, pick)
     sigma2 = errors[:, :1].clamp_min(1e-12)
     weights = torch.softmax(-(errors - errors[:, :1]) * n_points / (2 * sigma2 * temperature), dim=1)
-    rot = grid.to(k.device)[which % g]
+    rot = grid[which % g]
     shift = torch.gather(shifts, 1, (which // g)[..., None].expand(-1, -1, 2))
     return SoftAssignment(rot, shift, weights, errors)
 
