@@ -110,3 +110,27 @@ def test_exploration_fits_the_images_better_as_it_goes(tiny_dataset, tmp_path):
     assert losses[-1] < losses[0]
     assert torch.all(eng.best_head == eng.config.heads)  # every particle holds a kept pose
     assert eng.volume.real_space().sum() > 0
+
+
+def test_global_research_rescues_poses_in_a_wrong_basin(tiny_dataset, tmp_path):
+    from napari_cryospin.data.particles import load_particles
+    from napari_cryospin.geometry.rotations import geodesic_distance, random_rotations
+
+    truth = load_particles(tiny_dataset / "truth.star")
+    eng = _engine(tiny_dataset, tmp_path)
+    idx = np.arange(eng.n)
+    batch = eng._batch(idx)
+    sums = insert_weighted(batch, _truth_assignment(truth, idx, eng.device), eng.disk, eng.disk.count(10))
+    eng.volume.set_from_real_space(torch.from_numpy(solve_map(sums)))
+    lost = idx % 4 == 0  # a quarter of the particles start from random rotations
+    start = torch.as_tensor(truth.rotations, dtype=torch.float32)
+    start[lost] = random_rotations(int(lost.sum()), generator=torch.Generator().manual_seed(5))
+    eng.best_rot, eng.best_shift = start, torch.as_tensor(truth.shifts, dtype=torch.float32)
+    eng._switch_to_decoding("test")
+    eng._research_poses()
+    rot, _ = eng.current_poses()
+    true = torch.as_tensor(truth.rotations, dtype=torch.float64)
+    error = np.degrees(geodesic_distance(true, torch.as_tensor(rot, dtype=torch.float64)).numpy())
+    assert np.median(error[lost]) < 25.0  # random rotations: ~120°
+    assert np.median(error[~lost]) < 5.0  # the right ones stay right (or move to a grid pose next to it)
+    assert 0.2 < eng.research_moved < 0.6

@@ -136,6 +136,7 @@ class Engine:
         self.offsets = shift_grid(self.schedule.shift_search, device=self.device)
         self.grids = [so3_grid(*grid).to(self.device) for grid in self.schedule.explore_grids]
         self.explore_sums = None
+        self.research_moved: float | None = None  # share of particles the global re-search moved
         self.poses: ParticlePoses | None = None
         self.pose_opt = None
         self.best_rot = torch.eye(3).repeat(self.n, 1, 1)
@@ -373,6 +374,50 @@ class Engine:
         self.vol_opt = self._volume_optimizer()
         log.info("switched to auto-decoding at epoch %d: %s", self.epoch, reason)
 
+    @torch.no_grad()
+    def _research_poses(self) -> None:
+        """Give every particle the best fine-grid pose against its half map when that fits better.
+
+        Scored at exploration's top radius, where a grid pose ~7° off is still inside the basin; the
+        particles that move continue from there by local refinement.
+        """
+        assert self.poses is not None
+        n_points = self.schedule.points(self.disk, Stage.EXPLORING, self.schedule.explore_epochs - 1)
+        moved = 0
+        for start in range(0, self.n, self.schedule.explore_batch):
+            idx = np.arange(start, min(self.n, start + self.schedule.explore_batch))
+            batch = self._batch(idx)
+            rot, shift = self.poses(batch.idx)
+            halves = self.halves[torch.as_tensor(idx)].to(self.device)
+            for c in range(self.volume.copies):
+                sel = halves == c if self.volume.copies == 2 else torch.ones_like(halves, dtype=torch.bool)
+                if not sel.any():
+                    continue
+                sub = ImageBatch(batch.idx[sel], batch.images[sel], batch.spectrum[sel], batch.ctf[sel])
+                now = squared_error(self.volume, sub, rot[sel], shift[sel], self.disk, n_points, c)
+                found = grid_search(
+                    self.volume,
+                    sub,
+                    self.grids[-1],
+                    torch.zeros(len(sub.idx), 2, device=self.device),
+                    self.offsets,
+                    self.disk,
+                    n_points,
+                    1,
+                    copy=c,
+                )
+                better = found.errors[:, 0] < now
+                if better.any():
+                    which = sub.idx[better]
+                    self.poses.reseed(which, found.rotations[better, 0], found.shifts[better, 0])
+                    for state in self.pose_opt.state.values():  # moved rows forget their Adam moments
+                        for moment in state.values():
+                            if torch.is_tensor(moment) and moment.dim() == 2:
+                                moment[which] = 0.0
+                    moved += int(better.sum())
+        self.research_moved = moved / self.n
+        log.info("global re-search at epoch %d moved %.1f%% of particles", self.epoch, 100 * moved / self.n)
+
     # ------------------------------------------------------------------------------------- reporting
     def current_poses(self) -> tuple[np.ndarray, np.ndarray]:
         """Every particle's current best rotation (n, 3, 3) and shift (n, 2) in pixels."""
@@ -538,6 +583,8 @@ class Engine:
                     gen = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
                     self.perm = torch.randperm(self.n, generator=gen).numpy()
                     self.pos = 0
+                    if self.stage == Stage.DECODING and self.epoch == self.schedule.research_epoch():
+                        self._research_poses()
                 t_epoch = time.perf_counter()
                 seen, loss_sum = 0, 0.0
                 while self.pos < self.n:
@@ -607,6 +654,8 @@ class Engine:
         every = self.config.eval_every or max(1, self.config.epochs // 8)
         evaluate = (self.epoch + 1) % every == 0 or self.epoch + 1 == self.config.epochs
         record = write_epoch_record(self, loss, ips, stable, change, evaluate)
+        if self.epoch == self.schedule.research_epoch():
+            record["research_moved"] = self.research_moved
         self.history.append(record)
         self.prev_rot = rot_t.clone()
         self.prev_head = self.best_head.clone()

@@ -69,6 +69,16 @@ class Schedule:
         ramp = min(1.0, (epoch - start + 1) / max(1.0, (self.epochs - start) / 2))
         return min(self.max_radius, at_switch + ramp * (self.max_radius - at_switch))
 
+    def research_epoch(self) -> int | None:
+        """The auto-decoding epoch that starts with a global re-search of every pose (None: none).
+
+        Halfway through auto-decoding, when the map has its full radius: local refinement cannot leave a
+        wrong basin, but the fine grid against the refined map can.
+        """
+        if self.switch_epoch is None or not self.explore_epochs:
+            return None
+        return self.switch_epoch + max(1, (self.epochs - self.switch_epoch) // 2)
+
     def explore_grid(self, epoch: int) -> int:
         """Index into ``explore_grids`` of the rotation grid exploration searches at ``epoch``."""
         return int(epoch >= self.explore_fine_from * self.explore_epochs)

@@ -32,6 +32,13 @@ class ParticlePoses(nn.Module):
         return r_delta @ self.base[idx], self.shift(idx)
 
     @torch.no_grad()
+    def reseed(self, idx: torch.Tensor, rotations: torch.Tensor, shifts: torch.Tensor) -> None:
+        """Restart particles ``idx`` from new poses (perturbation zeroed)."""
+        self.base[idx] = rotations.to(self.base)
+        self.omega.weight[idx] = 0.0
+        self.shift.weight[idx] = shifts.to(self.shift.weight)
+
+    @torch.no_grad()
     def all_poses(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every particle's current rotation and shift."""
         return axis_angle_to_matrix(self.omega.weight) @ self.base, self.shift.weight.clone()
