@@ -56,8 +56,13 @@ def test_winner_takes_all_picks_lowest_loss_head(tiny_dataset, tmp_path):
     eng.encoder.train()  # the step runs in training mode (batch statistics); the same batch, the same output
     with torch.no_grad():
         r, s = eng.encoder(eng._encoder_input(batch))
-        err, _ = searched_error(eng.volume, batch, r, s, eng.offsets, eng.disk, eng.disk.count(8))
-        expected = err.argmin(1)
+        expected = torch.empty(len(idx), dtype=torch.long)
+        for copy in range(eng.volume.copies):  # each particle against its own half's map
+            own = eng.halves[batch.idx] == copy if eng.volume.copies == 2 else torch.ones(8, dtype=torch.bool)
+            err, _ = searched_error(
+                eng.volume, batch.select(own), r[own], s[own], eng.offsets, eng.disk, eng.disk.count(8), copy
+            )
+            expected[own] = err.argmin(1)
     eng.enc_opt.param_groups[0]["lr"] = 0.0
     eng.vol_opt.param_groups[0]["lr"] = 0.0
     eng._encoding_step(idx, eng.disk.count(8))

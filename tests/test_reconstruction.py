@@ -15,7 +15,14 @@ import starfile
 import torch
 
 from napari_cryospin.geometry.rotations import matrix_to_euler, random_rotations
-from napari_cryospin.metrics.alignment import MIRROR, align_rotations, align_volume, fsc_to_truth
+from napari_cryospin.metrics.alignment import (
+    MIRROR,
+    align_maps,
+    align_rotations,
+    align_volume,
+    fsc_to_truth,
+    rotate_volume,
+)
 from napari_cryospin.metrics.fsc import fsc, resolution_at
 from napari_cryospin.physics.ctf import ctf_2d
 from napari_cryospin.physics.fourier import fftn_centered, frequency_grid_2d, ifftn_centered
@@ -263,3 +270,19 @@ def test_backproject_and_evaluate_cli(simulated, tmp_path, capsys):
     args = parser.parse_args(["evaluate", "--truth", str(star)])
     with pytest.raises(ValueError, match="nothing to evaluate"):
         args.run(args)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_frame_change_carries_poses_to_the_aligned_map(simulated, flip):
+    """Poses re-expressed by ``align_maps`` backproject onto the map in the other frame (rotation, hand,
+    whole-voxel shift), as well as the original poses onto the original map; the opposite shift does not."""
+    a = random_rotations(1, torch.Generator().manual_seed(5), torch.float64).numpy()[0]
+    other = np.roll(rotate_volume(simulated.vol, a @ MIRROR if flip else a), (1, -2, 2), axis=(0, 1, 2))
+    change = align_maps(simulated.rec, other)
+    assert change.flip == flip
+    rot, shifts = change.poses(simulated.rotations, simulated.shifts)
+    assert np.allclose(np.linalg.det(rot), 1.0)
+    moved = backproject(simulated.particles, rot, shifts, batch_size=64)
+    assert _corr(moved, other) > _corr(simulated.rec, simulated.vol) - 0.05
+    wrong = backproject(simulated.particles, rot, 2 * simulated.shifts - shifts, batch_size=64)
+    assert _corr(wrong, other) < _corr(moved, other) - 0.1

@@ -23,6 +23,7 @@ import torch
 from ..data.errors import ParticleFileError
 from ..data.particles import ParticleSet, load_particles
 from ..geometry.rotations import geodesic_distance, random_rotations
+from ..metrics.alignment import align_maps
 from ..model.encoder import MultiHeadEncoder
 from ..model.likelihood import (
     FrequencyDisk,
@@ -46,6 +47,7 @@ from .events import Command, ParticleView, Snapshot, Stage
 from .outputs import write_epoch_record, write_results
 from .schedule import Schedule
 from .switch import AutoSwitch
+from .validity import half_agreement
 
 log = logging.getLogger(__name__)
 
@@ -100,21 +102,30 @@ class Engine:
         t_idx = torch.as_tensor(idx, device=self.device)
         return prepare_batch(t_idx, self._load_images(idx), self.particles.ctf, self.disk)
 
-    def _initial_volume(self, generator: torch.Generator) -> HartleyVolume:
-        """Exponent from the data's radial spectrum; mantissa from a random-pose reconstruction (a blob)."""
-        idx = np.arange(min(self.n, 1024))
+    def _initial_volume(self, generator: torch.Generator, copies: int) -> HartleyVolume:
+        """Exponent from the data's radial spectrum; mantissa from a random-pose reconstruction (a blob).
+
+        With two copies (independent halves), each copy's blob comes from its own half's particles.
+        """
         rot = random_rotations(self.n, generator).numpy()
-        blob = backproject(self.particles, rot, np.zeros((self.n, 2)), indices=idx, device=self.device)
-        # Volume units: its slices equal the orthonormal spectra of images divided by ``scale``.
-        blob = torch.from_numpy(blob).to(self.device) / (self.scale * self.box)
-        h = hartley_centered(blob, 3)
         shells = radial_shells(self.box, 3, self.device).reshape(-1)
-        power = torch.zeros(int(shells.max()) + 1, device=self.device)
-        power.index_add_(0, shells, h.reshape(-1) ** 2)
-        count = torch.zeros_like(power).index_add_(0, shells, torch.ones_like(h).reshape(-1))
-        rms = (power / count.clamp_min(1)).sqrt().clamp_min(1e-8)
-        volume = HartleyVolume(self.box, torch.log(rms)[shells].reshape(h.shape)).to(self.device)
-        volume.set_from_real_space(blob)
+        blobs, exponents = [], []
+        for c in range(copies):
+            members = np.flatnonzero(self.halves.cpu().numpy() == c) if copies == 2 else np.arange(self.n)
+            idx = members[: 1024 // copies]
+            blob = backproject(self.particles, rot, np.zeros((self.n, 2)), indices=idx, device=self.device)
+            # Volume units: its slices equal the orthonormal spectra of images divided by ``scale``.
+            blob = torch.from_numpy(blob).to(self.device) / (self.scale * self.box)
+            h = hartley_centered(blob, 3)
+            power = torch.zeros(int(shells.max()) + 1, device=self.device)
+            power.index_add_(0, shells, h.reshape(-1) ** 2)
+            count = torch.zeros_like(power).index_add_(0, shells, torch.ones_like(h).reshape(-1))
+            rms = (power / count.clamp_min(1)).sqrt().clamp_min(1e-8)
+            blobs.append(blob)
+            exponents.append(torch.log(rms)[shells].reshape(h.shape))
+        volume = HartleyVolume(self.box, torch.stack(exponents), copies).to(self.device)
+        for c, blob in enumerate(blobs):
+            volume.set_from_real_space(blob, copy=c)
         return volume
 
     def _build(self) -> None:
@@ -128,14 +139,23 @@ class Engine:
             self.schedule.encoder_width,
             max_shift=self.schedule.max_shift,
         ).to(self.device)
-        self.volume = self._initial_volume(gen)
+        _, half_b = split_halves(self.n, cfg.seed)
+        self.halves = torch.zeros(self.n, dtype=torch.long)
+        self.halves[torch.from_numpy(half_b)] = 1  # the same halves as the half maps written out
+        self.halves = self.halves.to(self.device)
+        # Gold standard: with half maps, the two halves are explored independently from the start and
+        # share nothing until half B's map is aligned onto half A's (paper path: split at the switch).
+        independent = cfg.half_maps and self.schedule.explore_epochs > 0
+        self.volume = self._initial_volume(gen, 2 if independent else 1)
         self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.schedule.encoder_lr, foreach=True)
         self.vol_opt = torch.optim.Adam(
             self.volume.parameters(), lr=self.schedule.volume_lr_encoding, foreach=True
         )
         self.offsets = shift_grid(self.schedule.shift_search, device=self.device)
         self.grids = [so3_grid(*grid).to(self.device) for grid in self.schedule.explore_grids]
-        self.explore_sums = None
+        self.explore_sums: list = [None] * self.volume.copies
+        self.halves_aligned = not independent
+        self.agreement: dict | None = None  # how well the independent halves agreed once aligned
         self.research_moved: float | None = None  # share of particles the global re-search moved
         self.poses: ParticlePoses | None = None
         self.pose_opt = None
@@ -144,9 +164,6 @@ class Engine:
         self.best_head = torch.full((self.n,), -1, dtype=torch.long)
         self.prev_rot = None
         self.prev_head = None
-        _, half_b = split_halves(self.n, cfg.seed)
-        self.halves = torch.zeros(self.n, dtype=torch.long)
-        self.halves[torch.from_numpy(half_b)] = 1  # the same halves as the half maps written out
         self.stage = Stage.EXPLORING if self.schedule.explore_epochs else Stage.ENCODING
         self.epoch = 0
         self.pos = 0
@@ -182,6 +199,9 @@ class Engine:
             "prev_head": self.prev_head,
             "history": self.history,
             "switch_reason": self.switch_reason,
+            "halves_aligned": self.halves_aligned,
+            "agreement": self.agreement,
+            "research_moved": self.research_moved,
             "rng": torch.get_rng_state(),
         }
 
@@ -207,6 +227,8 @@ class Engine:
             self.pose_opt.load_state_dict(st["pose_opt"])
         self.history = st["history"]
         self.switch_reason = st["switch_reason"]
+        self.halves_aligned, self.agreement = st["halves_aligned"], st["agreement"]
+        self.research_moved = st["research_moved"]
         torch.set_rng_state(st["rng"])
 
     def _volume_optimizer(self) -> torch.optim.Optimizer:
@@ -230,32 +252,101 @@ class Engine:
     def _encoder_input(self, batch: ImageBatch) -> torch.Tensor:
         return self.schedule.encoder_images(batch.images)
 
+    def _copy_masks(self, idx: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """(map copy, mask of the batch) for each copy with particles in the batch (one copy: all of them)."""
+        if self.volume.copies == 1:
+            return [(0, torch.ones_like(idx, dtype=torch.bool))]
+        halves = self.halves[idx]
+        return [(c, halves == c) for c in (0, 1) if bool((halves == c).any())]
+
+    def _by_copy(self, batch: ImageBatch, fn) -> list[torch.Tensor]:
+        """``fn(sub_batch, copy, mask)`` on each map copy's particles, results scattered back to (B, …).
+
+        Every particle is scored against its own half's map only: the gold standard depends on it.
+        """
+        results: list[torch.Tensor] = []
+        for c, mask in self._copy_masks(batch.idx):
+            out = fn(batch.select(mask), c, mask)
+            out = out if isinstance(out, tuple) else (out,)
+            if not results:
+                results = [t.new_empty((len(mask), *t.shape[1:])) for t in out]
+            for r, t in zip(results, out, strict=True):
+                r[mask] = t
+        return results
+
+    def _score_candidates(
+        self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, n_points: int, detach: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Errors (B, C) and searched shifts (B, C, 2) of candidate poses (B, C, 3, 3) against each particle's
+        own map; ``detach`` lets the gradient reach the poses only."""
+        err, best = self._by_copy(
+            batch,
+            lambda sub, c, m: searched_error(
+                self.volume, sub, rot[m], shift[m], self.offsets, self.disk, n_points, c, detach
+            ),
+        )
+        return err, best
+
     def _exploring_step(self, idx: np.ndarray, n_points: int) -> float:
-        """Soft-assign the batch over the grid, fold it into the running map sums, re-solve the map."""
+        """Soft-assign the batch over the grid, fold it into each half's running sums, re-solve the maps."""
         batch = self._batch(idx)
         sch = self.schedule
-        found = grid_search(
-            self.volume,
-            batch,
-            self.grids[sch.explore_grid(self.epoch)],
-            torch.zeros(len(idx), 2, device=self.device),
-            self.offsets,
-            self.disk,
-            n_points,
-            sch.explore_top_k,
-            temperature=sch.explore_temperature(self.epoch),
-        )
-        rate = len(idx) / min(self.n, sch.explore_memory)
-        self.explore_sums = forget(
-            self.explore_sums, insert_weighted(batch, found, self.disk, n_points), rate
-        )
-        # The sums hold normalised spectra, so the solved map is already in the decoder's units.
-        self.volume.set_from_real_space(torch.from_numpy(solve_map(self.explore_sums)).to(self.device))
-        cpu_idx = torch.as_tensor(idx)
-        self.best_rot[cpu_idx] = found.rotations[:, 0].cpu()
-        self.best_shift[cpu_idx] = found.shifts[:, 0].cpu()
-        self.best_head[cpu_idx] = self.config.heads
-        return float(found.errors[:, 0].mean())
+        errors = []
+        for c, mask in self._copy_masks(batch.idx):
+            sub = batch.select(mask)
+            found = grid_search(
+                self.volume,
+                sub,
+                self.grids[sch.explore_grid(self.epoch)],
+                torch.zeros(len(sub.idx), 2, device=self.device),
+                self.offsets,
+                self.disk,
+                n_points,
+                sch.explore_top_k,
+                copy=c,
+                temperature=sch.explore_temperature(self.epoch),
+            )
+            # Each half remembers its share of ``explore_memory``: the same dynamics as one shared map.
+            share = self._copy_size(c) / self.n
+            rate = len(sub.idx) / min(self._copy_size(c), sch.explore_memory * share)
+            new = insert_weighted(sub, found, self.disk, n_points)
+            self.explore_sums[c] = forget(self.explore_sums[c], new, rate)
+            # The sums hold normalised spectra, so the solved map is already in the decoder's units.
+            solved = torch.from_numpy(solve_map(self.explore_sums[c])).to(self.device)
+            self.volume.set_from_real_space(solved, copy=c)
+            cpu_idx = sub.idx.cpu()
+            self.best_rot[cpu_idx] = found.rotations[:, 0].cpu()
+            self.best_shift[cpu_idx] = found.shifts[:, 0].cpu()
+            self.best_head[cpu_idx] = self.config.heads
+            errors.append(found.errors[:, 0])
+        return float(torch.cat(errors).mean())
+
+    def _copy_size(self, copy: int) -> int:
+        """How many particles train map copy ``copy``."""
+        return self.n if self.volume.copies == 1 else int((self.halves == copy).sum())
+
+    @torch.no_grad()
+    def _align_halves(self) -> None:
+        """Bring half B's map and poses into half A's frame and record how well the two maps agree.
+
+        The halves were explored independently (each could have settled in its own orientation or hand), so
+        their agreement after alignment is evidence that the structure is in the data, not in the start.
+        """
+        if self.halves_aligned:
+            return
+        a = self.volume.real_space(0).cpu().numpy()
+        b = self.volume.real_space(1).cpu().numpy()
+        change = align_maps(b, a, seed=self.config.seed)
+        self.volume.set_from_real_space(torch.from_numpy(change.aligned).to(self.device), copy=1)
+        members = (self.halves == 1).cpu()
+        rot, shift = change.poses(self.best_rot[members].double().numpy(), self.best_shift[members].numpy())
+        self.best_rot[members] = torch.from_numpy(rot).float()
+        self.best_shift[members] = torch.from_numpy(shift).float()
+        top = self.schedule.radius(Stage.EXPLORING, max(0, min(self.epoch, self.schedule.explore_epochs) - 1))
+        self.agreement = half_agreement(a, change.aligned, top)
+        self.explore_sums = [None, None]
+        self.halves_aligned = True
+        log.info("halves aligned: %s", self.agreement["summary"])
 
     def _with_kept(
         self, idx: np.ndarray, rot: torch.Tensor, shift: torch.Tensor
@@ -270,6 +361,19 @@ class Engine:
         has = (self.best_head[cpu_idx] >= 0).to(self.device)
         return torch.cat([rot, kept_rot], 1), torch.cat([shift, kept_shift], 1), has
 
+    def _best_candidates(
+        self, idx: np.ndarray, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, n_points: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Score the heads' poses (B, M, …) and the kept pose; returns the errors (B, M + 1) (grad reaching
+        the heads), the candidates with searched shifts (B, M + 1, …) and each particle's winner (B,)."""
+        cand_rot, cand_shift, has = self._with_kept(idx, rot, shift)
+        err, cand_shift = self._score_candidates(batch, cand_rot, cand_shift, n_points, detach=True)
+        with torch.no_grad():
+            scored = err.detach().clone()
+            scored[:, -1] = torch.where(has, scored[:, -1], torch.full_like(scored[:, -1], float("inf")))
+            win = scored.argmin(1)
+        return err, cand_rot.detach(), cand_shift.detach(), win
+
     def _encoding_step(self, idx: np.ndarray, n_points: int) -> float:
         """WTA over the heads trains the encoder; the map learns from each particle's best candidate.
 
@@ -280,27 +384,11 @@ class Engine:
         self.encoder.train()
         heads = self.config.heads
         rot, shift = self.encoder(self._encoder_input(batch))
-        err, shift = searched_error(
-            self.volume, batch, rot, shift, self.offsets, self.disk, n_points, detach_volume=True
-        )
-        encoder_loss = err.min(dim=1).values.mean()
-        with torch.no_grad():
-            cand_rot, cand_shift, has = self._with_kept(idx, rot.detach(), shift.detach())
-            kept_err, kept_shift = searched_error(
-                self.volume,
-                batch,
-                cand_rot[:, heads:],
-                cand_shift[:, heads:],
-                self.offsets,
-                self.disk,
-                n_points,
-            )
-            kept_err = torch.where(has[:, None], kept_err, torch.full_like(kept_err, float("inf")))
-            cand_shift[:, heads:] = kept_shift
-            win = torch.cat([err.detach(), kept_err], 1).argmin(1)
-            ar = torch.arange(len(idx), device=self.device)
-            win_rot, win_shift = cand_rot[ar, win], cand_shift[ar, win]
-        map_loss = squared_error(self.volume, batch, win_rot, win_shift, self.disk, n_points).mean()
+        err, cand_rot, cand_shift, win = self._best_candidates(idx, batch, rot, shift, n_points)
+        encoder_loss = err[:, :heads].min(dim=1).values.mean()
+        ar = torch.arange(len(idx), device=self.device)
+        win_rot, win_shift = cand_rot[ar, win], cand_shift[ar, win]
+        map_loss = self._squared_error(batch, win_rot, win_shift, n_points).mean()
         self.enc_opt.zero_grad(set_to_none=True)
         self.vol_opt.zero_grad(set_to_none=True)
         (encoder_loss + map_loss).backward()
@@ -312,35 +400,32 @@ class Engine:
         self.best_head[cpu_idx] = win.cpu()
         return float(map_loss.detach())
 
+    def _squared_error(
+        self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, n_points: int
+    ) -> torch.Tensor:
+        """Each particle's mean squared residual (B,) at one pose, against its own map."""
+        return self._by_copy(
+            batch,
+            lambda sub, c, m: squared_error(self.volume, sub, rot[m], shift[m], self.disk, n_points, c),
+        )[0]
+
     def _decoding_step(self, idx: np.ndarray, n_points: int) -> float:
         assert self.poses is not None and self.pose_opt is not None
         batch = self._batch(idx)
         t_idx = batch.idx
-        halves = self.halves[torch.as_tensor(idx)].to(self.device)
         for _ in range(self.schedule.pose_steps):
             rot, shift = self.poses(t_idx)
-            loss = self._per_half_error(batch, rot, shift, halves, n_points).mean()
+            loss = self._squared_error(batch, rot, shift, n_points).mean()
             self.pose_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.pose_opt.step()
         with torch.no_grad():
             rot, shift = self.poses(t_idx)
-        loss = self._per_half_error(batch, rot, shift, halves, n_points).mean()
+        loss = self._squared_error(batch, rot, shift, n_points).mean()
         self.vol_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.vol_opt.step()
         return float(loss.detach())
-
-    def _per_half_error(self, batch, rot, shift, halves, n_points) -> torch.Tensor:
-        if self.volume.copies == 1:
-            return squared_error(self.volume, batch, rot, shift, self.disk, n_points)
-        err = torch.empty(rot.shape[0], device=self.device)
-        for c in (0, 1):
-            sel = halves == c
-            if sel.any():
-                sub = ImageBatch(batch.idx[sel], batch.images[sel], batch.spectrum[sel], batch.ctf[sel])
-                err[sel] = squared_error(self.volume, sub, rot[sel], shift[sel], self.disk, n_points, c)
-        return err
 
     @torch.no_grad()
     def _switch_to_decoding(self, reason: str) -> None:
@@ -348,6 +433,8 @@ class Engine:
 
         From exploration, the kept poses are the candidates (the encoder has not been trained yet).
         """
+        if self.stage == Stage.EXPLORING:
+            self._align_halves()
         if self.stage == Stage.ENCODING:
             self.encoder.eval()
             n_points = self.schedule.points(self.disk, Stage.ENCODING, self.epoch)
@@ -355,16 +442,13 @@ class Engine:
                 idx = np.arange(start, min(self.n, start + self.config.batch_size * 4))
                 batch = self._batch(idx)
                 rot, shift = self.encoder(self._encoder_input(batch))
-                rot, shift, has = self._with_kept(idx, rot, shift)
-                err, shift = searched_error(self.volume, batch, rot, shift, self.offsets, self.disk, n_points)
-                err[:, -1] = torch.where(has, err[:, -1], torch.full_like(err[:, -1], float("inf")))
-                win = err.argmin(1)
+                _, rot, shift, win = self._best_candidates(idx, batch, rot, shift, n_points)
                 ar = torch.arange(len(idx), device=self.device)
                 self.best_rot[idx] = rot[ar, win].cpu()
                 self.best_shift[idx] = shift[ar, win].cpu()
                 self.best_head[idx] = win.cpu()
         self.schedule.switch_epoch = self.epoch
-        self.explore_sums = None
+        self.explore_sums = [None] * self.volume.copies
         self.stage = Stage.DECODING
         self.switch_reason = reason
         self.poses = ParticlePoses(self.best_rot, self.best_shift).to(self.device)
@@ -388,12 +472,8 @@ class Engine:
             idx = np.arange(start, min(self.n, start + self.schedule.explore_batch))
             batch = self._batch(idx)
             rot, shift = self.poses(batch.idx)
-            halves = self.halves[torch.as_tensor(idx)].to(self.device)
-            for c in range(self.volume.copies):
-                sel = halves == c if self.volume.copies == 2 else torch.ones_like(halves, dtype=torch.bool)
-                if not sel.any():
-                    continue
-                sub = ImageBatch(batch.idx[sel], batch.images[sel], batch.spectrum[sel], batch.ctf[sel])
+            for c, sel in self._copy_masks(batch.idx):
+                sub = batch.select(sel)
                 now = squared_error(self.volume, sub, rot[sel], shift[sel], self.disk, n_points, c)
                 found = grid_search(
                     self.volume,
@@ -444,6 +524,7 @@ class Engine:
                     self.disk,
                     n_points,
                     self.schedule.explore_top_k,
+                    copy=half,
                 )
                 rot, shift, err = found.rotations, found.shifts, found.errors[0]
                 labels = [f"grid {j + 1}" for j in range(rot.shape[1])]
@@ -512,7 +593,9 @@ class Engine:
         return ifftn_centered(f.reshape(self.box, self.box), 2).real.cpu().numpy() * self.box
 
     def _volume_array(self) -> np.ndarray:
-        return self.volume.real_space().cpu().numpy() * (self.scale * self.box)
+        """The map shown and saved: half A's until the independent halves are aligned, then their mean."""
+        copy = None if self.halves_aligned else 0
+        return self.volume.real_space(copy).cpu().numpy() * (self.scale * self.box)
 
     def _head_fractions(self) -> np.ndarray:
         won = self.best_head[self.best_head >= 0]
@@ -573,6 +656,7 @@ class Engine:
         try:
             while self.epoch < self.config.epochs:
                 if self.stage == Stage.EXPLORING and self.epoch >= self.schedule.explore_epochs:
+                    self._align_halves()
                     self.stage = Stage.ENCODING
                     log.info("exploration done after %d epochs; auto-encoding starts", self.epoch)
                 if self.stage in before_decoding:

@@ -14,8 +14,10 @@ import numpy as np
 
 from ..data.mrc import write_volume
 from ..data.poses_out import write_poses_star
-from ..metrics.fsc import fsc, resolution_at, soft_mask
-from ..reconstruction import half_maps
+from ..metrics.fsc import resolution_at
+from ..reconstruction import accumulate, solve_map
+from .events import Stage
+from .validity import masked_fsc, radius_at, verdict
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -26,18 +28,24 @@ MONITOR_PARTICLES = 2000
 
 
 def _gold_standard(engine: Engine, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(full, half A, half B) backprojections with the current poses, over the engine's own halves (at most
+    ``limit`` particles in all, split evenly), so the half maps never mix the halves the engine kept apart."""
     rot, shift = engine.current_poses()
-    particles = engine.particles
-    if limit is not None and limit < engine.n:
-        pick = np.sort(np.random.default_rng(engine.config.seed).choice(engine.n, limit, replace=False))
-        particles, rot, shift = particles.subset(pick), rot[pick], shift[pick]
-    return half_maps(particles, rot, shift, seed=engine.config.seed, device=engine.device)
+    halves = engine.halves.cpu().numpy()
+    rng = np.random.default_rng(engine.config.seed)
+    acc = []
+    for c in (0, 1):
+        members = np.flatnonzero(halves == c)
+        if limit is not None and 2 * len(members) > limit:
+            members = np.sort(rng.choice(members, limit // 2, replace=False))
+        acc.append(accumulate(engine.particles, rot, shift, members, device=engine.device))
+    return solve_map(acc[0] + acc[1]), solve_map(acc[0]), solve_map(acc[1])
 
 
 def _masked_fsc(a: np.ndarray, b: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
     box = a.shape[0]
-    mask = soft_mask(box, 0.4 * box, 0.05 * box)
-    return fsc(a * mask, b * mask, voxel)
+    curve = masked_fsc(a, b)
+    return np.arange(len(curve)) / (box * voxel), curve
 
 
 def write_epoch_record(
@@ -57,12 +65,12 @@ def write_epoch_record(
         "resolution_fsc05": None,
         "fsc": None,
         "switch_reason": engine.switch_reason,
+        "halves_aligned": engine.halves_aligned,
     }
     if not evaluate:
         return record
     voxel = engine.particles.pixel_size
     full, half_a, half_b = _gold_standard(engine, MONITOR_PARTICLES)
-    freq, curve = _masked_fsc(half_a, half_b, voxel)
     rot, shift = engine.current_poses()
     epochs_dir = engine.out / "epochs"
     epochs_dir.mkdir(exist_ok=True)
@@ -73,7 +81,12 @@ def write_epoch_record(
         shifts=shift.astype(np.float32),
         voxel_size=voxel,
         wall_s=engine.elapsed,
+        halves=engine.halves.cpu().numpy().astype(np.int8),
+        halves_aligned=engine.halves_aligned,
     )
+    if not engine.halves_aligned:  # half B is still in its own frame: nothing to compare yet
+        return record
+    freq, curve = _masked_fsc(half_a, half_b, voxel)
     record["resolution"] = resolution_at(freq, curve, 0.143)
     record["resolution_fsc05"] = resolution_at(freq, curve, 0.5)
     record["fsc"] = [freq.tolist(), curve.tolist()]
@@ -92,16 +105,23 @@ def write_results(engine: Engine) -> str:
     write_poses_star(out / "poses.star", engine.particles, rot, shift)
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     res = resolution_at(freq, curve, 0.143)
+    top = engine.schedule.radius(Stage.EXPLORING, max(0, engine.schedule.explore_epochs - 1))
+    validity = verdict(engine.agreement, radius_at(curve, 0.143), top)
     (out / "metrics.json").write_text(
         json.dumps(
             {
                 "config": engine.config.to_dict(),
                 "epochs": engine.history,
-                "final": {"resolution": res, "fsc": [freq.tolist(), curve.tolist()]},
+                "final": {
+                    "resolution": res,
+                    "fsc": [freq.tolist(), curve.tolist()],
+                    "halves_agreement": engine.agreement,
+                    "validity": validity,
+                },
             }
         )
     )
     from .plots import plot_run
 
     plot_run(out, engine.history, (freq, curve))
-    return f"done: {res:.1f} Å (half-map FSC 0.143); results in {out}"
+    return f"done: {res:.1f} Å (half-map FSC 0.143); {validity['message']}; results in {out}"

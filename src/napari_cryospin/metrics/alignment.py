@@ -146,6 +146,41 @@ def align_volume(vol: np.ndarray, ref: np.ndarray, rotation: np.ndarray, flip: b
     return np.roll(rotated, _best_translation(rotated, ref), axis=(0, 1, 2))
 
 
+@dataclass
+class FrameChange:
+    """How a map ``vol`` is brought into the frame of ``ref``: ``aligned(q) = vol(M·(q − t))``.
+
+    ``M = rotation`` (``rotation·F`` when ``flip``); ``translation`` t is in voxels, (x, y, z) order.
+    """
+
+    rotation: np.ndarray
+    flip: bool
+    translation: np.ndarray
+    aligned: np.ndarray
+
+    def poses(self, rotations: np.ndarray, shifts_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Poses (n, 3, 3) and shifts (n, 2) px of ``vol``'s particles re-expressed for the aligned map.
+
+        ``R' = Aᵀ·R`` (``F·Aᵀ·R·F`` when the hand flips: both give the same images), and a map moved by t
+        moves each projection by ``(R'ᵀ·t)[:2]``, which the shift (RELION sign) absorbs.
+        """
+        rot = np.einsum("ji,njk->nik", self.rotation, np.asarray(rotations, np.float64))
+        if self.flip:
+            rot = MIRROR @ rot @ MIRROR
+        moved = np.einsum("nji,j->ni", rot, self.translation)[:, :2]
+        return rot, np.asarray(shifts_px, np.float64) + moved
+
+
+def align_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0) -> FrameChange:
+    """The global rotation, hand and whole-voxel translation that best bring ``vol`` onto ``ref``."""
+    rotation, flip = search_alignment(vol, ref, seed=seed)
+    matrix = rotation @ MIRROR if flip else rotation
+    rotated = rotate_volume(vol, matrix)
+    t_zyx = _best_translation(rotated, np.asarray(ref))
+    aligned = np.roll(rotated, t_zyx, axis=(0, 1, 2))
+    return FrameChange(rotation, flip, np.asarray(t_zyx[::-1], np.float64), aligned)
+
+
 def _lowpass_crop(vol: np.ndarray, box: int, sigma_frac: float = 0.25) -> torch.Tensor:
     """Fourier-crop to ``box`` with a Gaussian low-pass (σ = ``sigma_frac`` of the new Nyquist)."""
     size = vol.shape[0]

@@ -50,6 +50,10 @@ class ImageBatch:
     spectrum: torch.Tensor  # (B, P) complex, orthonormal spectrum of the image
     ctf: torch.Tensor  # (B, P)
 
+    def select(self, mask: torch.Tensor) -> ImageBatch:
+        """The sub-batch of the particles where ``mask`` (B,) is true."""
+        return ImageBatch(self.idx[mask], self.images[mask], self.spectrum[mask], self.ctf[mask])
+
 
 def prepare_batch(idx: torch.Tensor, images: torch.Tensor, ctf: CTFParams, disk: FrequencyDisk) -> ImageBatch:
     """FFT the (normalised) images and evaluate their CTFs on the disk."""
