@@ -568,7 +568,7 @@ class Engine:
                 return e * n_points / (2 * sigma2)
 
             with torch.no_grad():
-                log_post = view_log_posterior(score, nside=self.schedule.posterior_nside)
+                log_post = view_log_posterior(score, nside=self.schedule.posterior_nside, device=self.device)
         return ParticleView(
             index=i,
             image=batch.images[0].cpu().numpy(),
