@@ -96,6 +96,7 @@ def write_results(engine: Engine) -> str:
         json.dumps(
             {
                 "config": engine.config.to_dict(),
+                "polarity": engine.polarity.to_dict(),
                 "epochs": engine.history,
                 "final": {"resolution": res, "fsc": [freq.tolist(), curve.tolist()]},
             }
@@ -104,4 +105,4 @@ def write_results(engine: Engine) -> str:
     from .plots import plot_run
 
     plot_run(out, engine.history, (freq, curve))
-    return f"done: {res:.1f} Å (half-map FSC 0.143); results in {out}"
+    return f"done: {res:.1f} Å (half-map FSC 0.143), {engine.polarity.summary()}; results in {out}"
