@@ -131,7 +131,8 @@ def choose_polarity(particles: Any, mode: str = "auto", seed: int = 0, device: A
     """Measure the polarity and decide the sign for ``mode`` (``auto`` follows the data).
 
     A user's ``dark``/``white`` is honoured as given; when it contradicts evidence with |z| ≥ 3 the
-    choice carries a warning (the map will come out inverted).
+    choice carries a warning (the map will come out inverted). ``auto`` on evidence with |z| < 3 (few
+    particles, no particle in the images) warns that the choice is uncertain.
     """
     if mode not in MODES:
         raise ValueError(f"polarity must be one of {', '.join(MODES)}, got {mode!r}. Fix: choose one.")
@@ -140,4 +141,6 @@ def choose_polarity(particles: Any, mode: str = "auto", seed: int = 0, device: A
     warning = ""
     if mode != "auto" and polarity != evidence.detected and abs(evidence.z) >= 3:
         warning = f"the data look protein-{evidence.detected} (z {evidence.z:.0f}): the map will be inverted"
+    elif mode == "auto" and abs(evidence.z) < 3:
+        warning = "weak evidence: if the map looks inverted, set the polarity (dark or white) by hand"
     return PolarityChoice(mode, polarity, 1.0 if polarity == "dark" else -1.0, evidence, warning)
