@@ -31,10 +31,9 @@ def dark_and_white(tmp_path_factory) -> tuple[Path, Path]:
     white = tmp_path_factory.mktemp("white")
     for name in ("particles.star", "truth.star", "truth_volume.mrc"):
         shutil.copy(dark / name, white / name)
-    with mrcfile.open(dark / "particles.mrcs") as mrc:
-        with mrcfile.new(white / "particles.mrcs") as neg:
-            neg.set_data(-mrc.data)
-            neg.voxel_size = mrc.voxel_size
+    with mrcfile.open(dark / "particles.mrcs") as mrc, mrcfile.new(white / "particles.mrcs") as neg:
+        neg.set_data(-mrc.data)
+        neg.voxel_size = mrc.voxel_size
     return dark, white
 
 
