@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from ..polarity import MODES
+
 
 @dataclass
 class RunConfig:
@@ -36,8 +38,6 @@ class RunConfig:
     polarity: str = "auto"
 
     def __post_init__(self) -> None:
-        from ..polarity import MODES
-
         if self.polarity not in MODES:
             raise ValueError(
                 f"polarity must be one of {', '.join(MODES)}, got {self.polarity!r}. Fix: choose one of them."
