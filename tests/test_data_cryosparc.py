@@ -95,3 +95,37 @@ def test_cs_refusals(io_write_stack, tmp_path):
     (tmp_path / "junk.cs").write_bytes(b"not numpy")
     with pytest.raises(ParticleFileError, match=r"junk\.cs: not a cryoSPARC \.cs file"):
         load_particles(tmp_path / "junk.cs")
+
+
+@pytest.mark.parametrize(
+    ("field", "row", "value"),
+    [
+        ("ctf/df1_A", 1, -100.0),
+        ("ctf/df2_A", 0, 0.0),
+        ("ctf/df1_A", 2, np.inf),
+        ("ctf/accel_kv", 0, 0.0),
+        ("ctf/amp_contrast", 1, 1.2),
+        ("ctf/cs_mm", 2, -2.7),
+        ("ctf/phase_shift_rad", 1, np.nan),
+        ("blob/psize_A", 0, 0.0),
+    ],
+)
+def test_cs_invalid_values_name_file_row_and_field(io_write_stack, tmp_path, field, row, value):
+    io_write_stack("parts.mrcs", n=3, box=16)
+    data = _cs(tmp_path / "p.cs", [b"parts.mrcs"] * 3, [0, 1, 2])
+    data[field][row] = value
+    with open(tmp_path / "p.cs", "wb") as fh:
+        np.save(fh, data)
+    with pytest.raises(ParticleFileError, match=rf"p\.cs: row {row + 1}, column {field}: .*Fix:") as err:
+        load_particles(tmp_path / "p.cs")
+    assert "\n" not in str(err.value)
+
+
+def test_cs_different_pixel_sizes_are_refused(io_write_stack, tmp_path):
+    io_write_stack("parts.mrcs", n=3, box=16)
+    data = _cs(tmp_path / "p.cs", [b"parts.mrcs"] * 3, [0, 1, 2])
+    data["blob/psize_A"][2] = 1.6
+    with open(tmp_path / "p.cs", "wb") as fh:
+        np.save(fh, data)
+    with pytest.raises(ParticleFileError, match=r"different pixel sizes: 1\.25 and 1\.6 Å .* rows 1 and 3"):
+        load_particles(tmp_path / "p.cs")

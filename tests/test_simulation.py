@@ -216,8 +216,6 @@ _CIF = (
 
 @pytest.mark.parametrize("use_gemmi", [False, True])
 def test_atomic_readers_agree(tmp_path: Path, use_gemmi: bool):
-    if use_gemmi and importlib.util.find_spec("gemmi") is None:
-        pytest.skip("gemmi not installed (optional 'atomic' extra)")
     (tmp_path / "m.pdb").write_text(_PDB)
     (tmp_path / "m.cif").write_text(_CIF)
     for name in ("m.pdb", "m.cif"):

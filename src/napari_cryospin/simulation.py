@@ -2,7 +2,8 @@
 
 The forward model is the project's (CONVENTIONS.md): central slice of the map's spectrum at R, times the
 CTF, displaced by the RELION origin shift, plus white Gaussian noise at a given SNR (variance of the clean
-image over the whole box, averaged over images, divided by the noise variance).
+image over the whole box, averaged over the non-junk images, divided by the noise variance). Optional
+nuisances of real stacks (``nuisances.py``, docs/simulation.md) make it realistic.
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from scipy.spatial.transform import Rotation
 
 from .data.mrc import write_volume
 from .geometry.rotations import random_rotations
+from .nuisances import (
+    EMPTY,
+    OTHER,
+    PARTICLE,
+    Nuisances,
+    blob_volume,
+    colour,
+    draw_labels,
+    ice_images,
+    noise_filter,
+    normalize_background,
+)
 from .physics.ctf import ctf_2d
 from .physics.fourier import fftn_centered, frequency_grid_2d, ifftn_centered
 from .physics.shifts import centering_phase
@@ -29,6 +42,7 @@ from .physics.slicing import extract_slices
 from .resources import bundled_map_path
 
 __all__ = [
+    "Nuisances",
     "SimulationResult",
     "bundled_map_path",
     "resize_volume",
@@ -45,6 +59,10 @@ class SimulationResult:
     """Images (n, L, L) float32 with their true poses, shifts and CTF parameters.
 
     ``volume`` is the map the images were projected from (after resizing to L), at ``pixel_size`` Å.
+    ``voltage``, ``cs`` and ``amplitude_contrast`` are those of optics group 1; ``optics`` holds every
+    group's (kV, Cs mm, amplitude contrast) and ``optics_group`` (n,) each particle's (1-based).
+    ``junk_kind`` (n,) is 0 for particles, 1 for empty picks / ice, 2 for other particles / aggregates;
+    ``intensity_scale`` (n,) multiplies each clean image.
     """
 
     images: np.ndarray
@@ -62,6 +80,16 @@ class SimulationResult:
     signal_var: float
     noise_sigma: float
     seed: int
+    optics: np.ndarray
+    optics_group: np.ndarray
+    junk_kind: np.ndarray
+    intensity_scale: np.ndarray
+    nuisances: Nuisances
+
+    @property
+    def junk(self) -> np.ndarray:
+        """(n,) bool: True for junk images (no particle of the map at the recorded pose)."""
+        return self.junk_kind != PARTICLE
 
     def __len__(self) -> int:
         return len(self.rotations)
@@ -123,6 +151,67 @@ class _Projector:
         )
         return ifftn_centered(spec.reshape(-1, self.box, self.box), 2).real
 
+    def filter(self, images: np.ndarray, ctf: dict[str, np.ndarray]) -> torch.Tensor:
+        """Real-space (k, L, L) images times their CTFs (no shift), as the projections are."""
+        t = {key: torch.as_tensor(v, dtype=torch.float32, device=self.device) for key, v in ctf.items()}
+        spec = fftn_centered(torch.as_tensor(images, device=self.device).to(torch.complex64), 2)
+        spec = spec.reshape(len(images), -1) * ctf_2d(self.freqs, **t)
+        return ifftn_centered(spec.reshape(-1, self.box, self.box), 2).real
+
+
+@dataclass
+class _JunkPlan:
+    """Junk images' random content, drawn once for all particles so that batching does not change it.
+
+    ``ice`` maps an empty pick to its (1, L, L) blob image; ``aggregate`` maps an "other" junk image that
+    is two copies of the particle to their rotations (2, 3, 3) and offset (2,) px (the copies sit at ±it);
+    the remaining "other" images are projections of ``other``, a different random density.
+    """
+
+    ice: dict[int, np.ndarray]
+    aggregate: dict[int, tuple[np.ndarray, np.ndarray]]
+    other: _Projector | None
+
+    @classmethod
+    def draw(cls, kind: np.ndarray, volume: np.ndarray, seed: int, projector_args: tuple) -> _JunkPlan:
+        rng = np.random.default_rng([seed, 4])
+        box, mass = volume.shape[0], float(volume.sum())
+        ice = {int(p): ice_images(1, box, mass, rng) for p in np.flatnonzero(kind == EMPTY)}
+        others = np.flatnonzero(kind == OTHER)
+        copies = others[rng.random(len(others)) < 0.5]
+        generator = torch.Generator().manual_seed(seed + 4)
+        rotations = random_rotations(2 * len(copies), generator=generator, dtype=torch.float64).numpy()
+        angles = rng.uniform(0, 2 * np.pi, len(copies))
+        offsets = (box / 6) * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        aggregate = {int(p): (rotations[2 * i : 2 * i + 2], offsets[i]) for i, p in enumerate(copies)}
+        other = _Projector(blob_volume(box, mass, rng), *projector_args) if len(others) else None
+        return cls(ice, aggregate, other)
+
+    def images(
+        self,
+        kind: np.ndarray,
+        part: slice,
+        rotations: np.ndarray,
+        shifts: np.ndarray,
+        ctf: dict[str, np.ndarray],
+        project: _Projector,
+    ) -> dict[int, torch.Tensor]:
+        """Clean junk images of the batch ``part`` (CTF applied), keyed by index within the batch."""
+        out: dict[int, torch.Tensor] = {}
+        for i in np.flatnonzero(kind[part] != PARTICLE):
+            p = part.start + int(i)
+            one = {key: v[p : p + 1] for key, v in ctf.items()}
+            if p in self.ice:
+                out[int(i)] = project.filter(self.ice[p], one)[0]
+            elif p in self.aggregate:
+                rot, offset = self.aggregate[p]
+                two = {key: np.repeat(v, 2) for key, v in one.items()}
+                out[int(i)] = project(rot, shifts[p] + np.stack([offset, -offset]), two).sum(0)
+            else:
+                assert self.other is not None
+                out[int(i)] = self.other(rotations[p : p + 1], shifts[p : p + 1], one)[0]
+        return out
+
 
 def simulate(
     volume: np.ndarray,
@@ -142,16 +231,20 @@ def simulate(
     oversampling: bool = True,
     device: str = "cpu",
     out: np.ndarray | None = None,
+    nuisances: Nuisances | None = None,
 ) -> SimulationResult:
     """Simulate ``n`` particle images of ``volume`` (D³, ``voxel_size`` Å) with uniform random poses.
 
     ``box`` Fourier-crops/pads the map first (pixel size × D/box). ``astigmatism`` (Å) splits defocus U/V
     around the drawn mean at a random angle. ``snr=None`` (or inf) gives noise-free images.
     ``oversampling`` slices a 2× zero-padded map (accurate interpolation). ``out`` (n, L, L) float32, e.g.
-    an MRC memory map, receives the images so large stacks never sit in RAM. Equal seeds give equal data.
+    an MRC memory map, receives the images so large stacks never sit in RAM. ``nuisances`` adds those of
+    real stacks (none by default). Equal seeds give equal data.
     """
     volume = np.asarray(volume)
     _check_volume(volume)
+    nuisances = nuisances or Nuisances()
+    nuisances.check()
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
     if snr is not None and not snr > 0:
@@ -174,33 +267,51 @@ def simulate(
     mean_defocus = rng.uniform(defocus[0], defocus[1], size=n)
     half = 0.0 if astigmatism is None else astigmatism / 2
     angle = rng.uniform(0.0, 180.0, size=n) if astigmatism is not None else np.zeros(n)
+    group, kind, intensity = draw_labels(n, nuisances, np.random.default_rng([seed, 3]))
+    optics = np.array(
+        [(voltage, cs, amplitude_contrast), nuisances.optics2 or (voltage, cs, amplitude_contrast)]
+    )
+    optics = optics[: int(group.max())]
     ctf = {
         "defocus_u": mean_defocus + half,
         "defocus_v": mean_defocus - half,
         "defocus_angle": angle,
-        "voltage": np.full(n, voltage),
-        "cs": np.full(n, cs),
-        "amplitude_contrast": np.full(n, amplitude_contrast),
+        "voltage": optics[group - 1, 0],
+        "cs": optics[group - 1, 1],
+        "amplitude_contrast": optics[group - 1, 2],
+        "bfactor": np.full(n, float(nuisances.bfactor)),
     }
 
     project = _Projector(volume, pixel_size, oversampling, device)
+    junk = _JunkPlan.draw(kind, volume, seed, (pixel_size, oversampling, device))
     signal_var = 0.0
     for start in range(0, n, batch_size):
         part = slice(start, min(n, start + batch_size))
         with torch.no_grad():
             clean = project(rotations[part], shifts[part], {k: v[part] for k, v in ctf.items()})
-        signal_var += float(clean.double().var(dim=(-2, -1), unbiased=False).sum())
+            for i, image in junk.images(kind, part, rotations, shifts, ctf, project).items():
+                clean[i] = image
+        clean *= torch.as_tensor(intensity[part], dtype=clean.dtype, device=clean.device)[:, None, None]
+        particle = torch.as_tensor(kind[part] == PARTICLE, device=clean.device)
+        signal_var += float(clean[particle].double().var(dim=(-2, -1), unbiased=False).sum())
         images[part] = clean.cpu().numpy()
-    signal_var /= n
+    signal_var /= max(1, int((kind == PARTICLE).sum()))
 
     noisy = snr is not None and math.isfinite(snr)
     noise_sigma = math.sqrt(signal_var / snr) if noisy else 0.0
-    if noisy:
-        noise_rng = np.random.default_rng([seed, 2])
-        for start in range(0, n, batch_size):
-            part = slice(start, min(n, start + batch_size))
+    amplitude = noise_filter(box) if nuisances.coloured_noise else None
+    noise_rng = np.random.default_rng([seed, 2])
+    for start in range(0, n, batch_size):
+        part = slice(start, min(n, start + batch_size))
+        if noisy:
             noise = noise_rng.standard_normal(images[part].shape, dtype=np.float32)
+            if amplitude is not None:
+                noise = colour(noise, amplitude)
             images[part] += np.float32(noise_sigma) * noise
+        if nuisances.polarity == "white":
+            images[part] *= np.float32(-1)
+        if nuisances.normalize:
+            images[part] = normalize_background(images[part])
     return SimulationResult(
         images=images,
         rotations=rotations,
@@ -217,33 +328,40 @@ def simulate(
         signal_var=signal_var,
         noise_sigma=noise_sigma,
         seed=seed,
+        optics=optics,
+        optics_group=group,
+        junk_kind=kind,
+        intensity_scale=intensity,
+        nuisances=nuisances,
     )
 
 
 def _tables(result: SimulationResult, pixel_size: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RELION 3.1 optics and particle tables (CTF only, no poses) for a simulated stack."""
-    n, box = len(result), result.images.shape[-1]
+    n, box, groups = len(result), result.images.shape[-1], len(result.optics)
     optics = pd.DataFrame(
         {
-            "rlnOpticsGroup": [1],
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnAmplitudeContrast": [result.amplitude_contrast],
-            "rlnSphericalAberration": [result.cs],
-            "rlnVoltage": [result.voltage],
-            "rlnImagePixelSize": [pixel_size],
-            "rlnImageSize": [box],
-            "rlnImageDimensionality": [2],
+            "rlnOpticsGroup": np.arange(1, groups + 1),
+            "rlnOpticsGroupName": [f"opticsGroup{g + 1}" for g in range(groups)],
+            "rlnAmplitudeContrast": result.optics[:, 2],
+            "rlnSphericalAberration": result.optics[:, 1],
+            "rlnVoltage": result.optics[:, 0],
+            "rlnImagePixelSize": [pixel_size] * groups,
+            "rlnImageSize": [box] * groups,
+            "rlnImageDimensionality": [2] * groups,
         }
     )
     particles = pd.DataFrame(
         {
             "rlnImageName": [f"{i + 1:06d}@particles.mrcs" for i in range(n)],
-            "rlnOpticsGroup": np.ones(n, dtype=int),
+            "rlnOpticsGroup": result.optics_group.astype(int),
             "rlnDefocusU": result.defocus_u,
             "rlnDefocusV": result.defocus_v,
             "rlnDefocusAngle": result.defocus_angle,
         }
     )
+    if result.nuisances.bfactor:
+        particles["rlnCtfBfactor"] = result.nuisances.bfactor
     return optics, particles
 
 
@@ -266,7 +384,10 @@ def write_simulation(
     *,
     write_stack: bool = True,
 ) -> Path:
-    """Write particles.mrcs, particles.star (no poses), truth.star (with poses) and truth_volume.mrc.
+    """Write particles.mrcs, particles.star (no poses), truth.star (with poses), truth_volume.mrc, junk.npy.
+
+    truth.star adds rlnClassNumber (1 particle, 2 empty pick / ice, 3 other particle / aggregate) when
+    there is junk, and rlnCtfScalefactor (the intensity factor) when it varies; junk.npy is (n,) bool.
 
     ``voxel_size`` and ``truth_volume`` default to the result's own pixel size and projected map; the stack
     is copied in batches (skip it with ``write_stack=False`` when ``result.images`` already is that file).
@@ -291,7 +412,12 @@ def write_simulation(
         rlnOriginXAngst=result.shifts_px[:, 0] * pixel_size,
         rlnOriginYAngst=result.shifts_px[:, 1] * pixel_size,
     )
+    if result.junk.any():
+        truth["rlnClassNumber"] = result.junk_kind + 1
+    if result.nuisances.intensity_spread > 0:
+        truth["rlnCtfScalefactor"] = result.intensity_scale
     _write_star(out_dir / "truth.star", optics, truth)
+    np.save(out_dir / "junk.npy", result.junk)
     write_volume(out_dir / "truth_volume.mrc", truth_volume, pixel_size)
     return out_dir
 

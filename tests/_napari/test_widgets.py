@@ -176,11 +176,18 @@ def test_dock_offers_open_particle_layers_and_detected_devices(qtbot, ui_viewer,
     assert settings.switch_value() == 3
     settings.switch_combo.setCurrentText("manual")
     assert settings.switch_value() is None
+    (tmp_path / "p.star").write_text("data_\n")
+    assert settings.polarity_combo.currentData() == "auto" and settings.config().polarity == "auto"
+    settings.polarity_combo.setCurrentIndex(settings.polarity_combo.findData("white"))
+    assert settings.config().polarity == "white"
 
 
 def test_status_line_reads_like_the_issue_asks(ui_snapshot):
     line = status_line(ui_snapshot(), None)
     assert line == "epoch 2 · auto-encoding · 250 images/s · loss 0.5 · resolution 12.0 Å"
+    snapshot = ui_snapshot()
+    snapshot.polarity = "protein white, inverted (auto, z -54)"
+    assert status_line(snapshot, None).endswith("resolution 12.0 Å · protein white, inverted (auto, z -54)")
 
 
 def test_every_manifest_widget_opens(qtbot, ui_viewer):

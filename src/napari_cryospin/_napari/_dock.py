@@ -191,5 +191,7 @@ def status_line(snapshot: Snapshot, config: RunConfig | None) -> str:
         parts.append(f"loss {snapshot.loss:.4g}")
     if snapshot.resolution is not None:
         parts.append(f"resolution {snapshot.resolution:.1f} Å")
+    if snapshot.polarity:
+        parts.append(snapshot.polarity)
     line = " · ".join(parts)
     return f"{line}\n{snapshot.message}" if snapshot.stage == Stage.DONE and snapshot.message else line

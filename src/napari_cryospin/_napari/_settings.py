@@ -90,6 +90,16 @@ class RunSettings(QWidget):
         self.box_spin.setSpecialValueText("original")
         self.box_spin.setToolTip("Downsample the images to this box (even); 'original' keeps them")
         self.batch_spin = _spin(1, 4096, defaults.batch_size)
+        self.polarity_combo = QComboBox()
+        for label, value in (
+            ("auto (from the data)", "auto"),
+            ("dark protein", "dark"),
+            ("white protein", "white"),
+        ):
+            self.polarity_combo.addItem(label, value)
+        self.polarity_combo.setToolTip(
+            "Protein darker (micrographs) or brighter (RELION extraction) than background; auto decides"
+        )
         self.half_maps_check = QCheckBox("reconstruct half maps (gold-standard FSC)")
         self.half_maps_check.setChecked(defaults.half_maps)
 
@@ -108,6 +118,7 @@ class RunSettings(QWidget):
         form.addRow("switch", switch_row)
         form.addRow("box", self.box_spin)
         form.addRow("batch size", self.batch_spin)
+        form.addRow("polarity", self.polarity_combo)
         form.addRow("", self.half_maps_check)
 
         self.layer_combo.activated.connect(self._use_layer)
@@ -192,4 +203,5 @@ class RunSettings(QWidget):
             batch_size=self.batch_spin.value(),
             half_maps=self.half_maps_check.isChecked(),
             resume=resume,
+            polarity=self.polarity_combo.currentData(),
         )

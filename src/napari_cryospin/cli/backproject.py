@@ -24,6 +24,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random half split")
+    parser.add_argument(
+        "--polarity",
+        choices=("auto", "dark", "white"),
+        default="auto",
+        help="protein darker (dark) or brighter (white) than background; auto (default): from the data",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -51,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     """Reconstruct the full and half maps, write them with the FSC curve, print the 0.143 resolution."""
     from ..data.mrc import write_volume
     from ..data.particles import load_particles
+    from ..polarity import choose_polarity
     from ..reconstruction import half_maps
 
     if args.batch_size < 1:
@@ -69,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.particles.name}: half maps need at least 2 particles, found {len(particles)}."
         )
+    polarity = choose_polarity(particles, args.polarity, args.seed, args.device)
+    particles.stack.sign = polarity.sign
     args.out.mkdir(parents=True, exist_ok=True)
     full, half_a, half_b = half_maps(
         particles,
@@ -89,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         "box": int(particles.box),
         "pixel_size": apix,
         "seed": args.seed,
+        "polarity": polarity.to_dict(),
         "resolution_0143": res_0143,
         "resolution_05": resolution_at(freq, values, 0.5),
         "freq": freq.tolist(),
@@ -97,5 +107,6 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "fsc.json").write_text(json.dumps(report, indent=1))
     _plot_fsc(args.out / "fsc.png", freq, values, res_0143)
     print(f"{len(particles)} particles, box {particles.box}, {apix:.3f} Å/px -> {args.out}")
+    print(f"polarity: {polarity.summary()}")
     print(f"half-map FSC 0.143: {res_0143:.2f} Å")
     return 0

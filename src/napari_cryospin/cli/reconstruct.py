@@ -38,6 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-half-maps", action="store_true", help="skip writing half_a.mrc / half_b.mrc")
     p.add_argument("--max-particles", type=int, default=None, help="use only the first N particles")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--polarity",
+        choices=("auto", "dark", "white"),
+        default="auto",
+        help="protein darker (dark) or brighter (white) than background; auto (default): from the data",
+    )
     p.set_defaults(run=run)
 
 
@@ -59,6 +65,7 @@ def config_from_args(args: argparse.Namespace):
         half_maps=not args.no_half_maps,
         resume=args.resume,
         max_particles=args.max_particles,
+        polarity=args.polarity,
     )
     if args.encoder_box is not None:
         cfg.encoder_box = args.encoder_box

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..atomic import is_atomic_model, model_to_map
 from ..data.mrc import read_volume
+from ..nuisances import Nuisances
 from ..resources import bundled_map_path
 from ..simulation import simulate_to_dir
 
@@ -42,6 +43,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--voltage", type=float, default=300.0, help="kV")
     parser.add_argument("--cs", type=float, default=2.7, help="spherical aberration in mm")
     parser.add_argument("--amplitude-contrast", type=float, default=0.1)
+    real = parser.add_argument_group("nuisances of real stacks (default: none; docs/simulation.md)")
+    real.add_argument(
+        "--bfactor", type=float, default=0.0, help="CTF B-factor envelope in Å² (rlnCtfBfactor)"
+    )
+    real.add_argument(
+        "--coloured-noise", action="store_true", help="noise with detector MTF × ice spectrum (more at low s)"
+    )
+    real.add_argument("--junk", type=float, default=0.0, metavar="FRACTION", help="share of junk images, < 1")
+    real.add_argument(
+        "--polarity",
+        choices=("dark", "white"),
+        default="dark",
+        help="white: protein white, as RELION extracts",
+    )
+    real.add_argument(
+        "--normalize", action="store_true", help="background mean 0, sd 1 per image (relion_preprocess)"
+    )
+    real.add_argument(
+        "--optics2",
+        type=float,
+        nargs=3,
+        metavar=("KV", "CS", "AC"),
+        help="a second optics group (kV, Cs mm, amplitude contrast) for half the particles",
+    )
+    real.add_argument(
+        "--intensity-spread", type=float, default=0.0, help="sd of the log of a per-particle signal factor"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--no-oversampling", action="store_true", help="slice the map without 2× padding")
@@ -106,9 +134,20 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         oversampling=not args.no_oversampling,
         device=args.device,
+        nuisances=Nuisances(
+            bfactor=args.bfactor,
+            coloured_noise=args.coloured_noise,
+            junk_fraction=args.junk,
+            polarity=args.polarity,
+            normalize=args.normalize,
+            optics2=None if args.optics2 is None else tuple(args.optics2),
+            intensity_spread=args.intensity_spread,
+        ),
     )
     box = result.volume.shape[0]
     noise = "no noise" if result.snr is None else f"SNR {result.snr:g} (noise σ {result.noise_sigma:.4g})"
     print(f"simulated {len(result)} particles, {box} px at {result.pixel_size:.4f} Å/px, {noise}")
-    print(f"wrote {out}/particles.mrcs, particles.star (no poses), truth.star, truth_volume.mrc")
+    if result.junk.any():
+        print(f"{int(result.junk.sum())} junk images (truth.star rlnClassNumber 2 and 3; junk.npy)")
+    print(f"wrote {out}/particles.mrcs, particles.star (no poses), truth.star, truth_volume.mrc, junk.npy")
     return 0

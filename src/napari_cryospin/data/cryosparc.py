@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from .checks import check_values
 from .downsample import ParticleStack
 from .errors import ParticleFileError
 from .mrc import find_stack
@@ -39,9 +40,30 @@ def _load(path: Path) -> np.ndarray:
     return data
 
 
+_CTF_FIELDS = {
+    "ctf/df1_A": "defocus_u",
+    "ctf/df2_A": "defocus_v",
+    "ctf/df_angle_rad": "defocus_angle",
+    "ctf/accel_kv": "voltage",
+    "ctf/cs_mm": "cs",
+    "ctf/amp_contrast": "amplitude_contrast",
+    "ctf/phase_shift_rad": "phase_shift",
+    "ctf/bfactor": "bfactor",
+    "blob/psize_A": "pixel_size",
+}
+"""cryoSPARC fields checked with the rules of ``checks.RULES`` (the value names the quantity)."""
+
+
 def _field(path: Path, data: np.ndarray, name: str, default: float | np.ndarray | None) -> np.ndarray:
+    """Field ``name`` as checked floats (a row per particle), or ``default`` when the file lacks it."""
     if name in data.dtype.names:
-        return np.asarray(data[name], dtype=float)
+        values = np.asarray(data[name], dtype=float)
+        quantity = _CTF_FIELDS.get(name, "number")
+        flat = values.reshape(len(values), -1)
+        for column in range(flat.shape[1]):
+            label = name if flat.shape[1] == 1 else f"{name}[{column}]"
+            check_values(path, flat[:, column], quantity, label)
+        return values
     if default is None:
         raise ParticleFileError(
             f"{path.name}: missing field {name}. Fix: export the particles from a cryoSPARC job that "
@@ -65,12 +87,14 @@ def _stack_refs(path: Path, data: np.ndarray) -> tuple[list[Path], np.ndarray, n
 
 def _pixel_size(path: Path, data: np.ndarray, stack: ParticleStack) -> float:
     if "blob/psize_A" in data.dtype.names:
-        sizes = np.asarray(data["blob/psize_A"], dtype=float)
-        if np.all(sizes > 0) and np.ptp(sizes) <= 1e-4 * sizes.max():
+        sizes = _field(path, data, "blob/psize_A", None)
+        if np.ptp(sizes) <= 1e-4 * sizes.max():
             return float(sizes[0])
+        other = int(np.argmax(np.abs(sizes - sizes[0])))
         raise ParticleFileError(
-            f"{path.name}: blob/psize_A must be one positive pixel size (found {sizes.min():g} to "
-            f"{sizes.max():g} Å). Fix: open particles of one pixel size."
+            f"{path.name}: particles have different pixel sizes: {sizes[0]:g} and {sizes[other]:g} Å in "
+            f"blob/psize_A, rows 1 and {other + 1}. Fix: re-extract (or downsample) all particles to one "
+            f"pixel size and box in cryoSPARC, or open each group alone."
         )
     header = stack.stack(0).pixel_size
     if header is None:
@@ -102,10 +126,10 @@ def read_cs(path: str | os.PathLike, box: int | None = None) -> ParticleSet:
     scale = stack.original_box / stack.box
     rotations = shifts = None
     if "alignments3D/pose" in data.dtype.names:
-        rotations = Rotation.from_rotvec(np.asarray(data["alignments3D/pose"], float)).as_matrix()
+        rotations = Rotation.from_rotvec(_field(path, data, "alignments3D/pose", None)).as_matrix()
         shifts = np.zeros((len(data), 2))
         if "alignments3D/shift" in data.dtype.names:
-            shifts = np.asarray(data["alignments3D/shift"], float) / scale
+            shifts = _field(path, data, "alignments3D/shift", None) / scale
     return ParticleSet(
         path=path,
         stack=stack,

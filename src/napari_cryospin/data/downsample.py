@@ -35,7 +35,9 @@ class ParticleStack:
     """Particle images referenced as (stack file, image index), served as float32 (k, box, box).
 
     Stacks are opened once (memory-mapped) and cached per file; `box` smaller than the stored box
-    Fourier-crops on the fly. `source` is the metadata file named in error messages.
+    Fourier-crops on the fly. `source` is the metadata file named in error messages. Served images are
+    multiplied by `sign` (−1 turns protein-white images into the project's dark-protein convention; see
+    `napari_cryospin.polarity`), so every reader of the stack sees one polarity.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class ParticleStack:
         box: int | None = None,
         check_finite: bool = True,
         source: str | os.PathLike | None = None,
+        sign: float = 1.0,
         _cache: dict[Path, MrcStack] | None = None,
     ):
         self.files = [Path(f) for f in files]
@@ -53,6 +56,7 @@ class ParticleStack:
         self.image_index = np.asarray(image_index, dtype=np.int64)
         self.source = Path(source) if source is not None else None
         self.check_finite = check_finite
+        self.sign = float(sign)
         self._stacks = {} if _cache is None else _cache
         if self.file_index.shape != self.image_index.shape or self.file_index.ndim != 1:
             raise ValueError("file_index and image_index must be 1D arrays of the same length")
@@ -106,7 +110,7 @@ class ParticleStack:
         return len(self.file_index)
 
     def subset(self, indices: np.ndarray | Sequence[int] | slice) -> ParticleStack:
-        """A stack serving only the chosen particles (sharing this one's open files)."""
+        """A stack serving only the chosen particles (sharing this one's open files and sign)."""
         pick = np.arange(len(self))[indices]
         return ParticleStack(
             self.files,
@@ -115,6 +119,20 @@ class ParticleStack:
             box=self.box,
             check_finite=self.check_finite,
             source=self.source,
+            sign=self.sign,
+            _cache=self._stacks,
+        )
+
+    def resized(self, box: int) -> ParticleStack:
+        """The same particles served at another (even, not larger than stored) `box`."""
+        return ParticleStack(
+            self.files,
+            self.file_index,
+            self.image_index,
+            box=box,
+            check_finite=self.check_finite,
+            source=self.source,
+            sign=self.sign,
             _cache=self._stacks,
         )
 
@@ -129,6 +147,8 @@ class ParticleStack:
             out[where[order]] = self.stack(int(number))[images[order]]
         if self.check_finite:
             self._check_finite(out, pick)
+        if self.sign != 1.0:
+            out *= np.float32(self.sign)
         return fourier_crop(out, self.box) if self.box != self.original_box else out
 
     def _check_finite(self, images: np.ndarray, pick: np.ndarray) -> None:

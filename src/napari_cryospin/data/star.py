@@ -10,12 +10,28 @@ import pandas as pd
 import starfile
 from scipy.spatial.transform import Rotation
 
+from .checks import check_values
 from .downsample import ParticleStack
 from .errors import ParticleFileError
 from .mrc import find_stack
 from .particles import CTFParams, ParticleSet
 
 _FIX_REEXPORT = "Fix: re-export the particles from RELION or cryoSPARC (csparc2star)"
+_CTF_COLUMNS = {
+    "rlnDefocusU": "defocus_u",
+    "rlnDefocusV": "defocus_v",
+    "rlnDefocusAngle": "defocus_angle",
+    "rlnVoltage": "voltage",
+    "rlnSphericalAberration": "cs",
+    "rlnAmplitudeContrast": "amplitude_contrast",
+    "rlnPhaseShift": "phase_shift",
+    "rlnCtfBfactor": "bfactor",
+    "rlnImagePixelSize": "pixel_size",
+    "rlnPixelSize": "pixel_size",
+    "rlnDetectorPixelSize": "pixel_size",
+    "rlnMagnification": "pixel_size",
+}
+"""STAR columns checked with the rules of ``checks.RULES`` (the key names the quantity)."""
 
 
 def _read_tables(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -56,7 +72,17 @@ def _merge_optics(path: Path, particles: pd.DataFrame, optics: pd.DataFrame | No
             f"{path.name}: has a data_optics table but no rlnOpticsGroup column linking particles "
             f"to it. {_FIX_REEXPORT}."
         )
-    by_group = optics.drop_duplicates("rlnOpticsGroup").set_index("rlnOpticsGroup")
+    for column, quantity in _CTF_COLUMNS.items():
+        if column in optics.columns:
+            _numbers(path, optics[column], quantity, column, "data_optics ")
+    groups = optics["rlnOpticsGroup"]
+    if groups.duplicated().any():
+        row = int(np.flatnonzero(groups.duplicated().to_numpy())[0])
+        raise ParticleFileError(
+            f"{path.name}: data_optics row {row + 1}, column rlnOpticsGroup: group {groups.iloc[row]} is "
+            f"defined twice. Fix: give each optics group one row with a unique number."
+        )
+    by_group = optics.set_index("rlnOpticsGroup")
     missing = sorted(set(particles["rlnOpticsGroup"]) - set(by_group.index))
     if missing:
         raise ParticleFileError(
@@ -92,14 +118,22 @@ def _image_refs(path: Path, names: pd.Series) -> tuple[list[Path], np.ndarray, n
 
 
 def _pixel_size(path: Path, table: pd.DataFrame, stack: ParticleStack) -> float:
-    """Pixel size (Å) of the stored images, from the STAR columns or else the first stack's header."""
+    """Pixel size (Å) of the stored images, from the STAR columns or else the first stack's header.
+
+    Optics groups with different pixel sizes are refused: the engine works on one pixel grid, and
+    resampling a group onto another's grid is exact only when box × pixel-size ratios are even integers
+    (and would change its noise spectrum), so the user rescales at extraction, where it is done right.
+    """
     if "rlnImagePixelSize" in table.columns:
-        sizes = table["rlnImagePixelSize"].to_numpy(float)
+        column = "rlnImagePixelSize"
+        sizes = _numbers(path, table[column], "pixel_size", column)
     elif "rlnPixelSize" in table.columns:
-        sizes = table["rlnPixelSize"].to_numpy(float)
+        column = "rlnPixelSize"
+        sizes = _numbers(path, table[column], "pixel_size", column)
     elif {"rlnDetectorPixelSize", "rlnMagnification"} <= set(table.columns):
-        sizes = table["rlnDetectorPixelSize"].to_numpy(float) * 1e4 / table["rlnMagnification"]
-        sizes = np.asarray(sizes, float)
+        column = "rlnDetectorPixelSize/rlnMagnification"
+        detector = _numbers(path, table["rlnDetectorPixelSize"], "pixel_size", "rlnDetectorPixelSize")
+        sizes = detector * 1e4 / _numbers(path, table["rlnMagnification"], "pixel_size", "rlnMagnification")
     else:
         header = stack.stack(0).pixel_size
         if header is None:
@@ -109,27 +143,31 @@ def _pixel_size(path: Path, table: pd.DataFrame, stack: ParticleStack) -> float:
                 f"has none. Fix: add rlnImagePixelSize (Å) to data_optics."
             )
         return header
-    if not np.all(np.isfinite(sizes) & (sizes > 0)):
-        raise ParticleFileError(
-            f"{path.name}: pixel sizes must be positive numbers. Fix: correct the pixel size column."
-        )
     if np.ptp(sizes) > 1e-4 * sizes.max():
+        first, other = 0, int(np.argmax(np.abs(sizes - sizes[0])))
+        groups = ""
+        if "rlnOpticsGroup" in table.columns:
+            ids = table["rlnOpticsGroup"].to_numpy()
+            groups = f" (optics groups {ids[first]} and {ids[other]})"
         raise ParticleFileError(
-            f"{path.name}: particles have different pixel sizes ({sizes.min():g} to "
-            f"{sizes.max():g} Å). Fix: rescale them to one pixel size or open each group alone."
+            f"{path.name}: particles have different pixel sizes{groups}: {sizes[first]:g} and "
+            f"{sizes[other]:g} Å in {column}, rows {first + 1} and {other + 1}. Fix: re-extract (or "
+            f"rescale, e.g. RELION Extract with rescaling) all particles to one pixel size and box, or "
+            f"open each optics group alone."
         )
     return float(sizes[0])
 
 
+def _numbers(path: Path, series: pd.Series, quantity: str, name: str, table: str = "") -> np.ndarray:
+    """A STAR column as floats, checked with the rule for ``quantity`` (one-line error on a bad row)."""
+    values = pd.to_numeric(series, errors="coerce").to_numpy(float)
+    return check_values(path, values, quantity, name, table)
+
+
 def _column(path: Path, table: pd.DataFrame, name: str, default: float | np.ndarray | None) -> np.ndarray:
+    """Column ``name`` as checked floats (rules of ``_CTF_COLUMNS``, else finite), or ``default``."""
     if name in table.columns:
-        values = pd.to_numeric(table[name], errors="coerce").to_numpy(float)
-        if np.isnan(values).any():
-            row = int(np.flatnonzero(np.isnan(values))[0])
-            raise ParticleFileError(
-                f"{path.name}: row {row + 1}: {name} is not a number. Fix: correct that value."
-            )
-        return values
+        return _numbers(path, table[name], _CTF_COLUMNS.get(name, "number"), name)
     if default is None:
         raise ParticleFileError(
             f"{path.name}: missing column {name}, needed for the CTF. Fix: add {name} to the "

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from ..polarity import MODES
+
 
 @dataclass
 class RunConfig:
@@ -12,7 +14,8 @@ class RunConfig:
 
     ``explore_epochs`` of global pose search come first (0: auto-encoding starts from the blob, as in
     the paper). ``switch`` is an epoch number (switch at its start), ``"auto"`` (the criterion in
-    ``engine/switch.py``) or ``None`` (only when commanded).
+    ``engine/switch.py``) or ``None`` (only when commanded). ``polarity`` is ``"auto"`` (decided from
+    the data, see ``polarity.py``), ``"dark"`` or ``"white"`` (protein brighter than background).
     """
 
     particles: str
@@ -32,6 +35,13 @@ class RunConfig:
     max_particles: int | None = None
     snapshot_interval_s: float = 0.5
     eval_every: int | None = None
+    polarity: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.polarity not in MODES:
+            raise ValueError(
+                f"polarity must be one of {', '.join(MODES)}, got {self.polarity!r}. Fix: choose one of them."
+            )
 
     def to_dict(self) -> dict:
         """Plain-JSON form, for checkpoints and metrics.json."""

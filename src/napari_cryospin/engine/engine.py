@@ -38,6 +38,7 @@ from ..model.search import forget, grid_search, insert_weighted, so3_grid
 from ..model.volume import HartleyVolume
 from ..physics.fourier import frequency_grid_2d, hartley_centered, ifftn_centered, radial_shells
 from ..physics.shifts import centering_phase
+from ..polarity import choose_polarity
 from ..posterior import view_log_posterior
 from ..reconstruction import backproject, solve_map, split_halves
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -132,6 +133,8 @@ class Engine:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
+        self.polarity = choose_polarity(self.particles, cfg.polarity, cfg.seed, self.device)
+        self.particles.stack.sign = self.polarity.sign  # every image (and map) read from here on
         self.scale = self._image_scale()
         self.encoder = MultiHeadEncoder(
             self.schedule.encoder_box,
@@ -622,13 +625,14 @@ class Engine:
             fsc=None if fsc is None else (np.asarray(fsc[0]), np.asarray(fsc[1])),
             history=list(self.history),
             message=self._message(loss, ips, last.get("resolution")),
+            polarity=self.polarity.summary(),
         )
 
     def _message(self, loss: float, ips: float, res: float | None) -> str:
         r = f", {res:.1f} Å" if res else ""
         return (
             f"epoch {self.epoch + 1}/{self.config.epochs} · {self.stage.value} · "
-            f"{ips:.0f} img/s · loss {loss:.4f}{r}"
+            f"{ips:.0f} img/s · loss {loss:.4f}{r} · {self.polarity.summary()}"
         )
 
     # ------------------------------------------------------------------------------------------ loop

@@ -67,3 +67,4 @@ class Snapshot:
     fsc: tuple[np.ndarray, np.ndarray] | None = None  # (frequency 1/Å, FSC) of the last evaluation
     history: list[dict] = field(default_factory=list)  # per-epoch records as in metrics.json
     message: str = ""  # a human-readable line for status bars
+    polarity: str = ""  # how the images' polarity was decided, e.g. "protein white, inverted (auto, z -54)"

@@ -111,6 +111,7 @@ def write_results(engine: Engine) -> str:
         json.dumps(
             {
                 "config": engine.config.to_dict(),
+                "polarity": engine.polarity.to_dict(),
                 "epochs": engine.history,
                 "final": {
                     "resolution": res,
@@ -124,4 +125,7 @@ def write_results(engine: Engine) -> str:
     from .plots import plot_run
 
     plot_run(out, engine.history, (freq, curve))
-    return f"done: {res:.1f} Å (half-map FSC 0.143); {validity['message']}; results in {out}"
+    return (
+        f"done: {res:.1f} Å (half-map FSC 0.143), {engine.polarity.summary()}; {validity['message']}; "
+        f"results in {out}"
+    )
