@@ -70,15 +70,22 @@ def main(argv: list[str] | None = None) -> int:
         d = np.load(path)
         epoch = int(path.stem.split("_")[1])
         n = len(d["rotations"])
-        al = align_rotations(d["rotations"], truth.rotations[:n])
-        shifts = d["shifts"] * float(d["voxel_size"]) / truth.pixel_size
-        sh = shift_errors(shifts, truth.shifts[:n])
+        # Before the independent halves are aligned, half B's poses live in their own frame: score half A.
+        rows = np.arange(n)
+        if "halves_aligned" in d and not bool(d["halves_aligned"]):
+            rows = np.flatnonzero(d["halves"] == 0)
+        al = align_rotations(d["rotations"][rows], truth.rotations[rows])
+        shifts = d["shifts"][rows] * float(d["voxel_size"]) / truth.pixel_size
+        sh = shift_errors(shifts, truth.shifts[rows])
         vol = d["volume"]
         if vol.shape != true_map.shape:
             raise SystemExit(f"{path}: map box {vol.shape[0]} differs from the truth's {true_map.shape[0]}")
         res = fsc_to_truth(vol, true_map, voxel, al.rotation, al.flip).resolution(0.5)
-        rot, shifts = poses_in_truth_frame(al, d["rotations"], shifts, truth.rotations, truth.shifts)
-        in_frame = resolution_at(*fsc(backproject(truth, rot, shifts), true_map, voxel), 0.5)
+        rot, shifts = poses_in_truth_frame(
+            al, d["rotations"][rows], shifts, truth.rotations[rows], truth.shifts[rows]
+        )
+        sub = truth.subset(rows)
+        in_frame = resolution_at(*fsc(backproject(sub, rot, shifts), true_map, voxel), 0.5)
         stage = history.get(epoch, {}).get("stage", "?")
         rows.append(
             (epoch + 1, float(d["wall_s"]), stage, al.median, al.mean, float(np.median(sh)), res, in_frame)

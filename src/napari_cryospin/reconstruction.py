@@ -37,7 +37,8 @@ class Accumulator:
         return Accumulator(self.num + other.num, self.den + other.den)
 
 
-def _ctf_tensors(ctf: Any, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+def ctf_tensors(ctf: Any, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """CTF parameters of particles ``idx`` as float32 tensors, keyed as :func:`physics.ctf.ctf_2d` wants."""
     names = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast")
     out = {
         n: torch.as_tensor(np.asarray(getattr(ctf, n))[idx], dtype=torch.float32, device=device)
@@ -89,7 +90,7 @@ def accumulate(
         idx = np.sort(idx_all[start : start + batch_size])
         images = torch.as_tensor(particles.stack[idx], device=device)
         spectra = fftn_centered(images, 2).reshape(len(idx), -1)[:, disk]
-        ctf = ctf_2d(kd / (box * apix), **_ctf_tensors(particles.ctf, idx, device))
+        ctf = ctf_2d(kd / (box * apix), **ctf_tensors(particles.ctf, idx, device))
         shift = torch.as_tensor(shifts_px[idx], dtype=torch.float32, device=device)
         centred = spectra * centering_phase(kd / box, shift)
         rot = torch.as_tensor(rotations[idx], dtype=torch.float32, device=device)

@@ -162,7 +162,8 @@ class ReconstructionDock(QWidget):
         self._update_buttons()
         last = self.hub.last
         if last is not None and last.stage == Stage.DONE and self._config is not None:
-            show_info(f"cryoSPIN: {last.message or 'finished'} (output folder {self._config.out})")
+            text = f"cryoSPIN: {last.message or 'finished'} (output folder {self._config.out})"
+            (show_warning if "WARNING" in text else show_info)(text)
         elif self._config is not None and not (Path(self._config.out) / "checkpoint.pt").exists():
             show_warning("cryoSPIN: the run ended without a checkpoint; Resume is not possible.")
 
@@ -193,5 +194,7 @@ def status_line(snapshot: Snapshot, config: RunConfig | None) -> str:
         parts.append(f"resolution {snapshot.resolution:.1f} Å")
     if snapshot.polarity:
         parts.append(snapshot.polarity)
+    if snapshot.halves:
+        parts.append(snapshot.halves)
     line = " · ".join(parts)
     return f"{line}\n{snapshot.message}" if snapshot.stage == Stage.DONE and snapshot.message else line

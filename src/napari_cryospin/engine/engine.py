@@ -20,6 +20,7 @@ from collections.abc import Generator
 import numpy as np
 import torch
 
+from ..ctf_check import check_ctf
 from ..data.errors import ParticleFileError
 from ..data.particles import ParticleSet, load_particles
 from ..geometry.rotations import geodesic_distance, random_rotations
@@ -48,7 +49,7 @@ from .events import Command, ParticleView, Snapshot, Stage
 from .outputs import write_epoch_record, write_results
 from .schedule import Schedule
 from .switch import AutoSwitch
-from .validity import half_agreement
+from .validity import half_agreement, radius_at
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ class Engine:
         gen = torch.Generator().manual_seed(cfg.seed)
         self.polarity = choose_polarity(self.particles, cfg.polarity, cfg.seed, self.device)
         self.particles.stack.sign = self.polarity.sign  # every image (and map) read from here on
+        self.ctf_check = check_ctf(self.particles, seed=cfg.seed, device=self.device)
+        if not self.ctf_check.consistent:
+            log.warning("%s: %s", cfg.particles, self.ctf_check.summary())
         self.scale = self._image_scale()
         self.encoder = MultiHeadEncoder(
             self.schedule.encoder_box,
@@ -184,6 +188,7 @@ class Engine:
             "epoch": self.epoch,
             "pos": self.pos,
             "switch_epoch": self.schedule.switch_epoch,
+            "radius_cap": self.schedule.radius_cap,
             "explore_sums": self.explore_sums,
             "perm": self.perm,
             "step": self.step,
@@ -211,7 +216,7 @@ class Engine:
     def _restore(self, st: dict) -> None:
         self.stage = Stage(st["stage"])
         self.epoch, self.pos, self.perm = st["epoch"], st["pos"], st["perm"]
-        self.schedule.switch_epoch = st["switch_epoch"]
+        self.schedule.switch_epoch, self.schedule.radius_cap = st["switch_epoch"], st["radius_cap"]
         self.explore_sums = st["explore_sums"]
         self.step, self.elapsed, self.scale = st["step"], st["elapsed"], st["scale"]
         self.encoder.load_state_dict(st["encoder"])
@@ -626,14 +631,22 @@ class Engine:
             history=list(self.history),
             message=self._message(loss, ips, last.get("resolution")),
             polarity=self.polarity.summary(),
+            halves=self._halves_status(),
         )
 
     def _message(self, loss: float, ips: float, res: float | None) -> str:
         r = f", {res:.1f} Å" if res else ""
+        halves = f" · {self._halves_status()}" if self.agreement is not None else ""
         return (
             f"epoch {self.epoch + 1}/{self.config.epochs} · {self.stage.value} · "
-            f"{ips:.0f} img/s · loss {loss:.4f}{r} · {self.polarity.summary()}"
+            f"{ips:.0f} img/s · loss {loss:.4f}{r}{halves} · {self.polarity.summary()}"
         )
+
+    def _halves_status(self) -> str:
+        """"halves agree", a warning, or "" before the independent halves are compared."""
+        if self.agreement is None:
+            return ""
+        return "halves agree" if self.agreement["agree"] else "WARNING: halves disagree (map not reliable)"
 
     # ------------------------------------------------------------------------------------------ loop
     def _handle(self, cmd: Command | None) -> None:
@@ -742,6 +755,10 @@ class Engine:
         every = self.config.eval_every or max(1, self.config.epochs // 8)
         evaluate = (self.epoch + 1) % every == 0 or self.epoch + 1 == self.config.epochs
         record = write_epoch_record(self, loss, ips, stable, change, evaluate)
+        record["radius"] = self.schedule.radius(self.stage, self.epoch)
+        if self.stage == Stage.DECODING and record["fsc"] is not None:
+            self.schedule.cap_from_fsc(radius_at(np.asarray(record["fsc"][1]), 0.143))
+            record["radius_cap"] = self.schedule.radius_cap
         if self.epoch == self.schedule.research_epoch():
             record["research_moved"] = self.research_moved
         self.history.append(record)

@@ -68,3 +68,4 @@ class Snapshot:
     history: list[dict] = field(default_factory=list)  # per-epoch records as in metrics.json
     message: str = ""  # a human-readable line for status bars
     polarity: str = ""  # how the images' polarity was decided, e.g. "protein white, inverted (auto, z -54)"
+    halves: str = ""  # whether the independently explored halves agree, once they are aligned

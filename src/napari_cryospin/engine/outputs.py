@@ -106,7 +106,7 @@ def write_results(engine: Engine) -> str:
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     res = resolution_at(freq, curve, 0.143)
     top = engine.schedule.radius(Stage.EXPLORING, max(0, engine.schedule.explore_epochs - 1))
-    validity = verdict(engine.agreement, radius_at(curve, 0.143), top)
+    validity = verdict(engine.agreement, radius_at(curve, 0.143), top, engine.ctf_check)
     (out / "metrics.json").write_text(
         json.dumps(
             {

@@ -37,6 +37,9 @@ class Schedule:
     explore_top_k = 8  # poses kept per image
     explore_temperatures = (1.0, 1.0)
     explore_memory = 1280  # images the running map sums remember (each batch weighs batch/memory)
+    # Auto-decoding refines poses only out to where the two half maps still agree: radius ≤ factor ×
+    # (their FSC-0.143 radius) + shells, as RELION's auto-refine does; beyond it poses would fit noise.
+    resolution_margin = (1.2, 2.0)
 
     def __init__(self, box: int, config: RunConfig, device: str = "cpu", n_particles: int = 4096):
         self.box = box
@@ -52,6 +55,12 @@ class Schedule:
         # Stochastic EM needs many map updates per epoch: ~16 batches, of 32 to 256 images.
         self.explore_batch = int(min(256, max(32, n_particles // 16)))
         self.switch_epoch: int | None = None  # set by the engine when auto-decoding starts
+        self.radius_cap: float | None = None  # set by the engine from the half maps' FSC while decoding
+
+    def cap_from_fsc(self, radius_fsc0143: float) -> None:
+        """Limit auto-decoding's radius to the half maps' FSC-0.143 radius (cycles per box) plus a margin."""
+        factor, shells = self.resolution_margin
+        self.radius_cap = factor * radius_fsc0143 + shells
 
     def radius(self, stage: Stage, epoch: int) -> float:
         """Low-pass radius in cycles per box of the likelihood at ``epoch``."""
@@ -67,7 +76,10 @@ class Schedule:
         start = self.switch_epoch if self.switch_epoch is not None else epoch
         at_switch = self.radius(Stage.EXPLORING if start < self.explore_epochs else Stage.ENCODING, start)
         ramp = min(1.0, (epoch - start + 1) / max(1.0, (self.epochs - start) / 2))
-        return min(self.max_radius, at_switch + ramp * (self.max_radius - at_switch))
+        radius = min(self.max_radius, at_switch + ramp * (self.max_radius - at_switch))
+        if self.radius_cap is not None:
+            radius = min(radius, max(self.radius_cap, at_switch))
+        return radius
 
     def research_epoch(self) -> int | None:
         """The auto-decoding epoch that starts with a global re-search of every pose (None: none).

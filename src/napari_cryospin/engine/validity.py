@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ctf_check import CTFCheck
 from ..metrics.fsc import fsc, soft_mask
 
 AGREE_FRACTION = 0.5
@@ -49,25 +50,27 @@ def half_agreement(map_a: np.ndarray, map_b_aligned: np.ndarray, top_radius: flo
     }
 
 
-def verdict(agreement: dict | None, final_radius: float, top_radius: float) -> dict:
-    """The run's validity: reliable when the independent halves agreed at the end of exploration and the
-    final half maps agree (FSC 0.143) beyond half of exploration's top radius; else a warning for the user.
+def verdict(agreement: dict | None, final_radius: float, top_radius: float, ctf: CTFCheck) -> dict:
+    """The run's validity: reliable when the images follow their CTFs, the independent halves agreed at the
+    end of exploration, and the final half maps agree (FSC 0.143) beyond half of exploration's top radius.
 
-    ``agreement`` None (the paper's path, or no half maps) means no independent check was made.
+    ``agreement`` None (the paper's path, or no half maps) means no independent check of the map was made.
     """
+    reasons = (
+        []
+        if ctf.consistent
+        else [f"{ctf.summary()}: check the defocus columns, their units and the pixel size"]
+    )
     if agreement is None:
-        return {
-            "reliable": None,
-            "reasons": ["the halves shared one map until the switch"],
-            "message": "validity unchecked (the halves were not independent; the resolution is optimistic)",
-        }
-    reasons = [] if agreement["agree"] else [agreement["summary"]]
+        reasons.append("the halves shared one map until the switch, so the resolution is optimistic")
+    elif not agreement["agree"]:
+        reasons.append(agreement["summary"])
     if final_radius < AGREE_FRACTION * top_radius:
         reasons.append(f"the final half maps agree only to {final_radius:.1f} cycles per box (FSC 0.143)")
     reliable = not reasons
     message = (
-        "validity: the two independent halves agree"
+        "validity: the two independent halves agree and the images follow their CTFs"
         if reliable
-        else "WARNING: the two halves disagree: the map is not reliable (" + "; ".join(reasons) + ")"
+        else "WARNING: the map is not reliable (" + "; ".join(reasons) + ")"
     )
-    return {"reliable": reliable, "reasons": reasons, "message": message}
+    return {"reliable": reliable, "reasons": reasons, "ctf_check": ctf.to_dict(), "message": message}

@@ -1,0 +1,109 @@
+"""Honest self-assessment: the CTF check, independent halves, and the validity verdict of a run."""
+
+import json
+from dataclasses import replace
+
+import mrcfile
+import numpy as np
+import pytest
+
+from napari_cryospin.ctf_check import check_ctf
+from napari_cryospin.data.mrc import read_volume
+from napari_cryospin.data.particles import load_particles
+from napari_cryospin.engine.config import RunConfig
+from napari_cryospin.engine.engine import Engine
+from napari_cryospin.engine.events import Stage
+from napari_cryospin.engine.validity import half_agreement
+from napari_cryospin.reconstruction import split_halves
+from napari_cryospin.resources import bundled_map_path
+from napari_cryospin.simulation import simulate_to_dir
+
+N = 400
+
+
+def _other_structure(box: int) -> np.ndarray:
+    """A compact asymmetric density unlike the bundled map: a few Gaussian blobs."""
+    rng = np.random.default_rng(7)
+    k = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(k, k, k, indexing="ij")
+    vol = np.zeros((box, box, box), np.float32)
+    for _ in range(6):
+        c = rng.uniform(-box / 5, box / 5, 3)
+        vol += np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * 2.0**2))
+    return vol
+
+
+@pytest.fixture(scope="module")
+def two_structures(tmp_path_factory):
+    """The same 400 simulated particles (poses, CTFs) of the bundled map, and a copy whose half-B rows
+    show another structure: the halves a run keeps apart then really hold different molecules."""
+    volume, voxel = read_volume(bundled_map_path(32))
+    same = tmp_path_factory.mktemp("same")
+    simulate_to_dir(volume, voxel, N, same, snr=1.0, max_shift_px=1.0, seed=4)
+    mixed = tmp_path_factory.mktemp("mixed")
+    simulate_to_dir(volume, voxel, N, mixed, snr=1.0, max_shift_px=1.0, seed=4)
+    other = tmp_path_factory.mktemp("other")
+    simulate_to_dir(
+        _other_structure(32) * volume.sum() / 6, voxel, N, other, snr=1.0, max_shift_px=1.0, seed=4
+    )
+    _, half_b = split_halves(N, 0)
+    with mrcfile.mmap(mixed / "particles.mrcs", "r+") as dst, mrcfile.mmap(other / "particles.mrcs") as src:
+        dst.data[half_b] = src.data[half_b]
+    return same, mixed
+
+
+def _run(folder, out) -> dict:
+    cfg = RunConfig(
+        particles=str(folder / "particles.star"),
+        out=str(out),
+        heads=2,
+        epochs=3,
+        explore_epochs=2,
+        switch=2,
+        device="cpu",
+        encoder_width=4,
+        encoder_box=16,
+        snapshot_interval_s=60.0,
+    )
+    last = None
+    for snap in Engine(cfg).run():
+        last = snap
+    assert last is not None and last.stage == Stage.DONE
+    metrics = json.loads((out / "metrics.json").read_text())["final"]
+    metrics["message"] = last.message
+    return metrics
+
+
+def test_ctf_check_tells_right_from_shuffled_ctfs(two_structures):
+    particles = load_particles(two_structures[0] / "particles.star")
+    right = check_ctf(particles, seed=0)
+    perm = np.random.default_rng(0).permutation(len(particles))
+    ctf = particles.ctf
+    shuffled = replace(
+        particles,
+        ctf=replace(ctf, defocus_u=ctf.defocus_u[perm], defocus_v=ctf.defocus_v[perm]),
+    )
+    wrong = check_ctf(shuffled, seed=0)
+    assert right.consistent and right.z > 3
+    assert not wrong.consistent
+    assert right.own > wrong.own
+
+
+def test_half_agreement_of_maps():
+    volume, _ = read_volume(bundled_map_path(32))
+    rng = np.random.default_rng(0)
+    noisy = volume + 0.05 * volume.std() * rng.standard_normal(volume.shape)
+    assert half_agreement(volume, noisy, 10.0)["agree"]
+    assert not half_agreement(volume, _other_structure(32), 10.0)["agree"]
+
+
+def test_halves_given_different_structures_are_flagged(two_structures, tmp_path):
+    """Each half is explored on its own particles only: a run whose halves hold different molecules ends
+    with two unlike half maps and a warning; the same particles with one molecule pass the check."""
+    mixed = _run(two_structures[1], tmp_path / "mixed")
+    assert not mixed["halves_agreement"]["agree"]
+    assert mixed["validity"]["reliable"] is False
+    assert "WARNING" in mixed["message"]
+    same = _run(two_structures[0], tmp_path / "same")
+    assert same["halves_agreement"]["agree"]
+    assert same["halves_agreement"]["radius_fsc05"] > mixed["halves_agreement"]["radius_fsc05"]
