@@ -1,4 +1,4 @@
-"""Symmetry-aware pose errors: the mate convention against the forward model, and the alignment on C2 cases."""
+"""Symmetry-aware pose errors: the mate convention against the forward model; the alignment on C2 cases."""
 
 from __future__ import annotations
 
