@@ -245,18 +245,19 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _ceiling(folder: Path, truth, cache: Path) -> float:
+def _ceiling(folder: Path, truth, n: int, cache: Path) -> float:
     cached = json.loads(cache.read_text()) if cache.exists() else {}
-    key = str(folder.resolve())
+    key = f"{folder.resolve()}:{n}"
     if key not in cached:
-        cached[key] = ceiling(truth)[0]
+        cached[key] = ceiling(truth, n)[0]
         cache.write_text(json.dumps(cached, indent=1))
     return cached[key]
 
 
 def score(data: Path, runs: Path, sets: list[PanelSet], ribosome: Path) -> list[dict]:
     """Score every set's finished run (RUNS/NAME: poses.star, metrics.json, run.json); print one table and
-    write RUNS/panel.md and RUNS/panel.json."""
+    write RUNS/panel.md and RUNS/panel.json. The ceiling uses the same particles as the run (cached in
+    RUNS/ceilings.json)."""
     rows = []
     for item in sets:
         folder, out = set_folder(data, item, ribosome), runs / item.name
@@ -273,7 +274,7 @@ def score(data: Path, runs: Path, sets: list[PanelSet], ribosome: Path) -> list[
             table_row(
                 item.name,
                 {k: v for k, v in vars(pose).items() if k != "alignment"},
-                _ceiling(folder, truth, runs / "ceilings.json"),
+                _ceiling(folder, truth, len(est), runs / "ceilings.json"),
                 metrics.get("final", {}).get("resolution"),
                 info,
             )

@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
             str(args.dataset / "particles.star"),
         ]
         subprocess.run([*cmd, "--out", str(out), *extra], check=True)
-    ceiling05, _ = ceiling(truth)
     history = {h["epoch"]: h for h in json.loads((out / "metrics.json").read_text())["epochs"]}
     rows = []
     for path in sorted((out / "epochs").glob("epoch_*.npz")):
@@ -70,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 score.fsc05,
             )
         )
+    ceiling05, _ = ceiling(truth, len(d["rotations"]) if rows else None)
     print(
         f"{'epoch':>5} {'wall s':>8} {'stage':<14} {'rot med°':>8} {'rot mean°':>9} "
         f"{'shift px':>8} {'FSC0.5 Å map':>12} {'FSC0.5 Å poses':>14}"

@@ -54,9 +54,10 @@ def fsc_resolutions(volume: np.ndarray, truth: Truth) -> tuple[float, float]:
     return resolution_at(freq, values, 0.5), resolution_at(freq, values, 0.143)
 
 
-def ceiling(truth: Truth) -> tuple[float, float]:
-    """Known-pose ceiling: FSC 0.5 and 0.143 (Å) of the true-pose backprojection against the true map."""
-    t = truth.particles
+def ceiling(truth: Truth, n: int | None = None) -> tuple[float, float]:
+    """Known-pose ceiling: FSC 0.5 and 0.143 (Å) of the true-pose backprojection of the first ``n``
+    particles (default all) against the true map."""
+    t = truth.particles if n is None or n >= len(truth.particles) else truth.particles.subset(np.arange(n))
     return fsc_resolutions(backproject(t, t.rotations, t.shifts), truth)
 
 
