@@ -138,6 +138,12 @@ def _cli(*args: str) -> list[str]:
 
 def make(data: Path, sets: list[PanelSet], overwrite: bool) -> None:
     """Simulate every model set into ``data/NAME`` and write its symmetry operators (symmetry.json)."""
+    try:
+        import gemmi  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "panel.py make needs gemmi. Fix: pip install gemmi (or the 'atomic' extra)."
+        ) from None
     for item in sets:
         if item.model is None:
             continue
@@ -178,6 +184,12 @@ def run(data: Path, runs: Path, sets: list[PanelSet], ribosome: Path, extra: lis
     command, wall time, the child's peak RSS and the load average before it in RUNS/NAME/run.json."""
     for item in sets:
         folder = set_folder(data, item, ribosome)
+        if not (folder / "particles.star").exists():
+            print(
+                f"[{item.name}] {folder}/particles.star not found: skipped. Fix: run make first.",
+                file=sys.stderr,
+            )
+            continue
         out = runs / item.name
         out.mkdir(parents=True, exist_ok=True)
         cmd = _cli("reconstruct", str(folder / "particles.star"), "--out", str(out), *extra)
