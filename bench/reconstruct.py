@@ -19,26 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cryospin.data.mrc import read_volume
-from napari_cryospin.data.particles import load_particles
-from napari_cryospin.metrics.alignment import (
-    align_rotations,
-    fsc_to_truth,
-    poses_in_truth_frame,
-    shift_errors,
-)
-from napari_cryospin.metrics.fsc import fsc, resolution_at
-from napari_cryospin.reconstruction import backproject
-
-
-def _truth(folder: Path) -> tuple[Path, Path]:
-    for star, vol in (
-        (folder / "truth" / "particles_with_poses.star", folder / "truth" / "gt_volume.mrc"),
-        (folder / "truth.star", folder / "truth_volume.mrc"),
-    ):
-        if star.exists() and vol.exists():
-            return star, vol
-    raise SystemExit(f"{folder}: no truth (truth/particles_with_poses.star or truth.star) found")
+from napari_cryospin.metrics.alignment import fsc_to_truth
+from scoring import ceiling, load_truth, score_poses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true", help="score an existing run folder without running")
     args, extra = p.parse_known_args(argv)
     out = args.out or Path("bench-runs") / args.dataset.name
-    truth_star, truth_vol = _truth(args.dataset)
+    truth = load_truth(args.dataset)
     if not args.reuse:
         extra = [a for a in extra if a != "--"]
         cmd = [
@@ -60,36 +42,38 @@ def main(argv: list[str] | None = None) -> int:
             str(args.dataset / "particles.star"),
         ]
         subprocess.run([*cmd, "--out", str(out), *extra], check=True)
-    truth = load_particles(truth_star)
-    true_map, voxel = read_volume(truth_vol)
-    ceiling_map = backproject(truth, truth.rotations, truth.shifts)
-    ceiling = resolution_at(*fsc(ceiling_map, true_map, voxel), 0.5)
     history = {h["epoch"]: h for h in json.loads((out / "metrics.json").read_text())["epochs"]}
     rows = []
     for path in sorted((out / "epochs").glob("epoch_*.npz")):
         d = np.load(path)
         epoch = int(path.stem.split("_")[1])
-        n = len(d["rotations"])
-        # Before the independent halves are aligned, half B's poses live in their own frame: score half A.
-        rows = np.arange(n)
-        if "halves_aligned" in d and not bool(d["halves_aligned"]):
-            rows = np.flatnonzero(d["halves"] == 0)
-        al = align_rotations(d["rotations"][rows], truth.rotations[rows])
-        shifts = d["shifts"][rows] * float(d["voxel_size"]) / truth.pixel_size
-        sh = shift_errors(shifts, truth.shifts[rows])
+        shifts = d["shifts"] * float(d["voxel_size"]) / truth.particles.pixel_size
         vol = d["volume"]
-        if vol.shape != true_map.shape:
-            raise SystemExit(f"{path}: map box {vol.shape[0]} differs from the truth's {true_map.shape[0]}")
-        res = fsc_to_truth(vol, true_map, voxel, al.rotation, al.flip).resolution(0.5)
-        rot, shifts = poses_in_truth_frame(
-            al, d["rotations"][rows], shifts, truth.rotations[rows], truth.shifts[rows]
-        )
-        sub = truth.subset(rows)
-        in_frame = resolution_at(*fsc(backproject(sub, rot, shifts), true_map, voxel), 0.5)
+        if vol.shape != truth.volume.shape:
+            raise SystemExit(
+                f"{path}: map box {vol.shape[0]} differs from the truth's {truth.volume.shape[0]}"
+            )
+        # Before the independent halves are aligned, half B's poses live in their own frame: score half A.
+        half_a = None
+        if "halves_aligned" in d and not bool(d["halves_aligned"]):
+            half_a = np.flatnonzero(d["halves"] == 0)
+        score = score_poses(d["rotations"], shifts, truth, rows=half_a)
+        al = score.alignment
+        res = fsc_to_truth(vol, truth.volume, truth.voxel, al.rotation, al.flip).resolution(0.5)
         stage = history.get(epoch, {}).get("stage", "?")
         rows.append(
-            (epoch + 1, float(d["wall_s"]), stage, al.median, al.mean, float(np.median(sh)), res, in_frame)
+            (
+                epoch + 1,
+                float(d["wall_s"]),
+                stage,
+                score.rot_median,
+                score.rot_mean,
+                score.shift_median,
+                res,
+                score.fsc05,
+            )
         )
+    ceiling05, _ = ceiling(truth, len(d["rotations"]) if rows else None)
     print(
         f"{'epoch':>5} {'wall s':>8} {'stage':<14} {'rot med°':>8} {'rot mean°':>9} "
         f"{'shift px':>8} {'FSC0.5 Å map':>12} {'FSC0.5 Å poses':>14}"
@@ -99,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{e:>5} {t:>8.0f} {stage:<14} {med:>8.2f} {mean:>9.2f} {shift:>8.2f} "
             f"{res:>12.2f} {in_frame:>14.2f}"
         )
-    print(f"known-pose ceiling (true poses, same particles): FSC 0.5 at {ceiling:.2f} Å")
+    print(f"known-pose ceiling (true poses, same particles): FSC 0.5 at {ceiling05:.2f} Å")
     return 0
 
 
