@@ -2,11 +2,11 @@
 
 Usage: ``python bench/sweep.py DATASET OUT [NAME=VALUE ...] [--star FILE]``. ``NAME`` is a ``RunConfig``
 field (``epochs=20``) or a ``Schedule`` constant (``explore_top_k=16``); values are Python literals.
-DATASET holds ``particles.star`` (or ``--star``), ``truth.star`` and ``truth_volume.mrc``. Prints and
+DATASET holds ``particles.star`` (or ``--star``) and its truth (see ``scoring.truth_paths``). Prints and
 writes ``OUT/score.json``: median / mean rotation error after global alignment and hand, median shift
 error, FSC 0.5 of the poses brought into the truth's frame (backprojected) and of the true poses (the
 ceiling), the run's own half-map resolution next to the FSC 0.143 against the truth, its validity
-verdict, and wall time. Scoring runs on the run's device.
+verdict, and wall time.
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cryospin.data.mrc import read_volume
 from napari_cryospin.data.particles import load_particles
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Stage
 from napari_cryospin.engine.schedule import Schedule
-from napari_cryospin.metrics.alignment import align_rotations, poses_in_truth_frame, shift_errors
-from napari_cryospin.metrics.fsc import fsc, resolution_at
-from napari_cryospin.reconstruction import backproject
+from scoring import ceiling, load_truth, score_poses
 
 
 def _overrides(pairs: list[str]) -> tuple[dict, dict]:
@@ -45,27 +42,22 @@ def _overrides(pairs: list[str]) -> tuple[dict, dict]:
     return config, schedule
 
 
-def score(dataset: Path, out: Path, device: str) -> dict:
+def score(dataset: Path, out: Path) -> dict:
     """Accuracy of the run in ``out`` against the truth of ``dataset``, plus what the run reported."""
-    truth = load_particles(dataset / "truth.star")
-    true_map, voxel = read_volume(dataset / "truth_volume.mrc")
+    truth = load_truth(dataset)
     est = load_particles(out / "poses.star")
-    if len(est) < len(truth):  # a run limited by max_particles used the first rows
-        truth = truth.subset(np.arange(len(est)))
-    al = align_rotations(est.rotations, truth.rotations)
-    rot, shifts = poses_in_truth_frame(al, est.rotations, est.shifts, truth.rotations, truth.shifts)
-    mine = backproject(truth, rot, shifts, device=device)
-    ceiling = backproject(truth, truth.rotations, truth.shifts, device=device)
-    freq, curve = fsc(mine, true_map, voxel)
+    n = len(est)
+    result = score_poses(est.rotations, est.shifts, truth, rows=np.arange(n))
+    ceiling05, _ = ceiling(truth, n)
     final = json.loads((out / "metrics.json").read_text())["final"]
     return {
-        "rot_median": al.median,
-        "rot_mean": al.mean,
-        "within_10deg": float(np.mean(al.errors_deg < 10)),
-        "shift_median": float(np.median(shift_errors(est.shifts, truth.shifts))),
-        "fsc05": resolution_at(freq, curve, 0.5),
-        "fsc0143_truth": resolution_at(freq, curve, 0.143),
-        "ceiling05": resolution_at(*fsc(ceiling, true_map, voxel), 0.5),
+        "rot_median": result.rot_median,
+        "rot_mean": result.rot_mean,
+        "within_10deg": float(np.mean(result.alignment.errors_deg < 10)),
+        "shift_median": result.shift_median,
+        "fsc05": result.fsc05,
+        "fsc0143_truth": result.fsc0143,
+        "ceiling05": ceiling05,
         "reported0143": final["resolution"],
         "validity": final.get("validity"),
         "agreement": (final.get("halves_agreement") or {}).get("summary"),
@@ -95,7 +87,7 @@ def main(argv: list[str]) -> int:
         if snap.stage == Stage.DONE:
             message = snap.message
     result = {"name": out.name, "overrides": pairs, "wall_s": time.perf_counter() - t0, "stages": stages}
-    result.update(score(dataset, out, str(engine.device)))
+    result.update(score(dataset, out))
     result["message"] = message
     (out / "score.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result))

@@ -686,6 +686,11 @@ class Engine:
                     self.pos = 0
                     if self.stage == Stage.DECODING and self.epoch == self.schedule.research_epoch():
                         self._research_poses()
+                    if self.pose_opt is not None:
+                        scale = self.schedule.pose_rate_scale(self.epoch)
+                        rates = (self.schedule.rotation_lr, self.schedule.shift_lr)
+                        for group, rate in zip(self.pose_opt.param_groups, rates, strict=True):
+                            group["lr"] = rate * scale
                 t_epoch = time.perf_counter()
                 seen, loss_sum = 0, 0.0
                 while self.pos < self.n:

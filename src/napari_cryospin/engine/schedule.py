@@ -40,6 +40,10 @@ class Schedule:
     # Auto-decoding refines poses only out to where the two half maps still agree: radius ≤ factor ×
     # (their FSC-0.143 radius) + shells, as RELION's auto-refine does; beyond it poses would fit noise.
     resolution_margin = (1.2, 2.0)
+    # Pose rates decay geometrically over auto-decoding to this fraction: Adam moves a pose by about its
+    # rate per step even where the likelihood is flat (a globular particle, a weak signal), so full rates
+    # to the end make poses wander ~10° an epoch; large early steps still reach the basin.
+    pose_rate_final = 0.1
 
     def __init__(self, box: int, config: RunConfig, device: str = "cpu", n_particles: int = 4096):
         self.box = box
@@ -80,6 +84,13 @@ class Schedule:
         if self.radius_cap is not None:
             radius = min(radius, max(self.radius_cap, at_switch))
         return radius
+
+    def pose_rate_scale(self, epoch: int) -> float:
+        """Factor on the pose rates at ``epoch``: 1 at the switch, ``pose_rate_final`` in the last epoch."""
+        if self.switch_epoch is None:
+            return 1.0
+        progress = (epoch - self.switch_epoch) / max(1, self.epochs - 1 - self.switch_epoch)
+        return self.pose_rate_final ** min(1.0, max(0.0, progress))
 
     def research_epoch(self) -> int | None:
         """The auto-decoding epoch that starts with a global re-search of every pose (None: none).
