@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import queue
+import threading
 from collections.abc import Generator
 from dataclasses import replace
 
 from ..engine.config import RunConfig
 from ..engine.events import Command, Snapshot
+from ..error_funnel import explain
+
+log = logging.getLogger(__name__)
 
 _CARRIED = ("volume", "particle", "fsc", "head_fractions", "resolution")
 
@@ -20,25 +25,34 @@ def _next_command(commands: queue.SimpleQueue) -> Command | None:
 
 
 def engine_stream(
-    config: RunConfig, commands: queue.SimpleQueue
+    config: RunConfig, commands: queue.SimpleQueue, done: threading.Event | None = None
 ) -> Generator[Snapshot, Command | None, str | None]:
     """Yield the engine's snapshots, passing on commands from `worker.send()` or the `commands` queue.
 
-    Returns the error message when the engine rejects the input before running (for the user, no traceback).
+    Returns None when the run ends, or the one-line message of whatever stopped it (bad input, disk,
+    memory, torch; see ``error_funnel.explain``; the traceback goes to this module's debug log). Sets
+    `done` when it finishes in any way, so the dock can wait for a clean stop.
     """
-    from ..engine.engine import Engine
-
+    run = None
     try:
+        from ..engine.engine import Engine
+
         run = Engine(config).run()
         snapshot = next(run)
-    except ValueError as exc:
-        return str(exc)
-    while True:
-        sent = yield snapshot
-        try:
-            snapshot = run.send(sent if sent is not None else _next_command(commands))
-        except StopIteration:
-            return None
+        while True:
+            sent = yield snapshot
+            try:
+                snapshot = run.send(sent if sent is not None else _next_command(commands))
+            except StopIteration:
+                return None
+    except Exception as exc:
+        log.debug("the cryoSPIN run failed", exc_info=True)
+        return explain(exc)
+    finally:
+        if run is not None:
+            run.close()
+        if done is not None:
+            done.set()
 
 
 def merge_snapshots(older: Snapshot | None, newer: Snapshot) -> Snapshot:

@@ -7,7 +7,6 @@ gold-standard resolution of what the poses achieve.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +15,7 @@ from ..data.mrc import write_volume
 from ..data.poses_out import write_poses_star
 from ..metrics.fsc import fsc, resolution_at, soft_mask
 from ..reconstruction import half_maps
+from ..safe_write import save_npz, write_json
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -66,7 +66,7 @@ def write_epoch_record(
     rot, shift = engine.current_poses()
     epochs_dir = engine.out / "epochs"
     epochs_dir.mkdir(exist_ok=True)
-    np.savez_compressed(
+    save_npz(
         epochs_dir / f"epoch_{engine.epoch:03d}.npz",
         volume=full.astype(np.float32),
         rotations=rot.astype(np.float32),
@@ -92,14 +92,13 @@ def write_results(engine: Engine) -> str:
     write_poses_star(out / "poses.star", engine.particles, rot, shift)
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     res = resolution_at(freq, curve, 0.143)
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "config": engine.config.to_dict(),
-                "epochs": engine.history,
-                "final": {"resolution": res, "fsc": [freq.tolist(), curve.tolist()]},
-            }
-        )
+    write_json(
+        out / "metrics.json",
+        {
+            "config": engine.config.to_dict(),
+            "epochs": engine.history,
+            "final": {"resolution": res, "fsc": [freq.tolist(), curve.tolist()]},
+        },
     )
     from .plots import plot_run
 
