@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             "reconstruct",
             str(args.dataset / "particles.star"),
         ]
-        subprocess.run([*cmd, "--out", str(out), *extra], check=True)
+        subprocess.run([*cmd, "--out", str(out), "--overwrite", *extra], check=True)  # a rerun replaces it
     truth = load_particles(truth_star)
     true_map, voxel = read_volume(truth_vol)
     ceiling_map = backproject(truth, truth.rotations, truth.shifts)

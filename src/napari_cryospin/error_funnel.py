@@ -10,7 +10,7 @@ import errno
 
 from .safe_write import target_of
 
-EXIT_BAD_INPUT = 2  # a setting or an input file the user can fix
+EXIT_BAD_INPUT = 2  # a setting or an input file the user can fix (a missing one too)
 EXIT_FAILED = 1  # the machine: disk, permissions, memory, or a bug
 EXIT_INTERRUPTED = 130
 
@@ -68,9 +68,9 @@ def explain(exc: BaseException) -> str:
 
 
 def exit_status(exc: BaseException) -> int:
-    """The CLI's exit status for ``exc``: 2 for bad settings or input, 130 for Ctrl-C, else 1."""
+    """The exit status for ``exc``: 2 for bad settings or input, 130 for Ctrl-C, else 1."""
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    if isinstance(exc, ValueError):
+    if isinstance(exc, (ValueError, FileNotFoundError)):
         return EXIT_BAD_INPUT
     return EXIT_FAILED

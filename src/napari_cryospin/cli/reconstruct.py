@@ -87,6 +87,7 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
 
     from ..engine.checkpoint import CHECKPOINT_NAME
     from ..engine.events import Command, Stage
+    from ..engine.run_folder import RUN_RECORD
 
     gen = engine.run()
     bar = tqdm(total=1000, file=stream, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
@@ -103,7 +104,7 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
     finally:
         bar.close()
         gen.close()
-    if stop_sent:
+    if stop_sent and not (engine.out / RUN_RECORD).exists():  # not stopped if it finished meanwhile
         where = engine.out / CHECKPOINT_NAME
         raise RunStopped(signals.received, f"{snap.message} ({where}); continue it with --resume")
     return snap.message
