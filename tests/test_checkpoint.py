@@ -104,10 +104,11 @@ def test_a_crafted_checkpoint_runs_no_code_on_resume(tiny_dataset, stopped_run, 
     assert "holds objects other than tensors and plain values" in err and "nothing in it was run" in err
 
 
-def test_a_truncated_checkpoint_is_one_clear_line(tiny_dataset, stopped_run, tmp_path, capsys):
+@pytest.mark.parametrize("keep", [0.5, 20_000, 100])
+def test_a_truncated_checkpoint_is_one_clear_line(tiny_dataset, stopped_run, tmp_path, capsys, keep):
     out = _copy(stopped_run, tmp_path)
     data = (out / "checkpoint.pt").read_bytes()
-    (out / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    (out / "checkpoint.pt").write_bytes(data[: int(keep * len(data)) if keep < 1 else keep])
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt: damaged or not a checkpoint \(.+\)\. Fix:"):
         load_checkpoint(out)
     args = ["reconstruct", str(tiny_dataset / "particles.star"), "--out", str(out), "--resume"]
@@ -121,9 +122,12 @@ def test_a_truncated_checkpoint_is_one_clear_line(tiny_dataset, stopped_run, tmp
     [
         ({"heads": 4}, "--heads 4 (checkpoint: 3)"),
         ({"seed": 1}, "--seed 1 (checkpoint: 0)"),
-        ({"box": 16}, "--box 16 (checkpoint: unset)"),
+        (
+            {"box": 16},
+            "differs from its checkpoint: --box 16 (checkpoint: unset). Fix: resume without --box,",
+        ),
         ({"epochs": 3}, "--epochs 3 (checkpoint: 2)"),
-        ({"max_particles": 150}, "particle count 150 (checkpoint: 200"),
+        ({"max_particles": 150}, "--max-particles 150 (checkpoint: unset)"),
     ],
 )
 def test_resume_with_other_settings_is_refused_before_any_work(
@@ -135,7 +139,9 @@ def test_resume_with_other_settings_is_refused_before_any_work(
         _resume(tiny_dataset, out, **changes)
     message = str(err.value)
     assert message.startswith(f"{out / 'checkpoint.pt'}: cannot resume") and named in message
-    assert "Fix: resume with" in message and "\n" not in message
+    assert (
+        "Fix: resume with --" in message or "Fix: resume without --box," in message
+    ) and "\n" not in message
     assert (out / "checkpoint.pt").read_bytes() == before
 
 

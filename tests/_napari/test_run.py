@@ -127,6 +127,9 @@ def test_start_asks_before_replacing_another_run(qtbot, ui_dock, tmp_path, monke
     ui_dock.start_button.click()
     assert ui_dock.running and len(asked) == 2
     _wait(qtbot, ui_dock, lambda: not (out / "volume.mrc").exists())  # the engine removed the old run
+    assert not (out / "poses.star").exists()  # written only when a run ends: the old one is gone
+    with qtbot.waitSignal(ui_dock.worker.finished, timeout=3 * MINUTE_MS):
+        ui_dock.stop()
 
 
 def test_resume_from_a_damaged_checkpoint_is_one_line(qtbot, ui_dock, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ def test_every_manifest_dock_opens_in_the_viewer(make_napari_viewer):
     for name, kind in WIDGETS.items():
         dock, widget = viewer.window.add_plugin_dock_widget("napari-cryospin", name)
         assert type(widget).__name__ == kind
-        assert dock.isVisible() and widget.isVisible() and widget.window() is viewer.window._qt_window
+        assert dock.widget() is widget and widget.window() is dock.window() is not dock  # docked
     assert {type(w).__name__ for w in viewer.window.dock_widgets.values()} == set(WIDGETS.values())
 
 

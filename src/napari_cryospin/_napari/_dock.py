@@ -1,21 +1,20 @@
 """The "cryoSPIN reconstruction" dock: run settings, Start/Stop/Resume, the switch button, live map.
 
-A run lives in a napari thread worker. Start asks before replacing another run's results; closing the
-dock or napari stops the run the way Stop does (the engine saves a checkpoint), waiting for it briefly.
+A run lives in a napari thread worker (`EngineWorker`). Start asks before replacing another run's
+results; closing the dock or napari stops the run the way Stop does (the engine saves a checkpoint),
+waiting for it briefly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import queue
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from napari.qt.threading import GeneratorWorker, create_worker
+from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QTimer
@@ -25,15 +24,11 @@ from ..engine.config import RunConfig
 from ..engine.events import Command, Snapshot, Stage
 from ..engine.run_folder import results_in
 from ._hub import hub_for
-from ._run import engine_stream, merge_snapshots
+from ._run import EngineWorker, engine_stream, merge_snapshots
 from ._settings import RunSettings
 from ._volume import show_volume
 
 FLUSH_MS = 150
-STOP_WAIT_S = 60.0
-"""How long closing the dock or napari waits for the engine to save its stop checkpoint."""
-
-log = logging.getLogger(__name__)
 
 
 class ReconstructionDock(QWidget):
@@ -44,10 +39,9 @@ class ReconstructionDock(QWidget):
         self.viewer = napari_viewer
         self.hub = hub_for(napari_viewer)
         self.settings = RunSettings(napari_viewer)
-        self.worker: GeneratorWorker | None = None
+        self.worker: EngineWorker | None = None
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._done = threading.Event()
-        self._task_done: Callable[[], None] | None = None
         self._pending: Snapshot | None = None
         self._progress: progress | None = None
         self._config: RunConfig | None = None
@@ -113,15 +107,12 @@ class ReconstructionDock(QWidget):
             self._switch_requested = True
             self.switch_button.setEnabled(False)
 
-    def shutdown(self, wait_s: float = STOP_WAIT_S) -> bool:
-        """Stop a run as Stop does and wait up to `wait_s` for its checkpoint; True when none is running."""
+    def shutdown(self) -> bool:
+        """Stop a run as Stop does and wait for its checkpoint (see EngineWorker); True when it ended."""
         if not self.running:
             return True
         self.stop()
-        finished = self._done.wait(wait_s)
-        if not finished:
-            log.warning("the cryoSPIN run did not stop within %.0f s; it stops at its next step", wait_s)
-        return finished
+        return self.worker.stop_and_wait()
 
     def closeEvent(self, event) -> None:
         """Closing the dock stops its run cleanly."""
@@ -151,20 +142,6 @@ class ReconstructionDock(QWidget):
         )
         return answer == QMessageBox.StandardButton.Yes
 
-    def _register_task(self) -> Callable[[], None] | None:
-        """Tell napari's window a run is going: closing napari then asks, and stops it via `shutdown`.
-
-        Returns the callback that marks the task done (None on a viewer without a window, e.g. in tests).
-        """
-        window = getattr(getattr(self.viewer, "__wrapped__", self.viewer), "window", None)
-        register = getattr(window, "_register_task_status", None)
-        if register is None:
-            return None
-        from napari.utils.task_status import Status
-
-        task = register("napari-cryospin", Status.BUSY, "a cryoSPIN reconstruction is running", self.shutdown)
-        return functools.partial(window._update_task_status, task, Status.COMPLETED)
-
     def _launch(self, resume: bool) -> None:
         if self.running:
             return
@@ -193,6 +170,7 @@ class ReconstructionDock(QWidget):
             self._commands,
             self._done,
             _start_thread=False,
+            _worker_class=EngineWorker,
             _connect={"errored": self._on_errored},
         )
         self.worker.yielded.connect(self._on_snapshot)
@@ -202,7 +180,6 @@ class ReconstructionDock(QWidget):
         self.hub.attach(self.send)
         self.status.setText("Loading particles and building the model…")
         self._update_buttons()
-        self._task_done = self._register_task()
         self.worker.start()
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
@@ -239,9 +216,6 @@ class ReconstructionDock(QWidget):
             self._progress = None
         self.worker = None
         self.hub.attach(None)
-        if self._task_done is not None:
-            self._task_done()
-            self._task_done = None
         self._update_buttons()
         last = self.hub.last
         if last is not None and last.stage == Stage.DONE and self._config is not None:

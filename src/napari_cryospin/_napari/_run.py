@@ -8,11 +8,16 @@ import threading
 from collections.abc import Generator
 from dataclasses import replace
 
+from napari.qt.threading import GeneratorWorker
+
 from ..engine.config import RunConfig
 from ..engine.events import Command, Snapshot
 from ..error_funnel import explain
 
 log = logging.getLogger(__name__)
+
+STOP_WAIT_S = 60.0
+"""How long closing the dock or napari waits for the engine to save its stop checkpoint."""
 
 _CARRIED = ("volume", "particle", "fsc", "head_fractions", "resolution")
 
@@ -53,6 +58,37 @@ def engine_stream(
             run.close()
         if done is not None:
             done.set()
+
+
+class EngineWorker(GeneratorWorker):
+    """The worker of :func:`engine_stream`, whose ``quit`` is a clean stop.
+
+    napari quits the workers it knows of when its window closes; a plain quit would abandon the engine
+    between two steps without a checkpoint. This one asks the engine to stop (it saves a checkpoint) and
+    waits up to ``STOP_WAIT_S`` for it before quitting.
+    """
+
+    def __init__(
+        self, func, config: RunConfig, commands: queue.SimpleQueue, done: threading.Event, **kwargs
+    ) -> None:
+        super().__init__(func, config, commands, done, **kwargs)
+        self._commands, self._done = commands, done
+
+    def stop_and_wait(self, wait_s: float = STOP_WAIT_S) -> bool:
+        """Ask the engine to stop and wait for its stream to end; True when it ended."""
+        if self._done.is_set():
+            return True
+        self._commands.put(Command("stop"))
+        if self._done.wait(wait_s):
+            return True
+        log.warning("the cryoSPIN run did not stop within %.0f s; it stops at its next step", wait_s)
+        return False
+
+    def quit(self) -> None:
+        """Stop the engine cleanly when it runs, then end the worker."""
+        if self._running:
+            self.stop_and_wait()
+        super().quit()
 
 
 def merge_snapshots(older: Snapshot | None, newer: Snapshot) -> Snapshot:

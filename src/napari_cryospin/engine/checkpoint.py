@@ -90,6 +90,17 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _unpickler_reason(exc: BaseException) -> str:
+    """The useful part of a torch.load error: the weights-only unpickler's own reason when it gives one."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if rest:
+            return rest[0].split(". ")[0]
+    return _first_line(exc)
+
+
 def load_checkpoint(out_dir: Path) -> dict:
     """Read the checkpoint of a run folder (tensors and plain values only); one clear line when it cannot."""
     path = Path(out_dir) / CHECKPOINT_NAME
@@ -98,17 +109,17 @@ def load_checkpoint(out_dir: Path) -> dict:
             f"{path}: no checkpoint to resume from. Fix: start a new run without --resume."
         )
     fix = "Fix: start the run again with --overwrite, or restore a good checkpoint.pt."
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as exc:  # a data file must never crash us: any failure to parse it is the same story
-        if "weights only" in str(exc).lower():
-            raise CheckpointError(
-                f"{path}: holds objects other than tensors and plain values, so it was not loaded "
-                f"(nothing in it was run). {fix}"
-            ) from exc
-        raise CheckpointError(f"{path}: damaged or not a checkpoint ({_first_line(exc)}). {fix}") from exc
+    with open(path, "rb") as fh:  # failing to open it is an OS error; failing to parse it is the file's
+        try:
+            raw = torch.load(fh, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a data file must never crash us: every parse failure is the file's
+            reason = _unpickler_reason(exc)
+            if reason.startswith("Unsupported global"):
+                raise CheckpointError(
+                    f"{path}: holds objects other than tensors and plain values, so it was not loaded "
+                    f"(nothing in it was run). {fix}"
+                ) from exc
+            raise CheckpointError(f"{path}: damaged or not a checkpoint ({reason}). {fix}") from exc
     missing = [key for key in REQUIRED_KEYS if not isinstance(raw, dict) or key not in raw]
     if missing:
         raise CheckpointError(
@@ -126,28 +137,31 @@ def _shown(name: str, value: object) -> str:
     return "unset" if value is None else str(value)
 
 
-def _as_option(name: str, value: object) -> str:
-    """How to ask for ``value`` on the command line (``without --box`` for an unset one)."""
-    flag = f"--{name.replace('_', '-')}"
-    return f"without {flag}" if value is None and name != "switch" else f"{flag} {_shown(name, value)}"
+def _resume_fix(saved: dict, names: list[str]) -> str:
+    """How to ask for the checkpoint's values of ``names``: ``with --heads 3 and without --box``."""
+    flags = {name: f"--{name.replace('_', '-')}" for name in names}
+    unset = [flags[n] for n in names if saved.get(n) is None and n != "switch"]
+    given = [f"{flags[n]} {_shown(n, saved.get(n))}" for n in names if flags[n] not in unset]
+    parts = [f"with {' '.join(given)}"] * bool(given) + [f"without {' '.join(unset)}"] * bool(unset)
+    return "resume " + " and ".join(parts)
 
 
 def check_resumable(path: Path, state: dict, config: Any, identity: dict) -> None:
     """Raise CheckpointError naming every setting or input property that differs from the checkpoint."""
     saved = state["config"]
     now = config.to_dict()
+    changed = [name for name in RESUME_SETTINGS if now[name] != saved.get(name)]
     differ = [
         f"--{name.replace('_', '-')} {_shown(name, now[name])} (checkpoint: {_shown(name, saved.get(name))})"
-        for name in RESUME_SETTINGS
-        if now[name] != saved.get(name)
+        for name in changed
     ]
     was = state["input"]
-    for key, what in (("count", "particle count"), ("box", "box"), ("fingerprint", "images")):
-        if identity[key] != was.get(key):
-            differ.append(f"{what} {identity[key]} (checkpoint: {was.get(key)}, from {was.get('path')})")
+    if not {"box", "max_particles"} & set(changed):  # those settings already explain other images
+        for key, what in (("count", "particle count"), ("box", "box"), ("fingerprint", "images")):
+            if identity[key] != was.get(key):
+                differ.append(f"{what} {identity[key]} (checkpoint: {was.get(key)}, from {was.get('path')})")
     if differ:
-        keep = [_as_option(name, saved.get(name)) for name in RESUME_SETTINGS if now[name] != saved.get(name)]
-        fix = f"resume with {' '.join(keep)}" if keep else f"resume with the particles of {was.get('path')}"
+        fix = _resume_fix(saved, changed) if changed else f"resume with the particles of {was.get('path')}"
         raise CheckpointError(
             f"{path}: cannot resume, the run differs from its checkpoint: {'; '.join(differ)}. "
             f"Fix: {fix}, or start a new run with --overwrite or another --out."
