@@ -139,9 +139,7 @@ def test_resume_with_other_settings_is_refused_before_any_work(
         _resume(tiny_dataset, out, **changes)
     message = str(err.value)
     assert message.startswith(f"{out / 'checkpoint.pt'}: cannot resume") and named in message
-    assert (
-        "Fix: resume with --" in message or "Fix: resume without --box," in message
-    ) and "\n" not in message
+    assert ("Fix: resume with --" in message or "Fix: resume without --" in message) and "\n" not in message
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
