@@ -1,16 +1,17 @@
 """The run-settings form of the reconstruction dock, turned into a `RunConfig` (whose defaults it shows).
 
-The devices are detected in a background thread: that imports torch, which must not happen on the GUI
-thread when the dock opens.
+The devices are detected once per process in a background thread: that imports torch, which must not
+happen on the GUI thread when the dock opens. The thread touches no Qt object (a widget may be deleted
+while it runs); the form polls its result with a timer of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -27,6 +28,25 @@ from ..engine.config import MIN_BOX, RunConfig, config_defaults
 
 PARTICLE_FILTER = "Particles (*.star *.cs *.mrcs *.mrc)"
 SWITCH_MODES = ("auto", "at epoch", "manual")
+_DEVICES: Future | None = None
+
+
+def detected_devices() -> Future:
+    """The devices this machine offers (best first), detected once in a background thread."""
+    global _DEVICES
+    if _DEVICES is None:
+        _DEVICES = Future()
+
+        def detect(result: Future) -> None:
+            try:
+                from ..engine.device import available_devices
+
+                result.set_result(available_devices())
+            except Exception as exc:  # shown as a tooltip; the run itself reports device errors
+                result.set_exception(exc)
+
+        threading.Thread(target=detect, args=(_DEVICES,), name="cryospin-devices", daemon=True).start()
+    return _DEVICES
 
 
 def _spin(low: int, high: int, value: int, step: int = 1) -> QSpinBox:
@@ -49,7 +69,6 @@ class RunSettings(QWidget):
     """Particles (file or open stack layer), output folder, device and the run's numbers."""
 
     out_changed = Signal()
-    devices_detected = Signal(list)
 
     def __init__(self, viewer) -> None:
         super().__init__()
@@ -68,8 +87,10 @@ class RunSettings(QWidget):
         self.device_combo.addItem("auto", "auto")
         self.device_combo.addItem("cpu", "cpu")
         self.device_combo.setToolTip("Detecting devices…")
-        self.devices_detected.connect(self._show_devices)
-        threading.Thread(target=self._detect_devices, name="cryospin-devices", daemon=True).start()
+        self._devices = detected_devices()
+        self._device_poll = QTimer(self, interval=100)
+        self._device_poll.timeout.connect(self._poll_devices)
+        self._device_poll.start()
         self.heads_spin = _spin(1, 64, defaults["heads"])
         self.heads_spin.setToolTip("Encoder heads: pose candidates per particle in auto-encoding")
         self.epochs_spin = _spin(1, 10_000, defaults["epochs"])
@@ -118,13 +139,14 @@ class RunSettings(QWidget):
             event.connect(self._refresh_layers)
         self._refresh_layers()
 
-    def _detect_devices(self) -> None:
-        """Runs in a background thread: torch's import and device queries stay off the GUI thread."""
-        from ..engine.device import available_devices
-
-        found = available_devices()
-        with contextlib.suppress(RuntimeError):  # the form was deleted meanwhile
-            self.devices_detected.emit(found)
+    def _poll_devices(self) -> None:
+        if not self._devices.done():
+            return
+        self._device_poll.stop()
+        if self._devices.exception() is not None:
+            self.device_combo.setToolTip(f"Device detection failed: {self._devices.exception()}")
+        else:
+            self._show_devices(self._devices.result())
 
     def _show_devices(self, found: list[str]) -> None:
         """Offer the detected devices (best first) and name the one 'auto' picks."""
