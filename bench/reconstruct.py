@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             "reconstruct",
             str(args.dataset / "particles.star"),
         ]
-        subprocess.run([*cmd, "--out", str(out), *extra], check=True)
+        subprocess.run([*cmd, "--out", str(out), "--overwrite", *extra], check=True)  # a rerun replaces it
     history = {h["epoch"]: h for h in json.loads((out / "metrics.json").read_text())["epochs"]}
     rows = []
     for path in sorted((out / "epochs").glob("epoch_*.npz")):

@@ -40,6 +40,7 @@ from .physics.fourier import fftn_centered, frequency_grid_2d, ifftn_centered
 from .physics.shifts import centering_phase
 from .physics.slicing import extract_slices
 from .resources import bundled_map_path
+from .safe_write import replacing
 
 __all__ = [
     "Nuisances",
@@ -366,7 +367,8 @@ def _tables(result: SimulationResult, pixel_size: float) -> tuple[pd.DataFrame, 
 
 
 def _write_star(path: Path, optics: pd.DataFrame, particles: pd.DataFrame) -> None:
-    starfile.write({"optics": optics, "particles": particles}, path, overwrite=True)
+    with replacing(path) as tmp:
+        starfile.write({"optics": optics, "particles": particles}, tmp, overwrite=True)
 
 
 def _new_stack(path: Path, n: int, box: int, pixel_size: float) -> mrcfile.mrcmemmap.MrcMemmap:

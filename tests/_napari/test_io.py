@@ -1,5 +1,7 @@
 """Readers, writer and sample data through napari's plugin machinery; what importing the plugin costs."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -85,16 +87,38 @@ def test_plugin_import_pulls_in_neither_torch_nor_qt():
     assert out.stdout.strip() == "[]"
 
 
-def test_torch_imports_after_the_qapplication_exists():
-    code = (
-        "import sys; from qtpy.QtWidgets import QApplication; app = QApplication(sys.argv); "
-        "import torch; print(float(torch.ones(3).sum()))"
-    )
+DOCK_OPENS = """
+import importlib.abc, json, sys, threading, time
+imported_on = []
+
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            imported_on.append(threading.current_thread().name)
+
+sys.meta_path.insert(0, Watch())
+from qtpy.QtWidgets import QApplication
+app = QApplication(sys.argv)
+from napari.components import ViewerModel
+from napari_cryospin._napari._dock import ReconstructionDock
+dock = ReconstructionDock(ViewerModel())
+combo = dock.settings.device_combo
+deadline = time.monotonic() + 120
+while not combo.toolTip().startswith("Detected") and time.monotonic() < deadline:
+    app.processEvents()
+    time.sleep(0.01)
+import torch
+print(json.dumps({"threads": imported_on, "tip": combo.toolTip(),
+                  "sum": float(torch.ones(3).sum())}))
+"""
+
+
+def test_opening_the_dock_keeps_torch_off_the_gui_thread():
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"},
+        [sys.executable, "-c", DOCK_OPENS], capture_output=True, text=True, check=True, env=env
     )
-    assert out.stdout.strip() == "3.0"
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["threads"] == ["cryospin-devices"]  # imported once, by the detection thread, not the GUI
+    assert report["tip"].startswith("Detected: ") and report["tip"].endswith("cpu")
+    assert report["sum"] == 3.0  # torch works beside the QApplication

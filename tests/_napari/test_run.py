@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QMessageBox
 
 from napari_cryospin._napari._dock import ReconstructionDock
 from napari_cryospin._napari._plots import RunPlots
@@ -34,10 +35,8 @@ def ui_dock(qtbot, ui_viewer, ui_tiny_particles, tmp_path):
     settings.device_combo.setCurrentIndex(settings.device_combo.findData("cpu"))
     settings.batch_spin.setValue(32)
     yield dock
-    if dock.running:
-        worker = dock.worker
-        with qtbot.waitSignal(worker.finished, timeout=2 * MINUTE_MS):
-            dock.stop()
+    if dock.worker is not None:  # qtbot may have closed (and deleted) the dock: closing stops the run too
+        assert dock.worker.stop_and_wait(), "the run did not stop"
 
 
 def test_run_updates_map_switches_once_and_stops_resumably(qtbot, ui_viewer, ui_dock, tmp_path):
@@ -96,3 +95,60 @@ def test_stack_without_ctf_is_refused_with_a_message(qtbot, ui_dock, io_write_st
     qtbot.waitUntil(lambda: not ui_dock.running, timeout=MINUTE_MS)
     assert len(shown) == 1 and "bare.mrcs" in shown[0] and "Traceback" not in shown[0]
     assert not ui_dock.running and ui_dock.start_button.isEnabled()
+
+
+def _fake_results(out):
+    out.mkdir(parents=True)
+    for name in ("volume.mrc", "poses.star", "metrics.json"):
+        (out / name).write_text("old")
+
+
+def test_start_asks_before_replacing_another_run(qtbot, ui_dock, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _fake_results(out)
+    asked = []
+
+    def answer(reply):
+        def question(parent, title, text, *args):
+            asked.append(text)
+            return reply
+
+        return question
+
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
+    ui_dock.start_button.click()
+    assert not ui_dock.running and ui_dock.status.text().startswith("Not started")
+    assert str(out) in asked[0] and "volume.mrc" in asked[0]
+    assert (out / "volume.mrc").read_text() == "old"
+
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
+    ui_dock.start_button.click()
+    assert ui_dock.running and len(asked) == 2
+    _wait(qtbot, ui_dock, lambda: not (out / "volume.mrc").exists())  # the engine removed the old run
+    assert not (out / "poses.star").exists()  # written only when a run ends: the old one is gone
+    with qtbot.waitSignal(ui_dock.worker.finished, timeout=3 * MINUTE_MS):
+        ui_dock.stop()
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_line(qtbot, ui_dock, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_cryospin._napari._dock.show_error", shown.append)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    ui_dock.settings.out_changed.emit()
+    assert ui_dock.resume_button.isEnabled()
+    ui_dock.resume_button.click()
+    qtbot.waitUntil(lambda: not ui_dock.running, timeout=MINUTE_MS)
+    assert len(shown) == 1 and shown[0].startswith(f"{out / 'checkpoint.pt'}: damaged or not a checkpoint")
+    assert "\n" not in shown[0] and "Fix:" in shown[0]
+
+
+def test_closing_the_dock_stops_its_run_with_a_checkpoint(qtbot, ui_dock, tmp_path):
+    ui_dock.settings.explore_spin.setValue(0)
+    ui_dock.start_button.click()
+    _wait(qtbot, ui_dock, lambda: ui_dock.hub.last is not None)  # the engine is training
+    ui_dock.close()
+    assert ui_dock._done.is_set()  # closing waited for the engine to finish
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    qtbot.waitUntil(lambda: not ui_dock.running, timeout=MINUTE_MS)

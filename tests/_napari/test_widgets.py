@@ -11,6 +11,7 @@ from napari_cryospin._napari._hub import hub_for
 from napari_cryospin._napari._plots import RunPlots, head_percentages
 from napari_cryospin._napari._posterior_view import PosteriorView
 from napari_cryospin._napari._volume import MAP_LAYER
+from napari_cryospin.engine.device import available_devices
 from napari_cryospin.engine.events import Command, Stage
 
 
@@ -144,6 +145,7 @@ def test_switch_button_is_off_in_decoding_and_without_a_run(qtbot, ui_viewer, ui
     dock._on_snapshot(ui_snapshot(stage=Stage.DECODING))
     qtbot.waitUntil(lambda: dock.status.text().startswith("epoch"))
     assert not dock.switch_button.isEnabled()
+    dock.worker = None  # no real run to stop when the dock closes
 
 
 def test_bad_input_is_reported_without_starting(qtbot, ui_viewer, tmp_path, monkeypatch):
@@ -169,8 +171,10 @@ def test_dock_offers_open_particle_layers_and_detected_devices(qtbot, ui_viewer,
     assert settings.layer_combo.itemText(1) == "parts"
     assert settings.particles_edit.text() == str(tmp_path / "p.star")
     assert settings.out_path() == str(tmp_path / "cryospin")
+    qtbot.waitUntil(lambda: settings.device_combo.toolTip().startswith("Detected"))
     devices = [settings.device_combo.itemData(i) for i in range(settings.device_combo.count())]
-    assert devices[0] == "auto" and devices[-1] == "cpu"
+    assert devices == ["auto", *available_devices()]
+    assert settings.device_combo.itemText(0) == f"auto ({available_devices()[0]})"
     settings.switch_combo.setCurrentText("at epoch")
     settings.switch_epoch_spin.setValue(3)
     assert settings.switch_value() == 3
@@ -190,9 +194,10 @@ def test_status_line_reads_like_the_issue_asks(ui_snapshot):
     assert status_line(snapshot, None).endswith("resolution 12.0 Å · protein white, inverted (auto, z -54)")
 
 
-def test_every_manifest_widget_opens(qtbot, ui_viewer):
+def test_every_manifest_widget_opens_on_the_viewers_hub(qtbot, ui_viewer, ui_snapshot):
     import importlib
 
+    opened = []
     manifest = yaml.safe_load(files("napari_cryospin").joinpath("napari.yaml").read_text())
     commands = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
     widgets = manifest["contributions"]["widgets"]
@@ -201,7 +206,13 @@ def test_every_manifest_widget_opens(qtbot, ui_viewer):
         module, name = commands[widget["command"]].split(":")
         instance = getattr(importlib.import_module(module), name)(napari_viewer=ui_viewer)
         qtbot.addWidget(instance)
-        assert instance.minimumSizeHint().height() > 0
+        opened.append(instance)
+        assert instance.hub is hub_for(ui_viewer)  # every dock of a viewer meets the same run
+    by_type = {type(w): w for w in opened}
+    assert set(by_type) == {ReconstructionDock, PosteriorView, RunPlots}
+    hub_for(ui_viewer).publish(ui_snapshot(particle=0))
+    assert by_type[PosteriorView].view is not None  # the snapshot reached the listening docks
+    assert by_type[RunPlots].bar_heights().sum() == pytest.approx(100.0)
 
 
 def test_a_view_without_posterior_keeps_the_last_one(qtbot, ui_viewer, ui_snapshot):

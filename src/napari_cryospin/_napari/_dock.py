@@ -1,21 +1,30 @@
-"""The "cryoSPIN reconstruction" dock: run settings, Start/Stop/Resume, the switch button, live map."""
+"""The "cryoSPIN reconstruction" dock: run settings, Start/Stop/Resume, the switch button, live map.
+
+A run lives in a napari thread worker (`EngineWorker`). Start asks before replacing another run's
+results; closing the dock or napari stops the run the way Stop does (the engine saves a checkpoint),
+waiting for it briefly.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import queue
+import threading
 from pathlib import Path
 
 import numpy as np
-from napari.qt.threading import GeneratorWorker, create_worker
+from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
 
 from ..engine.config import RunConfig
 from ..engine.events import Command, Snapshot, Stage
+from ..engine.run_folder import results_in
 from ._hub import hub_for
-from ._run import engine_stream, merge_snapshots
+from ._run import EngineWorker, engine_stream, merge_snapshots
 from ._settings import RunSettings
 from ._volume import show_volume
 
@@ -30,8 +39,9 @@ class ReconstructionDock(QWidget):
         self.viewer = napari_viewer
         self.hub = hub_for(napari_viewer)
         self.settings = RunSettings(napari_viewer)
-        self.worker: GeneratorWorker | None = None
+        self.worker: EngineWorker | None = None
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._done = threading.Event()
         self._pending: Snapshot | None = None
         self._progress: progress | None = None
         self._config: RunConfig | None = None
@@ -44,7 +54,7 @@ class ReconstructionDock(QWidget):
         self.stop_button = QPushButton("Stop")
         self.resume_button = QPushButton("Resume")
         self.switch_button = QPushButton("Switch to auto-decoding")
-        self.start_button.setToolTip("Start a new run (overwrites results in the output folder)")
+        self.start_button.setToolTip("Start a new run (asks before replacing results in the output folder)")
         self.stop_button.setToolTip("Save a checkpoint and end the run")
         self.resume_button.setToolTip("Continue from checkpoint.pt in the output folder")
         self.switch_button.setToolTip("Stop training the encoder; refine each particle's pose directly")
@@ -66,6 +76,8 @@ class ReconstructionDock(QWidget):
         layout.addStretch(1)
         self.settings.out_changed.connect(self._update_buttons)
         self._update_buttons()
+        # Last resort when Qt deletes the dock with a run going: ask the engine to stop (no wait possible).
+        self.destroyed.connect(functools.partial(self._commands.put, Command("stop")))
 
     @property
     def running(self) -> bool:
@@ -95,9 +107,40 @@ class ReconstructionDock(QWidget):
             self._switch_requested = True
             self.switch_button.setEnabled(False)
 
+    def shutdown(self) -> bool:
+        """Stop a run as Stop does and wait for its checkpoint (see EngineWorker); True when it ended."""
+        if not self.running:
+            return True
+        self.stop()
+        return self.worker.stop_and_wait()
+
+    def closeEvent(self, event) -> None:
+        """Closing the dock stops its run cleanly."""
+        self.shutdown()
+        super().closeEvent(event)
+
+    def event(self, event) -> bool:
+        """A dock taken out of napari's window (its close button) stops its run cleanly."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.shutdown()
+        return super().event(event)
+
     def send(self, command: Command) -> None:
         """Queue a command for the running engine (delivered in order, one per engine step)."""
         self._commands.put(command)
+
+    def confirm_overwrite(self, out: str, found: list[str]) -> bool:
+        """Ask whether a new run may replace the results already in `out` (a Qt question box)."""
+        shown = ", ".join(found[:6]) + (", …" if len(found) > 6 else "")
+        answer = QMessageBox.question(
+            self,
+            "Replace the results?",
+            f"{out} holds the results of another run ({shown}).\n\nStart a new run and delete them? "
+            "Choose No to keep them (use Resume to continue that run, or pick another output folder).",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def _launch(self, resume: bool) -> None:
         if self.running:
@@ -107,14 +150,28 @@ class ReconstructionDock(QWidget):
         except ValueError as exc:
             show_error(str(exc))
             return
+        found = results_in(config.out)
+        if found and not resume:
+            if not self.confirm_overwrite(config.out, found):
+                self.status.setText("Not started: the output folder holds another run's results.")
+                return
+            config = dataclasses.replace(config, overwrite=True)
         self._config = config
-        self._commands = queue.SimpleQueue()
+        while not self._commands.empty():  # a late command of the previous run must not reach this one
+            self._commands.get_nowait()
+        self._done = threading.Event()
         self._pending = None
         self._switch_requested = False
         self._stopping = False
         self.send(Command("particle", self.hub.particle))
         self.worker = create_worker(
-            engine_stream, config, self._commands, _start_thread=False, _connect={"errored": self._on_errored}
+            engine_stream,
+            config,
+            self._commands,
+            self._done,
+            _start_thread=False,
+            _worker_class=EngineWorker,
+            _connect={"errored": self._on_errored},
         )
         self.worker.yielded.connect(self._on_snapshot)
         self.worker.returned.connect(self._on_returned)

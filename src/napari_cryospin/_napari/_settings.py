@@ -1,10 +1,17 @@
-"""The run-settings form of the reconstruction dock, turned into a `RunConfig`."""
+"""The run-settings form of the reconstruction dock, turned into a `RunConfig` (whose defaults it shows).
+
+The devices are detected once per process in a background thread: that imports torch, which must not
+happen on the GUI thread when the dock opens. The thread touches no Qt object (a widget may be deleted
+while it runs); the form polls its result with a timer of its own.
+"""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -17,16 +24,29 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..engine.config import RunConfig
+from ..engine.config import MIN_BOX, RunConfig, config_defaults
 
 PARTICLE_FILTER = "Particles (*.star *.cs *.mrcs *.mrc)"
 SWITCH_MODES = ("auto", "at epoch", "manual")
+_DEVICES: Future | None = None
 
 
-def _detected_devices() -> list[str]:
-    from ..engine.device import available_devices
+def detected_devices() -> Future:
+    """The devices this machine offers (best first), detected once in a background thread."""
+    global _DEVICES
+    if _DEVICES is None:
+        _DEVICES = Future()
 
-    return available_devices()
+        def detect(result: Future) -> None:
+            try:
+                from ..engine.device import available_devices
+
+                result.set_result(available_devices())
+            except Exception as exc:  # shown as a tooltip; the run itself reports device errors
+                result.set_exception(exc)
+
+        threading.Thread(target=detect, args=(_DEVICES,), name="cryospin-devices", daemon=True).start()
+    return _DEVICES
 
 
 def _spin(low: int, high: int, value: int, step: int = 1) -> QSpinBox:
@@ -53,7 +73,7 @@ class RunSettings(QWidget):
     def __init__(self, viewer) -> None:
         super().__init__()
         self.viewer = viewer
-        defaults = RunConfig(particles="", out="")
+        defaults = config_defaults()
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("An open particle stack (opened with this plugin's reader)")
         self.particles_edit = QLineEdit()
@@ -64,15 +84,17 @@ class RunSettings(QWidget):
         browse_particles.clicked.connect(self._browse_particles)
         browse_out.clicked.connect(self._browse_out)
         self.device_combo = QComboBox()
-        detected = _detected_devices()
-        self.device_combo.addItem(f"auto ({detected[0]})", "auto")
-        for name in detected:
-            self.device_combo.addItem(name, name)
-        self.device_combo.setToolTip(f"Detected: {', '.join(detected)}")
-        self.heads_spin = _spin(1, 64, defaults.heads)
+        self.device_combo.addItem("auto", "auto")
+        self.device_combo.addItem("cpu", "cpu")
+        self.device_combo.setToolTip("Detecting devices…")
+        self._devices = detected_devices()
+        self._device_poll = QTimer(self, interval=100)
+        self._device_poll.timeout.connect(self._poll_devices)
+        self._device_poll.start()
+        self.heads_spin = _spin(1, 64, defaults["heads"])
         self.heads_spin.setToolTip("Encoder heads: pose candidates per particle in auto-encoding")
-        self.epochs_spin = _spin(1, 10_000, defaults.epochs)
-        self.explore_spin = _spin(0, 10_000, defaults.explore_epochs)
+        self.epochs_spin = _spin(1, 10_000, defaults["epochs"])
+        self.explore_spin = _spin(0, 10_000, defaults["explore_epochs"])
         self.explore_spin.setToolTip(
             "Epochs of global pose search that give the map its first shape (0: start from a blob)"
         )
@@ -81,15 +103,15 @@ class RunSettings(QWidget):
         self.switch_combo.setToolTip(
             "When to leave auto-encoding: automatically, at a given epoch, or only with the button"
         )
-        self.switch_epoch_spin = _spin(0, 10_000, max(1, defaults.epochs // 2))
+        self.switch_epoch_spin = _spin(0, 10_000, max(1, defaults["epochs"] // 2))
         self.switch_combo.currentTextChanged.connect(
             lambda mode: self.switch_epoch_spin.setEnabled(mode == "at epoch")
         )
         self.switch_epoch_spin.setEnabled(False)
-        self.box_spin = _spin(0, 1024, 0, step=2)
-        self.box_spin.setSpecialValueText("original")
+        self.box_spin = _spin(MIN_BOX - 2, 1024, MIN_BOX - 2, step=2)
+        self.box_spin.setSpecialValueText("original")  # shown at the minimum, one step below MIN_BOX
         self.box_spin.setToolTip("Downsample the images to this box (even); 'original' keeps them")
-        self.batch_spin = _spin(1, 4096, defaults.batch_size)
+        self.batch_spin = _spin(1, 4096, defaults["batch_size"])
         self.polarity_combo = QComboBox()
         for label, value in (
             ("auto (from the data)", "auto"),
@@ -101,7 +123,7 @@ class RunSettings(QWidget):
             "Protein darker (micrographs) or brighter (RELION extraction) than background; auto decides"
         )
         self.half_maps_check = QCheckBox("reconstruct half maps (gold-standard FSC)")
-        self.half_maps_check.setChecked(defaults.half_maps)
+        self.half_maps_check.setChecked(defaults["half_maps"])
 
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -127,6 +149,23 @@ class RunSettings(QWidget):
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
+
+    def _poll_devices(self) -> None:
+        if not self._devices.done():
+            return
+        self._device_poll.stop()
+        if self._devices.exception() is not None:
+            self.device_combo.setToolTip(f"Device detection failed: {self._devices.exception()}")
+        else:
+            self._show_devices(self._devices.result())
+
+    def _show_devices(self, found: list[str]) -> None:
+        """Offer the detected devices (best first) and name the one 'auto' picks."""
+        self.device_combo.setItemText(0, f"auto ({found[0]})")
+        for name in found:
+            if self.device_combo.findData(name) < 0:
+                self.device_combo.insertItem(self.device_combo.count() - 1, name, name)
+        self.device_combo.setToolTip(f"Detected: {', '.join(found)}")
 
     def particle_layers(self) -> list:
         """Open layers that know their particle file (metadata['particles_path'])."""
@@ -199,7 +238,7 @@ class RunSettings(QWidget):
             explore_epochs=self.explore_spin.value(),
             switch=self.switch_value(),
             device=self.device_combo.currentData(),
-            box=self.box_spin.value() or None,
+            box=self.box_spin.value() if self.box_spin.value() >= MIN_BOX else None,
             batch_size=self.batch_spin.value(),
             half_maps=self.half_maps_check.isChecked(),
             resume=resume,

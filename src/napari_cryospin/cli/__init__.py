@@ -1,7 +1,8 @@
 """The ``cryospin`` command line: one sub-command per module of this package.
 
-Errors that come from the user's files (``ValueError`` subclasses such as ``ParticleFileError``) are
-printed as one line naming the file and the fix, with exit status 2 — never as a traceback.
+Every failure goes through one funnel (``error_funnel.explain``): one line on stderr with the cause and
+the fix, exit status 2 for bad settings or input, 1 for the machine (disk, permissions, memory) or a bug,
+128 + N when signal N stopped a run. ``--debug`` prints the traceback as well.
 """
 
 from __future__ import annotations
@@ -9,7 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import traceback
+
+from ..error_funnel import exit_status, explain
+from .stop_signals import RunStopped
 
 _COMMANDS = ("simulate", "backproject", "evaluate", "reconstruct", "demo")
 
@@ -20,10 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cryospin", description="Ab-initio cryo-EM reconstruction with cryoSPIN."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMANDS:
         module = importlib.import_module(f"napari_cryospin.cli.{name}")
         module.add_parser(sub)
+    for command in sub.choices.values():  # also accepted after the sub-command
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
+        )
     return parser
 
 
@@ -35,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, MemoryError) as exc:
-        sys.stderr.write(f"cryospin {args.command}: error: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write(f"cryospin {args.command}: interrupted\n")
-        return 130
+    except RunStopped as stopped:
+        name = signal.Signals(stopped.signum).name
+        sys.stderr.write(f"cryospin {args.command}: {name}: {stopped.message}\n")
+        return stopped.exit_status
+    except (Exception, KeyboardInterrupt) as exc:
+        if args.debug:
+            traceback.print_exc()
+        sys.stderr.write(f"cryospin {args.command}: error: {explain(exc)}\n")
+        return exit_status(exc)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ..engine.config import DEVICES, check_box, check_device, check_int
 from ..metrics.fsc import fsc, resolution_at
+from ..safe_write import save_figure, write_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -15,14 +16,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "backproject",
         help="reconstruct a map from particles with known poses",
         description="CTF-weighted direct Fourier inversion at the poses in PARTICLES (a RELION .star or "
-        "cryoSPARC .cs with angles and origins); writes volume.mrc, half_a.mrc, half_b.mrc, fsc.png and "
-        "fsc.json to --out.",
+        "cryoSPARC .cs with angles and origins); writes volume.mrc, half_a.mrc, half_b.mrc, fsc.png, "
+        "fsc.json and, last, run.json to --out.",
     )
     parser.add_argument("particles", type=Path, help="particle file with poses (.star or .cs)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--box", type=int, help="Fourier-crop the images to this box (pixels)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder (refused if it holds another run's results)"
+    )
+    parser.add_argument("--box", type=int, help="Fourier-crop the images to this box (pixels, even)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICES)} (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random half split")
     parser.add_argument(
         "--polarity",
@@ -30,17 +33,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default="auto",
         help="protein darker (dark) or brighter (white) than background; auto (default): from the data",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="remove the results of a previous run in OUT first"
+    )
     parser.set_defaults(run=run)
     return parser
 
 
 def _plot_fsc(path: Path, freq, values, resolution: float) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
     ax.plot(freq, values, label="half maps")
     ax.axhline(0.143, color="grey", linestyle="--", linewidth=0.8, label="0.143")
     ax.set_xlabel("spatial frequency (1/Å)")
@@ -49,19 +53,24 @@ def _plot_fsc(path: Path, freq, values, resolution: float) -> None:
     ax.set_title(f"FSC 0.143: {resolution:.2f} Å")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def run(args: argparse.Namespace) -> int:
     """Reconstruct the full and half maps, write them with the FSC curve, print the 0.143 resolution."""
     from ..data.mrc import write_volume
     from ..data.particles import load_particles
+    from ..engine.device import resolve_device
+    from ..engine.inputs import input_identity
+    from ..engine.run_folder import prepare_output, write_run_record
     from ..polarity import choose_polarity
     from ..reconstruction import half_maps
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_int("batch_size", args.batch_size, 1)
+    check_int("seed", args.seed, 0)
+    check_box("box", args.box, 2)
+    check_device(args.device)
+    device = resolve_device(args.device)
     particles = load_particles(args.particles, box=args.box)
     if particles.rotations is None or particles.shifts is None:
         raise ValueError(
@@ -74,18 +83,19 @@ def run(args: argparse.Namespace) -> int:
         )
     if len(particles) < 2:
         raise ValueError(
-            f"{args.particles.name}: half maps need at least 2 particles, found {len(particles)}."
+            f"{args.particles.name}: half maps need at least 2 particles, found {len(particles)}. "
+            "Fix: give a file with more particles."
         )
-    polarity = choose_polarity(particles, args.polarity, args.seed, args.device)
+    polarity = choose_polarity(particles, args.polarity, args.seed, device)
     particles.stack.sign = polarity.sign
-    args.out.mkdir(parents=True, exist_ok=True)
+    prepare_output(args.out, overwrite=args.overwrite)
     full, half_a, half_b = half_maps(
         particles,
         particles.rotations,
         particles.shifts,
         seed=args.seed,
         batch_size=args.batch_size,
-        device=args.device,
+        device=device,
     )
     apix = particles.pixel_size
     for name, vol in (("volume.mrc", full), ("half_a.mrc", half_a), ("half_b.mrc", half_b)):
@@ -104,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
         "freq": freq.tolist(),
         "fsc": values.tolist(),
     }
-    (args.out / "fsc.json").write_text(json.dumps(report, indent=1))
+    write_json(args.out / "fsc.json", report, indent=1)
     _plot_fsc(args.out / "fsc.png", freq, values, res_0143)
+    settings = {"box": args.box, "batch_size": args.batch_size, "device": device, "seed": args.seed}
+    write_run_record(args.out, "backproject", settings, input_identity(particles))
     print(f"{len(particles)} particles, box {particles.box}, {apix:.3f} Å/px -> {args.out}")
     print(f"polarity: {polarity.summary()}")
     print(f"half-map FSC 0.143: {res_0143:.2f} Å")

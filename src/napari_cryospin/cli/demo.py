@@ -19,12 +19,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the engine's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo run")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, reconstruct, then print the comparison with the truth."""
     from ..cli.reconstruct import consume
+    from ..cli.stop_signals import StopSignals
     from ..data.mrc import read_volume
     from ..engine.config import RunConfig
     from ..engine.engine import Engine
@@ -38,13 +40,18 @@ def run(args: argparse.Namespace) -> int:
     if not (data / "particles.star").exists():
         print(f"simulating {args.n} particles (box {args.box}, SNR 0.1) into {data}")
         simulate_to_dir(volume, voxel, args.n, data, snr=0.1, max_shift_px=args.box / 16, seed=args.seed)
+    epochs = {} if args.epochs is None else {"epochs": args.epochs}
     cfg = RunConfig(
-        particles=str(data / "particles.star"), out=str(out / "run"), device=args.device, seed=args.seed
+        particles=str(data / "particles.star"),
+        out=str(out / "run"),
+        device=args.device,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        **epochs,
     )
-    if args.epochs is not None:
-        cfg.epochs = args.epochs
     print(f"reconstructing with cryoSPIN ({cfg.heads} heads, {cfg.epochs} epochs) into {cfg.out}")
-    print(consume(Engine(cfg)))
+    with StopSignals() as signals:
+        print(consume(Engine(cfg), signals=signals))
     run_dir = Path(cfg.out)
     print("\ncryoSPIN against the truth:")
     evaluate.run(

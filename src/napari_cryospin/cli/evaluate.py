@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
+
+from ..safe_write import write_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -106,5 +107,5 @@ def run(args: argparse.Namespace) -> int:
         ]
     print(_table(rows))
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report, indent=1)
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..engine.config import RunConfig, config_defaults
+from .stop_signals import RunStopped, StopSignals
+
 
 def _switch(value: str) -> int | str | None:
     if value in ("auto", "manual", "none"):
@@ -16,42 +19,51 @@ def _switch(value: str) -> int | str | None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register the sub-command."""
+    """Register the sub-command; every default comes from RunConfig's fields."""
+    d = config_defaults()
     p = sub.add_parser("reconstruct", help="ab-initio reconstruction of a particle stack")
     p.add_argument("particles", help="RELION .star or cryoSPARC .cs file")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--heads", type=int, default=7, help="encoder heads M (default 7)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--switch", type=_switch, default="auto", help="epoch, 'auto' (default) or 'manual'")
+    p.add_argument("--out", required=True, help="output folder (refused if it holds another run's results)")
+    p.add_argument("--heads", type=int, default=d["heads"], help="encoder heads M (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="epochs in all (default %(default)s)")
+    p.add_argument("--switch", type=_switch, default=d["switch"], help="epoch, 'auto' (default) or 'manual'")
     p.add_argument(
         "--explore-epochs",
         type=int,
-        default=8,
-        help="epochs of global pose search before auto-encoding (default 8; 0 starts from a blob)",
+        default=d["explore_epochs"],
+        help="epochs of global pose search before auto-encoding (default %(default)s; 0 starts from a blob)",
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu")
-    p.add_argument("--box", type=int, default=None, help="Fourier-crop the images to this box")
-    p.add_argument("--encoder-box", type=int, default=None, help="image size the encoder sees")
-    p.add_argument("--encoder-width", type=int, default=None, help="channels of the first VGG block")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device", default=d["device"], help="auto (CUDA, else MPS, else CPU; default), cuda, mps or cpu"
+    )
+    p.add_argument("--box", type=int, default=d["box"], help="Fourier-crop the images to this box (even)")
+    p.add_argument("--encoder-box", type=int, default=d["encoder_box"], help="image size the encoder sees")
+    p.add_argument(
+        "--encoder-width", type=int, default=d["encoder_width"], help="channels of the first VGG block"
+    )
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="default %(default)s")
+    p.add_argument("--seed", type=int, default=d["seed"], help="default %(default)s")
     p.add_argument("--no-half-maps", action="store_true", help="skip writing half_a.mrc / half_b.mrc")
-    p.add_argument("--max-particles", type=int, default=None, help="use only the first N particles")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--max-particles", type=int, default=d["max_particles"], help="use only the first N particles"
+    )
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint.pt")
+    again.add_argument(
+        "--overwrite", action="store_true", help="remove the results of a previous run in OUT, then start"
+    )
     p.add_argument(
         "--polarity",
         choices=("auto", "dark", "white"),
-        default="auto",
+        default=d["polarity"],
         help="protein darker (dark) or brighter (white) than background; auto (default): from the data",
     )
     p.set_defaults(run=run)
 
 
 def config_from_args(args: argparse.Namespace):
-    """The RunConfig the arguments describe (defaults where an option was not given)."""
-    from ..engine.config import RunConfig
-
-    cfg = RunConfig(
+    """The RunConfig the arguments describe (it checks every value)."""
+    return RunConfig(
         particles=args.particles,
         out=args.out,
         heads=args.heads,
@@ -60,46 +72,59 @@ def config_from_args(args: argparse.Namespace):
         explore_epochs=args.explore_epochs,
         device=args.device,
         box=args.box,
+        encoder_box=args.encoder_box,
+        encoder_width=args.encoder_width,
         batch_size=args.batch_size,
         seed=args.seed,
         half_maps=not args.no_half_maps,
         resume=args.resume,
+        overwrite=args.overwrite,
         max_particles=args.max_particles,
         polarity=args.polarity,
     )
-    if args.encoder_box is not None:
-        cfg.encoder_box = args.encoder_box
-    if args.encoder_width is not None:
-        cfg.encoder_width = args.encoder_width
-    return cfg
 
 
-def consume(engine, stream=sys.stderr) -> str:
-    """Drive an engine to the end with a tqdm bar; Ctrl-C stops it cleanly (checkpoint saved)."""
+def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> str:
+    """Drive an engine to the end with a tqdm bar and return its last message.
+
+    When ``signals`` caught SIGINT/SIGTERM, the engine is told to stop at its next snapshot (it saves a
+    checkpoint) and :class:`RunStopped` is raised with the engine's message.
+    """
     from tqdm import tqdm
 
+    from ..engine.checkpoint import CHECKPOINT_NAME
     from ..engine.events import Command, Stage
+    from ..engine.run_folder import RUN_RECORD
 
     gen = engine.run()
     bar = tqdm(total=1000, file=stream, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-    snap = next(gen)
+    stop_sent = False
     try:
+        snap = next(gen)
         while snap.stage != Stage.DONE:
             bar.n = int(1000 * snap.progress)
             bar.set_postfix_str(snap.message, refresh=True)
-            try:
-                snap = gen.send(None)
-            except KeyboardInterrupt:
-                snap = gen.send(Command("stop"))
+            command = None
+            if signals is not None and signals.received is not None and not stop_sent:
+                command, stop_sent = Command("stop"), True
+            snap = gen.send(command)
     finally:
         bar.close()
+        gen.close()
+    if stop_sent and not (engine.out / RUN_RECORD).exists():  # not stopped if it finished meanwhile
+        where = engine.out / CHECKPOINT_NAME
+        raise RunStopped(signals.received, f"{snap.message} ({where}); continue it with --resume")
     return snap.message
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the engine and print where the results are."""
+    """Run the engine and print where the results are; SIGINT/SIGTERM stop it with a checkpoint."""
     from ..engine.engine import Engine
 
-    message = consume(Engine(config_from_args(args)))
+    with StopSignals() as signals:
+        engine = Engine(config_from_args(args))
+        if signals.received is not None:
+            raise RunStopped(signals.received, "stopped before training began; nothing was saved")
+        message = consume(engine, signals=signals)
     print(message)
     return 0

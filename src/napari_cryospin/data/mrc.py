@@ -11,6 +11,7 @@ import mrcfile
 import numpy as np
 from mrcfile.utils import dtype_from_mode
 
+from ..safe_write import replacing
 from .errors import ParticleFileError
 
 _HEADER_BYTES = 1024
@@ -89,16 +90,10 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
 def write_volume(path: str | os.PathLike, volume: np.ndarray, voxel_size: float) -> None:
     """Write a float32 map with its voxel size in the header, atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
-            mrc.voxel_size = float(voxel_size)
-            mrc.update_header_stats()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replacing(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(volume, dtype=np.float32))
+        mrc.voxel_size = float(voxel_size)
+        mrc.update_header_stats()
 
 
 class MrcStack:

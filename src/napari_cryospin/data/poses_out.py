@@ -10,6 +10,7 @@ import pandas as pd
 import starfile
 from scipy.spatial.transform import Rotation
 
+from ..safe_write import replacing
 from .particles import ParticleSet
 
 _OPTICS_COLUMNS = ["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
@@ -99,9 +100,5 @@ def write_poses_star(
     table["rlnOriginYAngst"] = origins[:, 1]
     for column, values in (extra_columns or {}).items():
         table[column] = np.asarray(values)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         starfile.write({"optics": optics, "particles": table}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

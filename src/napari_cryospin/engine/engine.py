@@ -12,7 +12,6 @@ and every epoch end write an atomic checkpoint; ``config.resume`` continues from
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Generator
@@ -42,11 +41,14 @@ from ..physics.shifts import centering_phase
 from ..polarity import choose_polarity
 from ..posterior import view_log_posterior
 from ..reconstruction import backproject, solve_map, split_halves
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..safe_write import write_json
+from .checkpoint import open_run_folder, save_checkpoint
 from .config import RunConfig
 from .device import resolve_device
 from .events import Command, ParticleView, Snapshot, Stage
+from .inputs import check_enough_particles, input_identity
 from .outputs import write_epoch_record, write_results
+from .run_folder import write_run_record
 from .schedule import Schedule
 from .switch import AutoSwitch
 from .validity import half_agreement, radius_at
@@ -72,18 +74,15 @@ class Engine:
             )
         if config.max_particles is not None and config.max_particles < len(particles):
             particles = particles.subset(np.arange(config.max_particles))
+        check_enough_particles(particles, limited=config.max_particles is not None)
         self.particles: ParticleSet = particles
         self.n = len(particles)
         self.box = particles.box
         self.schedule = Schedule(self.box, config, self.device.type, self.n)
         self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
         self.out = config.out_dir
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ValueError(
-                f"{self.out}: cannot create the output folder ({exc}). Fix: choose a writable one."
-            ) from exc
+        self.identity = input_identity(particles)
+        self._resume_state = open_run_folder(config, self.identity)  # checked before any work
         self._selected = 0
         self._commands: list[Command] = []
 
@@ -184,6 +183,7 @@ class Engine:
     def _state(self) -> dict:
         return {
             "config": self.config.to_dict(),
+            "input": self.identity,
             "stage": self.stage.value,
             "epoch": self.epoch,
             "pos": self.pos,
@@ -643,7 +643,7 @@ class Engine:
         )
 
     def _halves_status(self) -> str:
-        """"halves agree", a warning, or "" before the independent halves are compared."""
+        """ "halves agree", a warning, or "" before the independent halves are compared."""
         if self.agreement is None:
             return ""
         return "halves agree" if self.agreement["agree"] else "WARNING: halves disagree (map not reliable)"
@@ -663,8 +663,8 @@ class Engine:
     def run(self) -> Generator[Snapshot, Command | None, None]:
         """Run (or resume) the reconstruction, yielding snapshots; see the module docstring."""
         self._build()
-        if self.config.resume:
-            self._restore(load_checkpoint(self.out))
+        if self._resume_state is not None:
+            self._restore(self._resume_state)
         self._paths: dict[int, list[np.ndarray]] = {}
         self._want_posterior = True
         auto = AutoSwitch()
@@ -738,6 +738,7 @@ class Engine:
             yield snap
             return
         results = write_results(self)
+        write_run_record(self.out, "reconstruct", self.config.to_dict(), self.identity)
         snap = self._snapshot(self.history[-1]["loss"] if self.history else float("nan"), 0.0, True, True)
         snap.stage = Stage.DONE
         snap.message = results
@@ -777,9 +778,7 @@ class Engine:
             if go:
                 self._switch_to_decoding(reason)
         save_checkpoint(self.out, self._state())
-        (self.out / "metrics.json").write_text(
-            json.dumps({"config": self.config.to_dict(), "epochs": self.history})
-        )
+        write_json(self.out / "metrics.json", {"config": self.config.to_dict(), "epochs": self.history})
 
 
 def _flip(h: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ gold-standard resolution of what the poses achieve.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,6 +15,7 @@ from ..data.mrc import write_volume
 from ..data.poses_out import write_poses_star
 from ..metrics.fsc import resolution_at
 from ..reconstruction import accumulate, solve_map
+from ..safe_write import save_npz, write_json
 from .events import Stage
 from .validity import masked_fsc, radius_at, verdict
 
@@ -74,7 +74,7 @@ def write_epoch_record(
     rot, shift = engine.current_poses()
     epochs_dir = engine.out / "epochs"
     epochs_dir.mkdir(exist_ok=True)
-    np.savez_compressed(
+    save_npz(
         epochs_dir / f"epoch_{engine.epoch:03d}.npz",
         volume=full.astype(np.float32),
         rotations=rot.astype(np.float32),
@@ -107,20 +107,19 @@ def write_results(engine: Engine) -> str:
     res = resolution_at(freq, curve, 0.143)
     top = engine.schedule.radius(Stage.EXPLORING, max(0, engine.schedule.explore_epochs - 1))
     validity = verdict(engine.agreement, radius_at(curve, 0.143), top, engine.ctf_check)
-    (out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "config": engine.config.to_dict(),
-                "polarity": engine.polarity.to_dict(),
-                "epochs": engine.history,
-                "final": {
-                    "resolution": res,
-                    "fsc": [freq.tolist(), curve.tolist()],
-                    "halves_agreement": engine.agreement,
-                    "validity": validity,
-                },
-            }
-        )
+    write_json(
+        out / "metrics.json",
+        {
+            "config": engine.config.to_dict(),
+            "polarity": engine.polarity.to_dict(),
+            "epochs": engine.history,
+            "final": {
+                "resolution": res,
+                "fsc": [freq.tolist(), curve.tolist()],
+                "halves_agreement": engine.agreement,
+                "validity": validity,
+            },
+        },
     )
     from .plots import plot_run
 

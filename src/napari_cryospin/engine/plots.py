@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..safe_write import save_figure
+
 
 def plot_run(out: Path, history: list[dict], final_fsc: tuple[np.ndarray, np.ndarray]) -> None:
-    """Write ``fsc.png`` and ``progress.png`` into ``out``."""
+    """Write ``fsc.png`` and ``progress.png`` into ``out`` (atomically)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -24,7 +26,7 @@ def plot_run(out: Path, history: list[dict], final_fsc: tuple[np.ndarray, np.nda
     ax.set_ylabel("half-map FSC")
     ax.set_ylim(-0.1, 1.05)
     fig.tight_layout()
-    fig.savefig(Path(out) / "fsc.png")
+    save_figure(fig, Path(out) / "fsc.png")
 
     fig = Figure(figsize=(9, 3.5), dpi=110)
     ax1, ax2 = fig.subplots(1, 2)
@@ -41,4 +43,4 @@ def plot_run(out: Path, history: list[dict], final_fsc: tuple[np.ndarray, np.nda
     ax2.invert_yaxis()
     fig.suptitle("orange: auto-encoding · blue: auto-decoding", fontsize=9)
     fig.tight_layout()
-    fig.savefig(Path(out) / "progress.png")
+    save_figure(fig, Path(out) / "progress.png")

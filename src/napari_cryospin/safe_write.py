@@ -1,0 +1,73 @@
+"""Atomic file writes: each output goes to a hidden temporary file beside it, then ``os.replace``.
+
+A crash, a full disk or Ctrl-C therefore leaves either the old file or the new one, never half of one,
+and the temporary file is removed on any failure (``.NAME.PID.tmp``; see :func:`target_of`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.\d+\.tmp$")
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temporary file a write of ``path`` goes through (same folder, so the rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def target_of(path: str | os.PathLike) -> Path:
+    """The file a temporary path of :func:`temp_path` stands for (``path`` itself when it is none)."""
+    path = Path(path)
+    match = _TEMP.match(path.name)
+    return path.with_name(match["name"]) if match else path
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on any error it is removed."""
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):  # never mask the error that brought us here
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+    """Write ``obj`` as JSON atomically (serialised first, so a bad value leaves no file behind)."""
+    write_text(path, json.dumps(obj, indent=indent))
+
+
+def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    """``numpy.savez_compressed`` to ``path`` atomically."""
+    import numpy as np
+
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def save_figure(figure: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """Save a matplotlib figure atomically; the format follows the suffix of ``path``."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        figure.savefig(fh, format=fmt, **kwargs)
