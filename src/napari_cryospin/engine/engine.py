@@ -40,7 +40,7 @@ from ..physics.fourier import frequency_grid_2d, hartley_centered, ifftn_centere
 from ..physics.shifts import centering_phase
 from ..polarity import choose_polarity
 from ..posterior import view_log_posterior
-from ..reconstruction import backproject, solve_map, split_halves
+from ..reconstruction import Accumulator, backproject, solve_map, split_halves
 from ..safe_write import write_json
 from .checkpoint import open_run_folder, save_checkpoint
 from .config import RunConfig
@@ -217,7 +217,10 @@ class Engine:
         self.stage = Stage(st["stage"])
         self.epoch, self.pos, self.perm = st["epoch"], st["pos"], st["perm"]
         self.schedule.switch_epoch, self.schedule.radius_cap = st["switch_epoch"], st["radius_cap"]
-        self.explore_sums = st["explore_sums"]
+        self.explore_sums = [
+            None if acc is None else Accumulator(acc.num.to(self.device), acc.den.to(self.device))
+            for acc in st["explore_sums"]
+        ]
         self.step, self.elapsed, self.scale = st["step"], st["elapsed"], st["scale"]
         self.encoder.load_state_dict(st["encoder"])
         self.enc_opt.load_state_dict(st["enc_opt"])
