@@ -55,7 +55,8 @@ def test_checkpoint_loads_weights_only_and_restores_arrays_and_sums(stopped_run)
     state = load_checkpoint(stopped_run)
     assert isinstance(state["perm"], np.ndarray) and state["perm"].dtype == np.int64
     assert sorted(state["perm"]) == list(range(200))
-    assert isinstance(state["explore_sums"], Accumulator) and state["explore_sums"].num.is_complex()
+    sums = [acc for acc in state["explore_sums"] if acc is not None]  # one running sum per half map
+    assert sums and all(isinstance(acc, Accumulator) and acc.num.is_complex() for acc in sums)
 
 
 def test_state_round_trips_through_a_checkpoint(tmp_path):
