@@ -353,8 +353,7 @@ class Engine:
         rot, shift = change.poses(self.best_rot[members].double().numpy(), self.best_shift[members].numpy())
         self.best_rot[members] = torch.from_numpy(rot).float()
         self.best_shift[members] = torch.from_numpy(shift).float()
-        top = self.schedule.radius(Stage.EXPLORING, max(0, min(self.epoch, self.schedule.explore_epochs) - 1))
-        self.agreement = half_agreement(a, change.aligned, top)
+        self.agreement = half_agreement(a, change.aligned, self.schedule.explored_radius(self.epoch))
         self.explore_sums = [None, None]
         self.halves_aligned = True
         log.info("halves aligned: %s", self.agreement["summary"])

@@ -16,7 +16,6 @@ from ..data.poses_out import write_poses_star
 from ..metrics.fsc import resolution_at
 from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
-from .events import Stage
 from .validity import masked_fsc, radius_at, verdict
 
 if TYPE_CHECKING:
@@ -105,7 +104,10 @@ def write_results(engine: Engine) -> str:
     write_poses_star(out / "poses.star", engine.particles, rot, shift)
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     res = resolution_at(freq, curve, 0.143)
-    top = engine.schedule.radius(Stage.EXPLORING, max(0, engine.schedule.explore_epochs - 1))
+    # The radius the halves were judged at (the planned top when they never were).
+    top = (
+        engine.agreement["top_radius"] if engine.agreement else engine.schedule.explored_radius(engine.epoch)
+    )
     validity = verdict(engine.agreement, radius_at(curve, 0.143), top, engine.ctf_check)
     write_json(
         out / "metrics.json",

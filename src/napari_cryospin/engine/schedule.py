@@ -92,6 +92,10 @@ class Schedule:
         progress = (epoch - self.switch_epoch) / max(1, self.epochs - 1 - self.switch_epoch)
         return self.pose_rate_final ** min(1.0, max(0.0, progress))
 
+    def explored_radius(self, epoch: int) -> float:
+        """The highest radius (cycles per box) exploration has used by the start of ``epoch``."""
+        return self.radius(Stage.EXPLORING, max(0, min(epoch, self.explore_epochs) - 1))
+
     def research_epoch(self) -> int | None:
         """The auto-decoding epoch that starts with a global re-search of every pose (None: none).
 
