@@ -9,12 +9,14 @@ import torch
 from napari_cryospin.geometry.rotations import axis_angle_to_matrix, random_rotations
 from napari_cryospin.metrics.alignment import (
     MIRROR,
+    FrameChange,
     align_rotations,
     poses_in_truth_frame,
     project_to_so3,
     shift_errors,
 )
 from napari_cryospin.metrics.fsc import fsc, resolution_at, soft_mask
+from napari_cryospin.metrics.translation import best_translation, translate, whole_voxel_translation
 
 
 def _smooth_volume(box: int = 32, seed: int = 0) -> np.ndarray:
@@ -118,8 +120,10 @@ def test_poses_in_truth_frame_undo_global_rotation_hand_and_offset(flip):
     a = _rotations(1, 8)[0]
     g = MIRROR @ r_gt @ MIRROR if flip else r_gt
     true_shifts = np.random.default_rng(9).uniform(-3, 3, (n, 2))
-    offset = np.array([0.7, -1.2, 0.4])  # the estimate's map sits off the truth's origin
-    shifts = true_shifts + np.einsum("nij,j->ni", r_gt[:, :2, :], offset)
+    offset = np.array([0.7, -1.2, 0.4])  # the estimate's map sits off the truth's origin by this (x, y, z)
+    # Particles of a map moved by t carry the shifts ``FrameChange.poses`` gives them (a backprojection test).
+    moved = FrameChange(np.eye(3), False, offset, np.zeros((2, 2, 2)))
+    _, shifts = moved.poses(r_gt, true_shifts)
     result = align_rotations(a @ g, r_gt)
     rot, back = poses_in_truth_frame(result, a @ g, shifts, r_gt, true_shifts)
     np.testing.assert_allclose(rot, r_gt, atol=1e-8)
@@ -141,3 +145,15 @@ def test_shift_errors():
     np.testing.assert_allclose(shift_errors(est, gt), [0.0, 5.0])
     with pytest.raises(ValueError, match="shift arrays"):
         shift_errors(est, gt[:1])
+
+
+@pytest.mark.parametrize("t_xyz", [(0.3, -1.7, 0.45), (-0.5, 0.5, 2.0)])
+def test_best_translation_recovers_a_sub_voxel_offset(t_xyz):
+    vol = _smooth_volume(32, 3)
+    noisy = translate(vol, np.array(t_xyz)) + 0.02 * np.random.default_rng(4).standard_normal(vol.shape)
+    found = best_translation(vol, noisy)
+    np.testing.assert_allclose(found, t_xyz, atol=0.05)
+    assert np.abs(whole_voxel_translation(vol, noisy) - np.round(t_xyz)).max() <= 1
+    # Moving the map by the found translation makes it match better than the whole-voxel estimate does.
+    whole = translate(vol, whole_voxel_translation(vol, noisy))
+    assert np.linalg.norm(translate(vol, found) - noisy) < 0.5 * np.linalg.norm(whole - noisy)

@@ -14,6 +14,7 @@ import numpy as np
 from ..data.mrc import write_volume
 from ..data.poses_out import write_poses_star
 from ..metrics.fsc import resolution_at
+from ..metrics.translation import best_translation
 from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
 from .validity import masked_fsc, radius_at, verdict
@@ -25,20 +26,39 @@ if TYPE_CHECKING:
 MONITOR_PARTICLES = 2000
 """Per-epoch half maps use at most this many particles (the final ones use all): monitoring stays cheap."""
 
+REGISTER_MIN_VOXELS = 0.02
+"""Half B's map is moved onto half A's only when they are further apart than this (voxels)."""
 
-def _gold_standard(engine: Engine, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def _gold_standard(
+    engine: Engine, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(full, half A, half B) backprojections with the current poses, over the engine's own halves (at most
-    ``limit`` particles in all, split evenly), so the half maps never mix the halves the engine kept apart."""
+    ``limit`` particles in all, split evenly), so the half maps never mix the halves the engine kept apart;
+    and the poses (n, 3, 3) and shifts (n, 2) px they used.
+
+    Independent halves are brought into one frame to a whole voxel at the end of exploration and each half
+    refines its own map's origin afterwards; half B's shifts are moved by the sub-voxel translation that
+    registers its map onto half A's before the two are combined, so the full map is not blurred by it.
+    """
     rot, shift = engine.current_poses()
     halves = engine.halves.cpu().numpy()
     rng = np.random.default_rng(engine.config.seed)
-    acc = []
+    members = []
     for c in (0, 1):
-        members = np.flatnonzero(halves == c)
-        if limit is not None and 2 * len(members) > limit:
-            members = np.sort(rng.choice(members, limit // 2, replace=False))
-        acc.append(accumulate(engine.particles, rot, shift, members, device=engine.device))
-    return solve_map(acc[0] + acc[1]), solve_map(acc[0]), solve_map(acc[1])
+        m = np.flatnonzero(halves == c)
+        if limit is not None and 2 * len(m) > limit:
+            m = np.sort(rng.choice(m, limit // 2, replace=False))
+        members.append(m)
+    acc = [accumulate(engine.particles, rot, shift, m, device=engine.device) for m in members]
+    if engine.halves_aligned:
+        t_xyz = best_translation(solve_map(acc[1]), solve_map(acc[0]))
+        if np.linalg.norm(t_xyz) > REGISTER_MIN_VOXELS:
+            in_b = halves == 1
+            shift = shift.copy()
+            shift[in_b] += np.einsum("nji,j->ni", rot[in_b].astype(np.float64), t_xyz)[:, :2]
+            acc[1] = accumulate(engine.particles, rot, shift, members[1], device=engine.device)
+    return solve_map(acc[0] + acc[1]), solve_map(acc[0]), solve_map(acc[1]), rot, shift
 
 
 def _masked_fsc(a: np.ndarray, b: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
@@ -69,8 +89,7 @@ def write_epoch_record(
     if not evaluate:
         return record
     voxel = engine.particles.pixel_size
-    full, half_a, half_b = _gold_standard(engine, MONITOR_PARTICLES)
-    rot, shift = engine.current_poses()
+    full, half_a, half_b, rot, shift = _gold_standard(engine, MONITOR_PARTICLES)
     epochs_dir = engine.out / "epochs"
     epochs_dir.mkdir(exist_ok=True)
     save_npz(
@@ -95,12 +114,11 @@ def write_epoch_record(
 def write_results(engine: Engine) -> str:
     """Write volume.mrc, half maps, poses.star, metrics.json and plots; return a one-line summary."""
     out, voxel = engine.out, engine.particles.pixel_size
-    full, half_a, half_b = _gold_standard(engine)
+    full, half_a, half_b, rot, shift = _gold_standard(engine)
     write_volume(out / "volume.mrc", full, voxel)
     if engine.config.half_maps:
         write_volume(out / "half_a.mrc", half_a, voxel)
         write_volume(out / "half_b.mrc", half_b, voxel)
-    rot, shift = engine.current_poses()
     write_poses_star(out / "poses.star", engine.particles, rot, shift)
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     res = resolution_at(freq, curve, 0.143)

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from ..geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
 from .fsc import fsc, resolution_at
+from .translation import best_translation, translate
 
 MIRROR = np.diag([1.0, 1.0, -1.0])
 """The hand flip F; ``F·R·F`` is the pose of a mirrored map that gives the same images as R."""
@@ -92,14 +93,15 @@ def poses_in_truth_frame(
 
     Rotations become ``Aᵀ·R`` (mirrored back when the hand differs); shifts lose the projection of the
     least-squares 3D offset between the two maps' origins. Backprojecting these scores a map against the
-    truth without interpolating it (``fsc_to_truth`` rotates the map trilinearly and translates it by
-    whole voxels, which costs resolution that the poses did not lose).
+    truth without interpolating it (``fsc_to_truth`` rotates the map by interpolation, which costs
+    resolution that the poses did not lose).
     """
     rot = np.einsum("ji,njk->nik", alignment.rotation, np.asarray(rotations, np.float64))
     if alignment.flip:
         rot = MIRROR @ rot @ MIRROR
     diff = np.asarray(shifts, np.float64) - np.asarray(true_shifts, np.float64)
-    design = np.asarray(true_rotations, np.float64)[:, :2, :].reshape(-1, 3)
+    # A map offset t moves each projection by (Rᵀ·t)[:2] (``FrameChange.poses``): rows of Rᵀ.
+    design = np.asarray(true_rotations, np.float64).transpose(0, 2, 1)[:, :2, :].reshape(-1, 3)
     offset, *_ = np.linalg.lstsq(design, diff.reshape(-1), rcond=None)
     return rot, np.asarray(shifts, np.float64) - (design @ offset).reshape(-1, 2)
 
@@ -130,20 +132,12 @@ def rotate_volume(vol: np.ndarray, matrix: np.ndarray, order: int = 3) -> np.nda
     )
 
 
-def _best_translation(vol: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
-    xc = np.fft.ifftn(np.fft.fftn(ref) * np.fft.fftn(vol).conj()).real
-    shift = np.array(np.unravel_index(int(np.argmax(xc)), xc.shape))
-    box = np.array(xc.shape)
-    shift = np.where(shift > box // 2, shift - box, shift)
-    return tuple(int(s) for s in shift)
-
-
 def align_volume(vol: np.ndarray, ref: np.ndarray, rotation: np.ndarray, flip: bool) -> np.ndarray:
     """Bring ``vol`` into the frame of ``ref``: ``vol(A·q)`` (``vol(A·F·q)`` if ``flip``), then the
-    integer translation that maximises the cross-correlation with ``ref``."""
+    sub-voxel translation that maximises the cross-correlation with ``ref``."""
     matrix = np.asarray(rotation) @ MIRROR if flip else np.asarray(rotation)
     rotated = rotate_volume(vol, matrix)
-    return np.roll(rotated, _best_translation(rotated, ref), axis=(0, 1, 2))
+    return translate(rotated, best_translation(rotated, ref))
 
 
 @dataclass
@@ -172,13 +166,12 @@ class FrameChange:
 
 
 def align_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0) -> FrameChange:
-    """The global rotation, hand and whole-voxel translation that best bring ``vol`` onto ``ref``."""
+    """The global rotation, hand and sub-voxel translation that best bring ``vol`` onto ``ref``."""
     rotation, flip = search_alignment(vol, ref, seed=seed)
     matrix = rotation @ MIRROR if flip else rotation
     rotated = rotate_volume(vol, matrix)
-    t_zyx = _best_translation(rotated, np.asarray(ref))
-    aligned = np.roll(rotated, t_zyx, axis=(0, 1, 2))
-    return FrameChange(rotation, flip, np.asarray(t_zyx[::-1], np.float64), aligned)
+    t_xyz = best_translation(rotated, np.asarray(ref))
+    return FrameChange(rotation, flip, t_xyz, translate(rotated, t_xyz))
 
 
 def _lowpass_crop(vol: np.ndarray, box: int, sigma_frac: float = 0.25) -> torch.Tensor:
@@ -277,7 +270,7 @@ def fsc_to_truth(
     n_coarse: int = 2000,
 ) -> MapComparison:
     """FSC of ``vol`` against ``truth`` after a global rotation and hand (searched when not given) and the
-    best integer translation."""
+    best sub-voxel translation."""
     vol = np.asarray(vol, dtype=np.float32)
     truth = np.asarray(truth, dtype=np.float32)
     if vol.shape != truth.shape:
