@@ -63,8 +63,8 @@ def ceiling(truth: Truth, n: int | None = None) -> tuple[float, float]:
 
 @dataclass
 class PoseScore:
-    """Pose accuracy of one run: rotation errors (°), median shift error (px), FSC 0.5 / 0.143 (Å) of the
-    poses' backprojection against the truth, and the global alignment used."""
+    """Pose accuracy of one run: rotation errors (°), median shift error (px, after the maps' origin offset),
+    FSC 0.5 / 0.143 (Å) of the poses' backprojection against the truth, and the global alignment used."""
 
     rot_median: float
     rot_mean: float
@@ -91,8 +91,8 @@ def score_poses(
     t = truth.particles
     n = len(rotations)
     al = align_rotations_symmetric(rotations, t.rotations[rows], operators)
-    sh = shift_errors(shifts_px, t.shifts[rows])
     rot, shifts = poses_in_truth_frame(al, rotations, shifts_px, t.rotations[rows], t.shifts[rows])
+    sh = shift_errors(shifts, t.shifts[rows])  # after the map's origin offset, a gauge freedom like A
     subset = t if n == len(t) else t.subset(rows)
     res05, res0143 = fsc_resolutions(backproject(subset, rot, shifts), truth)
     return PoseScore(al.median, al.mean, float(np.median(sh)), res05, res0143, al)
