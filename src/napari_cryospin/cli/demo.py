@@ -16,6 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("cryospin-demo"), help="output folder")
     p.add_argument("--n", type=int, default=2000, help="particles to simulate")
     p.add_argument("--box", type=int, default=32, choices=(32, 64), help="bundled map size")
+    p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio of the simulated images")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the engine's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -38,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     data = out / "data"
     volume, voxel = read_volume(bundled_map_path(args.box))
     if not (data / "particles.star").exists():
-        print(f"simulating {args.n} particles (box {args.box}, SNR 0.1) into {data}")
-        simulate_to_dir(volume, voxel, args.n, data, snr=0.1, max_shift_px=args.box / 16, seed=args.seed)
+        print(f"simulating {args.n} particles (box {args.box}, SNR {args.snr:g}) into {data}")
+        simulate_to_dir(volume, voxel, args.n, data, snr=args.snr, max_shift_px=args.box / 16, seed=args.seed)
     epochs = {} if args.epochs is None else {"epochs": args.epochs}
     cfg = RunConfig(
         particles=str(data / "particles.star"),
