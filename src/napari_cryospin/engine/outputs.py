@@ -16,6 +16,7 @@ from ..data.poses_out import write_poses_star
 from ..metrics.fsc import resolution_at
 from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
+from .particle_scores import particle_scores
 from .validity import masked_fsc, radius_at, verdict
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ def write_results(engine: Engine) -> str:
         write_volume(out / "half_a.mrc", half_a, voxel)
         write_volume(out / "half_b.mrc", half_b, voxel)
     rot, shift = engine.current_poses()
-    write_poses_star(out / "poses.star", engine.particles, rot, shift)
+    write_poses_star(out / "poses.star", engine.particles, rot, shift, particle_scores(engine))
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     res = resolution_at(freq, curve, 0.143)
     # The radius the halves were judged at (the planned top when they never were).
