@@ -58,7 +58,7 @@ def ribosome_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def finished_run(tiny_dataset, tmp_path_factory) -> Path:
-    """A finished tiny run folder: 3 heads, 3 epochs (exploration, auto-encoding, auto-decoding), half maps."""
+    """A finished tiny run folder: 3 heads, 3 epochs (exploring, auto-encoding, auto-decoding), half maps."""
     from napari_cryospin.engine.config import RunConfig
     from napari_cryospin.engine.engine import Engine
 

@@ -48,9 +48,27 @@ def test_export_selection_keeps_poses_and_finds_the_images(finished_run, tmp_pat
     subset = load_particles(out)
     assert len(subset) == len(rows)
     np.testing.assert_allclose(subset.rotations, pose_rotations(results.poses)[rows], atol=1e-4)
-    np.testing.assert_allclose(subset.stack[[0]], load_particles(finished_run / "poses.star").stack[[rows[0]]])
+    original = load_particles(finished_run / "poses.star")
+    np.testing.assert_allclose(subset.stack[[0]], original.stack[[rows[0]]])
 
 
 def test_not_a_run_folder_is_one_clear_line(tmp_path):
-    with pytest.raises(ParticleFileError, match="not a cryoSPIN run folder.*Fix:"):
+    with pytest.raises(ParticleFileError, match=r"not a cryoSPIN run folder.*Fix:"):
         read_run(tmp_path)
+
+
+def test_exported_selection_runs_in_reconstruct_and_backproject(finished_run, tmp_path):
+    """The acceptance path: brush → export → both commands take the STAR as their input."""
+    from napari_cryospin.cli import main
+    from napari_cryospin.data.mrc import read_volume
+
+    results = read_run(finished_run)
+    rows = np.flatnonzero(results.table["loss"] <= np.quantile(results.table["loss"], 0.7))
+    star = tmp_path / "subset.star"
+    export_selection(results, rows, star)
+    assert main(["backproject", str(star), "--out", str(tmp_path / "bp")]) == 0
+    assert read_volume(tmp_path / "bp" / "volume.mrc")[0].shape == (32, 32, 32)
+    tiny = ["--heads", "2", "--epochs", "1", "--explore-epochs", "0", "--switch", "1", "--device", "cpu"]
+    tiny += ["--encoder-width", "4", "--encoder-box", "16", "--batch-size", "50"]
+    assert main(["reconstruct", str(star), "--out", str(tmp_path / "re"), *tiny]) == 0
+    assert len(load_particles(tmp_path / "re" / "poses.star")) == len(rows)

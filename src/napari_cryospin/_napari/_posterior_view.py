@@ -116,6 +116,7 @@ class PosteriorView(QWidget):
         self.lat_spin.valueChanged.connect(self.redraw)
         self.centre_button.clicked.connect(self.centre_on_winner)
         self.hub.snapshot.connect(self.on_snapshot)
+        self.hub.chosen.connect(self.particle_spin.setValue)
         napari_viewer.dims.events.current_step.connect(self._follow_stack)
         napari_viewer.layers.selection.events.active.connect(self._follow_stack)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
