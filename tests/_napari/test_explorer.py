@@ -111,9 +111,11 @@ def test_map_display_iso_slices_and_updates(qtbot, ui_viewer):
     assert 4.0 < level < 10.0  # above the solvent's noise, below the particle
     display = MapDisplay(ui_viewer, "map")
     layer = ui_viewer.add_image(volume, name="map")
-    assert display.iso_level.value == level
+    assert abs(display.iso_level.value - level) < 1e-3
     display.rendering.value = "iso-surface"
-    assert layer.rendering == "iso" and layer.iso_threshold == level
+    assert layer.rendering == "iso" and layer.iso_threshold == display.iso_level.value
+    layer.data = volume + 1.0  # an update before the user chose a level: the default follows the map
+    assert abs(display.iso_level.value - default_iso_level(volume + 1.0)) < 1e-3
     display.iso_level.value = 7.5
     qtbot.waitUntil(lambda: layer.iso_threshold == 7.5)
     display.rendering.value = "slices"
@@ -121,7 +123,7 @@ def test_map_display_iso_slices_and_updates(qtbot, ui_viewer):
     assert all(ui_viewer.layers[n].depiction == "plane" for n in names) and not layer.visible
     layer.data = 2 * volume  # the map updates: slices follow, the choice stays
     assert ui_viewer.layers[names[0]].data.max() == layer.data.max()
-    assert display.rendering.value == "slices"
+    assert display.rendering.value == "slices" and display.iso_level.value == 7.5  # the user's level stays
     display.rendering.value = "MIP"
     assert layer.visible and layer.rendering == "mip" and not ui_viewer.layers[names[0]].visible
 

@@ -175,9 +175,8 @@ class RunExplorer(QWidget):
         self.folder_edit.setText(str(folder))
         self.status.setText(f"Reading {folder}…")
         self.model = None
-        worker = create_worker(read_run, folder, _start_thread=False)
-        worker.returned.connect(self._show_results)
-        worker.errored.connect(self._failed)
+        connect = {"returned": self._show_results, "errored": self._failed}
+        worker = create_worker(read_run, folder, _connect=connect, _start_thread=False)
         worker.start()
         return worker
 
@@ -208,10 +207,10 @@ class RunExplorer(QWidget):
         self._update_buttons()
         self.status.setText(results.summary() + ("; loading the model…" if results.has_checkpoint else ""))
         if results.has_checkpoint:
-            worker = create_worker(load_model, results.folder, _start_thread=False)
-            worker.returned.connect(self._model_ready)
-            worker.errored.connect(self._failed)
-            worker.start()
+            connect = {"returned": self._model_ready, "errored": self._failed}
+            create_worker(load_model, results.folder, _connect=connect, _start_thread=False).start()
+            if not self.hub.is_running:  # a live run keeps the posterior dock; otherwise it shows this run
+                self.hub.attach(self._on_command)
         self._publish(None)
 
     def _summary_snapshot(self) -> Snapshot:
@@ -246,8 +245,6 @@ class RunExplorer(QWidget):
 
     def _model_ready(self, model) -> None:
         self.model = model
-        if not self.hub.is_running:
-            self.hub.attach(self._on_command)
         self.status.setText(self.results.summary() + "; choose a particle to see its pose posterior.")
         self.show_particle(self.hub.particle)
 
@@ -266,11 +263,8 @@ class RunExplorer(QWidget):
             return
         self._busy = True
         self.status.setText(f"Computing the pose posterior of particle {index}…")
-        worker = create_worker(self.model.particle_view, index, _start_thread=False)
-        worker.returned.connect(self._view_ready)
-        worker.errored.connect(self._failed)
-        worker.finished.connect(self._next_view)
-        worker.start()
+        connect = {"returned": self._view_ready, "errored": self._failed, "finished": self._next_view}
+        create_worker(self.model.particle_view, index, _connect=connect, _start_thread=False).start()
 
     def _view_ready(self, view) -> None:
         self._publish(view)

@@ -1,7 +1,8 @@
 """How a map layer is drawn in 3D: maximum-intensity projection, iso-surface at a level, or three slices.
 
 A magicgui form drives it; the iso level is a labelled slider (superqt, through magicgui) whose updates
-are throttled, and it starts at a level read from the map. The choice survives map updates.
+are throttled, and it starts at a level read from the map. The choice survives map updates; the level
+follows the map's own default as it updates until the user moves the slider.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class MapDisplay(Container):
         super().__init__(widgets=[self.rendering, self.iso_level], labels=True)
         self.iso_level.visible = False
         self._watched = None
+        self._auto_level: float | None = None  # the default last set (None once the user chose a level)
         self.rendering.changed.connect(self.apply)
         self.iso_level.changed.connect(qthrottled(self._set_level, 100))
         viewer.layers.events.inserted.connect(self._on_inserted)
@@ -65,8 +67,12 @@ class MapDisplay(Container):
             self._watched = layer
         data = np.asarray(layer.data)
         self.iso_level.min, self.iso_level.max = float(data.min()), float(data.max())
-        self.iso_level.value = default_iso_level(data)
+        self._set_default(data)
         self.apply()
+
+    def _set_default(self, data: np.ndarray) -> None:
+        self.iso_level.value = default_iso_level(data)
+        self._auto_level = self.iso_level.value  # as the slider rounds it
 
     def _on_data(self, _event=None) -> None:
         layer = self.layer
@@ -75,6 +81,10 @@ class MapDisplay(Container):
         data = np.asarray(layer.data)
         self.iso_level.min = min(self.iso_level.min, float(data.min()))
         self.iso_level.max = max(self.iso_level.max, float(data.max()))
+        if self._auto_level is not None and self.iso_level.value == self._auto_level:
+            self._set_default(data)
+        else:
+            self._auto_level = None
         for axis in SLICE_AXES:
             name = slice_layer_name(self.layer_name, axis)
             if name in self.viewer.layers:
