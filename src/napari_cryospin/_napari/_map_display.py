@@ -46,7 +46,8 @@ class MapDisplay(Container):
         self._watched = None
         self._auto_level: float | None = None  # the default last set (None once the user chose a level)
         self.rendering.changed.connect(self.apply)
-        self.iso_level.changed.connect(qthrottled(self._set_level, 100))
+        self._throttled_level = qthrottled(self._set_level, 100)  # held: the signal keeps a weak reference
+        self.iso_level.changed.connect(self._throttled_level)
         viewer.layers.events.inserted.connect(self._on_inserted)
         if layer_name in viewer.layers:
             self._adopt(viewer.layers[layer_name])
