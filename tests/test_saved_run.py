@@ -72,3 +72,13 @@ def test_saved_run_shows_any_particle_with_heads_pose_and_path(finished_run):
     assert int((view.log_posterior > view.log_posterior[pixel]).sum()) < 0.05 * 768
     assert view.path.shape[1:] == (3, 3) and len(view.path) >= 1  # saved epochs of auto-decoding
     assert view.image.shape == view.projection.shape == (32, 32)
+
+
+def test_confidence_is_the_margin_over_the_best_distinct_rival():
+    from napari_cryospin.engine.particle_scores import pose_confidence
+
+    errors = np.array([[1.0, 1.1, 1.01, 2.0], [1.0, 1.5, 1.2, 1.3]])
+    distances = np.array([[40.0, 5.0, 90.0], [3.0, 2.0, 1.0]])  # the 1.01 rival is within 15°: the same pose
+    margin = pose_confidence(errors, distances, n_points=100)
+    assert np.isclose(margin[0], 0.1 * 100 / 2.0)  # the 1.1 rival at 40° is the best distinct one
+    assert np.isnan(margin[1])  # every candidate agrees with the pose

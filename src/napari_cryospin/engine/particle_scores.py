@@ -1,4 +1,4 @@
-"""Per-particle scores written as extra poses.star columns: winning head, loss and pose confidence.
+"""Per-particle scores written as extra poses.star columns: winning head, loss and pose confidence (margin).
 
 They let a finished run be sorted and filtered by particle (the napari particle table reads them); RELION
 keeps unknown labels as they are, so the STAR still reads there.
@@ -23,22 +23,24 @@ DISTINCT_DEG = 15.0
 
 
 def pose_confidence(errors: np.ndarray, distances_deg: np.ndarray, n_points: int) -> np.ndarray:
-    """Posterior share (n,) of the pose among itself and the candidates > DISTINCT_DEG away from it.
+    """Log-likelihood margin (n,) in nats of the pose over its best rival: a candidate > DISTINCT_DEG away.
 
     ``errors`` (n, 1 + C): mean squared residuals of the pose (column 0) and of C candidates;
     ``distances_deg`` (n, C): each candidate's angle to the pose. The likelihood is Gaussian with the
-    pose's residual as noise variance, as in the posterior view; 1 means no candidate is a rival.
+    pose's residual as noise variance, as in the posterior view. Near 0 or negative: a rival pose fits
+    about as well (an ambiguous particle); NaN: every candidate agrees with the pose.
     """
     sigma2 = np.maximum(errors[:, :1], 1e-12)
-    log_ratio = -(errors[:, 1:] - errors[:, :1]) * n_points / (2.0 * sigma2)
-    rivals = np.where(distances_deg > DISTINCT_DEG, np.exp(np.minimum(log_ratio, 50.0)), 0.0)
-    return 1.0 / (1.0 + rivals.sum(axis=1))
+    gap = (errors[:, 1:] - errors[:, :1]) * n_points / (2.0 * sigma2)
+    gap = np.where(distances_deg > DISTINCT_DEG, gap, np.inf).min(axis=1)
+    return np.where(np.isfinite(gap), gap, np.nan)
 
 
 @torch.no_grad()
 def particle_scores(engine: Engine, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Each particle's winning head (0-based; ``heads`` = the kept/search pose, −1 = none), its loss at the
-    final pose and its pose confidence against the encoder heads' candidates (see :func:`pose_confidence`)."""
+    final pose and its pose confidence: the margin over the encoder heads' rival candidates
+    (see :func:`pose_confidence`)."""
     rot, shift = engine.current_poses()
     stage = Stage.DECODING if engine.stage == Stage.DONE else engine.stage
     n_points = engine.schedule.points(engine.disk, stage, min(engine.epoch, engine.config.epochs - 1))
