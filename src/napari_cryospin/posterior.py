@@ -148,7 +148,8 @@ def refined_view_posterior(
     nside: int = 8,
     n_inplane: int = 12,
     fine_nside: int = 32,
-    patch_deg: float = 6.0,
+    patch_deg: float = 5.0,
+    carry_deg: float = 30.0,
     fine_inplane_deg: float = 6.0,
     fine_step_deg: float = 1.5,
     top_views: int = 3,
@@ -159,7 +160,8 @@ def refined_view_posterior(
     """Normalised log posterior (12·nside²,) of the view and fine pixels (nside `fine_nside`) near its mode.
 
     Samples: the uniform grid (`n_inplane` angles per view); every anchor (A, 3, 3) (e.g. each head's
-    candidate and the pose) as is and carried to every view; and, in a disc of `patch_deg` around each
+    candidate and the pose) as is and carried to every view within `carry_deg` of it; and, in a disc of
+    `patch_deg` around each
     anchor's view and the grid's `top_views` best views, every fine pixel with in-plane angles within
     ±`fine_inplane_deg` (step `fine_step_deg`) of the best sample there. A pixel's value is its best
     sample's log-likelihood (`score_fn`: see :func:`view_log_posterior`); logsumexp over pixels is 0.
@@ -175,7 +177,8 @@ def refined_view_posterior(
     views = torch.as_tensor(healpix_view_grid(nside), dtype=f64)
     anchors_t = _distinct(torch.as_tensor(np.asarray(anchors), dtype=f64).reshape(-1, 3, 3))
     samples = [rotations_for_views(views, n_inplane).reshape(-1, 3, 3), anchors_t]
-    samples.append(carry_to_views(anchors_t, views).reshape(-1, 3, 3))
+    near = (anchors_t[:, :, 2] @ views.T) > np.cos(np.radians(carry_deg))  # (A, V)
+    samples.append(carry_to_views(anchors_t, views)[near])
     rotations = torch.cat(samples)
     log_like = scored(rotations)
 
