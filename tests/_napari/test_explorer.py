@@ -108,7 +108,7 @@ def test_map_display_iso_slices_and_updates(qtbot, ui_viewer):
     volume = rng.normal(size=(32, 32, 32)).astype(np.float32)
     volume[12:20, 12:20, 12:20] += 10.0
     level = default_iso_level(volume)
-    assert 4.0 < level < 10.0  # above the solvent's noise, below the particle
+    assert 4.0 < level < 10.0  # above the noise, below the particle
     display = MapDisplay(ui_viewer, "map")
     layer = ui_viewer.add_image(volume, name="map")
     assert abs(display.iso_level.value - level) < 1e-3

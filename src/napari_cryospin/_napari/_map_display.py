@@ -13,18 +13,14 @@ from superqt.utils import qthrottled
 
 RENDERINGS = ("MIP", "iso-surface", "slices")
 SLICE_AXES = ("z", "y", "x")
-NOISE_SIGMAS = 5.0
+LEVEL_SIGMAS = 3.0
 
 
 def default_iso_level(volume: np.ndarray) -> float:
-    """An iso level from the map itself: the solvent's mean + 5 σ, measured in the box corners (outside a
-    sphere of radius 0.45·D), kept between the median and the 99.9th percentile of the map."""
+    """An iso level from the map itself: 3 standard deviations above its mean (map viewers' σ level),
+    kept between the median and the 99.9th percentile. Robust to masked maps, whose solvent is flat."""
     volume = np.asarray(volume, dtype=np.float32)
-    d = volume.shape[0]
-    z, y, x = np.ogrid[:d, :d, :d]
-    outside = (z - d // 2) ** 2 + (y - d // 2) ** 2 + (x - d // 2) ** 2 > (0.45 * d) ** 2
-    solvent = volume[outside]
-    level = float(solvent.mean() + NOISE_SIGMAS * solvent.std())
+    level = float(volume.mean() + LEVEL_SIGMAS * volume.std())
     low, high = np.percentile(volume, [50.0, 99.9])
     return float(np.clip(level, low, high))
 

@@ -50,7 +50,7 @@ HEAD_COLOURS = (
     "gold",
 )
 LOG_RANGE = 20.0  # shown span of the log posterior below its maximum
-ZOOM_HALF_WIDTH_DEG = 10.0  # the zoomed view spans ±this around the mode
+ZOOM_HALF_WIDTH_DEG = 8.0  # the zoomed view spans ±this around the mode
 
 
 def head_colour(head: int) -> str:
@@ -385,7 +385,7 @@ class PosteriorView(QWidget):
         ax.set_aspect("equal")
         ax.tick_params(labelsize=7)
         ax.set_xlabel("° from the mode (gnomonic)", fontsize=8)
-        ax.set_title(f"zoom on the mode (HEALPix nside {zoom.nside} near it)", fontsize=9)
+        ax.set_title(f"zoom on the mode (nside {zoom.nside})", fontsize=9)
         ax.legend(loc="center left", bbox_to_anchor=(1.25, 0.5), fontsize=7, frameon=False)
 
     def _style_sky(self, ax) -> None:
