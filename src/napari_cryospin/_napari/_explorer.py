@@ -43,6 +43,11 @@ RUN_MAP = "run map"
 """Name of the layer holding the opened run's map (half maps: ``run half A`` / ``run half B``)."""
 
 
+def warm_up() -> None:
+    """Import the model's modules (torch, scipy) ahead of the first run folder: call it in a worker."""
+    from ..engine import saved_run  # noqa: F401
+
+
 def load_model(folder: Path):
     """The run's model from its checkpoint (imports torch: call it in a worker thread)."""
     import torch
@@ -162,6 +167,7 @@ class RunExplorer(QWidget):
         self.clear_button.clicked.connect(self.clear_selection)
         self.export_button.clicked.connect(self._export_dialog)
         self._update_buttons()
+        create_worker(warm_up, _connect={"errored": self._failed})  # imports off the GUI thread, early
 
     # ------------------------------------------------------------------------------- opening a run
     def _browse(self) -> None:
