@@ -54,3 +54,29 @@ def ribosome_dir() -> Path:
     if not (path / "particles.star").exists():
         pytest.skip(f"third-party dataset not found at {path} (it lives in ../shared beside the checkout)")
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A finished tiny run folder: 3 heads, 3 epochs (exploring, auto-encoding, auto-decoding), half maps."""
+    from napari_cryospin.engine.config import RunConfig
+    from napari_cryospin.engine.engine import Engine
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    config = RunConfig(
+        particles=str(tiny_dataset / "particles.star"),
+        out=str(out),
+        heads=3,
+        epochs=3,
+        explore_epochs=1,
+        switch=2,
+        device="cpu",
+        encoder_width=4,
+        encoder_box=16,
+        batch_size=50,
+        snapshot_interval_s=5.0,
+        eval_every=1,
+    )
+    for _ in Engine(config).run():
+        pass
+    return out

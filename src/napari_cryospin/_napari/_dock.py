@@ -19,14 +19,16 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
+from superqt import QCollapsible
 
 from ..engine.config import RunConfig
 from ..engine.events import Command, Snapshot, Stage
 from ..engine.run_folder import results_in
 from ._hub import hub_for
+from ._map_display import MapDisplay
 from ._run import EngineWorker, engine_stream, merge_snapshots
 from ._settings import RunSettings
-from ._volume import show_volume
+from ._volume import MAP_LAYER, show_volume
 
 FLUSH_MS = 150
 
@@ -73,6 +75,10 @@ class ReconstructionDock(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.switch_button)
         layout.addWidget(self.status)
+        self.map_display = MapDisplay(napari_viewer, MAP_LAYER)
+        display = QCollapsible("Map display")
+        display.addWidget(self.map_display.native)
+        layout.addWidget(display)
         layout.addStretch(1)
         self.settings.out_changed.connect(self._update_buttons)
         self._update_buttons()

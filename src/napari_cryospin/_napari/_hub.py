@@ -17,6 +17,7 @@ class RunHub(QObject):
 
     snapshot = Signal(object)
     running = Signal(bool)
+    chosen = Signal(int)  # the particle asked for (the posterior dock follows it)
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,6 +43,7 @@ class RunHub(QObject):
     def select_particle(self, index: int) -> None:
         """Ask the run to report particle `index` from now on."""
         self.particle = int(index)
+        self.chosen.emit(self.particle)
         if self._sender is not None:
             self._sender(Command("particle", self.particle))
 

@@ -1,7 +1,8 @@
 """The "Pose posterior" dock: one particle's image, best projection and view-direction posterior.
 
 The sky map is Mollweide; each encoder head's candidate view is a marker in the head's colour, the
-winning head is ringed, and in auto-decoding the optimised pose is drawn with its path.
+winning head is ringed, and in auto-decoding the optimised pose is drawn with its path. Below it, a
+gnomonic zoom on the mode (fine HEALPix pixels, nside 32) shows every candidate and the path near it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from qtpy.QtWidgets import (
 
 from ..engine.events import ParticleView, Snapshot, Stage
 from ._hub import hub_for
-from ._sky import direction_lonlat_deg, lonlat, sky_raster, sky_rotation, split_at_wraps
+from ._sky import (
+    direction_lonlat_deg,
+    gnomonic_raster,
+    gnomonic_xy,
+    lonlat,
+    sky_raster,
+    sky_rotation,
+    split_at_wraps,
+)
 
 HEAD_COLOURS = (
     "tab:blue",
@@ -41,6 +50,7 @@ HEAD_COLOURS = (
     "gold",
 )
 LOG_RANGE = 20.0  # shown span of the log posterior below its maximum
+ZOOM_HALF_WIDTH_DEG = 8.0  # the zoomed view spans ±this around the mode
 
 
 def head_colour(head: int) -> str:
@@ -93,6 +103,10 @@ class PosteriorView(QWidget):
         self.figure = Figure(figsize=(5.0, 3.6), layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(340)
+        self.zoom_figure = Figure(figsize=(5.0, 2.8), layout="constrained")
+        self.zoom_canvas = FigureCanvasQTAgg(self.zoom_figure)
+        self.zoom_canvas.setMinimumHeight(260)
+        self.zoom_artists: list = []
 
         controls = QGridLayout()
         controls.addWidget(QLabel("particle"), 0, 0)
@@ -109,6 +123,7 @@ class PosteriorView(QWidget):
         layout.addWidget(self.info)
         layout.addWidget(self.images_canvas)
         layout.addWidget(self.canvas, 1)
+        layout.addWidget(self.zoom_canvas)
 
         self.particle_spin.valueChanged.connect(self._on_particle)
         self.particle_slider.valueChanged.connect(self.particle_spin.setValue)
@@ -116,6 +131,7 @@ class PosteriorView(QWidget):
         self.lat_spin.valueChanged.connect(self.redraw)
         self.centre_button.clicked.connect(self.centre_on_winner)
         self.hub.snapshot.connect(self.on_snapshot)
+        self.hub.chosen.connect(self.particle_spin.setValue)
         napari_viewer.dims.events.current_step.connect(self._follow_stack)
         napari_viewer.layers.selection.events.active.connect(self._follow_stack)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -164,7 +180,7 @@ class PosteriorView(QWidget):
             return
         previous = self.view
         if view.log_posterior is None and previous is not None and previous.index == view.index:
-            view = replace(view, log_posterior=previous.log_posterior)
+            view = replace(view, log_posterior=previous.log_posterior, zoom=previous.zoom)
         self.view, self.stage = view, snapshot.stage
         self.redraw()
 
@@ -182,7 +198,9 @@ class PosteriorView(QWidget):
         """Redraw images and sky from the current particle view and sky centre."""
         self.figure.clear()
         self.images_figure.clear()
+        self.zoom_figure.clear()
         self.head_artists = []
+        self.zoom_artists = []
         image_ax, projection_ax = self.images_figure.subplots(1, 2)
         sky_ax = self.figure.add_subplot(projection="mollweide")
         if self.view is None:
@@ -192,9 +210,11 @@ class PosteriorView(QWidget):
         else:
             self._draw_images(image_ax, projection_ax)
             self._draw_sky(sky_ax)
+            self._draw_zoom()
             self.info.setText(self._describe())
         self.images_canvas.draw_idle()
         self.canvas.draw_idle()
+        self.zoom_canvas.draw_idle()
 
     def _decoding(self) -> bool:
         """Auto-decoding, or a finished run whose last view was a single optimised pose."""
@@ -238,6 +258,7 @@ class PosteriorView(QWidget):
         if self._decoding():
             self._draw_decoding(ax, rotation)
         else:
+            self._draw_path(ax, rotation)
             self._draw_heads(ax, rotation)
         self._style_sky(ax)
         ax.legend(
@@ -278,21 +299,27 @@ class PosteriorView(QWidget):
                 zorder=5,
             )
 
+    def _draw_path(self, ax, rotation: np.ndarray) -> None:
+        """The particle's pose over auto-decoding (steps of a live run, saved epochs of a finished one)."""
+        view = self.view
+        if not len(view.path):
+            return
+        path_lon, path_lat = lonlat(view.path[:, :, 2], rotation)
+        for number, (lon, lat) in enumerate(split_at_wraps(path_lon, path_lat)):
+            ax.plot(
+                lon,
+                lat,
+                color="tab:orange",
+                linewidth=1.4,
+                marker=".",
+                markersize=3,
+                zorder=3,
+                label="path in auto-decoding" if number == 0 else None,
+            )
+
     def _draw_decoding(self, ax, rotation: np.ndarray) -> None:
         view = self.view
-        if len(view.path):
-            path_lon, path_lat = lonlat(view.path[:, :, 2], rotation)
-            for number, (lon, lat) in enumerate(split_at_wraps(path_lon, path_lat)):
-                ax.plot(
-                    lon,
-                    lat,
-                    color="tab:orange",
-                    linewidth=1.4,
-                    marker=".",
-                    markersize=3,
-                    zorder=3,
-                    label="path in auto-decoding" if number == 0 else None,
-                )
+        self._draw_path(ax, rotation)
         lon, lat = lonlat(view.candidates[view.winner][:, 2], rotation)
         artist = ax.scatter(
             lon,
@@ -306,6 +333,60 @@ class PosteriorView(QWidget):
             label="current pose",
         )
         self.head_artists.append(artist)
+
+    def _draw_zoom(self) -> None:
+        """Gnomonic view of the posterior around its mode, with every candidate and the path near it."""
+        view = self.view
+        zoom = getattr(view, "zoom", None)
+        if zoom is None or view.log_posterior is None:
+            return
+        ax = self.zoom_figure.add_subplot()
+        image, extent = gnomonic_raster(
+            view.log_posterior, zoom.nside, zoom.pixels, zoom.log_posterior, zoom.mode, ZOOM_HALF_WIDTH_DEG
+        )
+        top = float(np.nanmax(image))
+        mesh = ax.imshow(
+            image - top,
+            origin="lower",
+            extent=extent,
+            cmap="bone",
+            vmin=-LOG_RANGE,
+            vmax=0.0,
+            interpolation="nearest",
+        )
+        bar = self.zoom_figure.colorbar(mesh, ax=ax, shrink=0.8, pad=0.02)
+        bar.set_label("log posterior (rel.)", fontsize=7)
+        bar.ax.tick_params(labelsize=7)
+        if len(view.path):
+            x, y = gnomonic_xy(view.path[:, :, 2], zoom.mode)
+            ax.plot(
+                x, y, color="tab:orange", linewidth=1.4, marker=".", markersize=4, label="path (saved epochs)"
+            )
+        x, y = gnomonic_xy(view.candidates[:, :, 2], zoom.mode)
+        for k in range(len(view.candidates)):
+            label = candidate_label(view, k)
+            won = k == view.winner
+            pose = label == "pose"
+            artist = ax.scatter(
+                x[k],
+                y[k],
+                s=200 if pose else (110 if won else 50),
+                marker="*" if pose else "o",
+                color="tab:red" if pose else head_colour(k),
+                edgecolors="white" if pose else "black",
+                linewidths=0.8,
+                zorder=5 if won else 4,
+                label=label + (" (winner)" if won else ""),
+            )
+            self.zoom_artists.append(artist)
+        half = ZOOM_HALF_WIDTH_DEG
+        ax.set_xlim(-half, half)
+        ax.set_ylim(-half, half)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("° from the mode (gnomonic)", fontsize=8)
+        ax.set_title(f"zoom on the mode (nside {zoom.nside})", fontsize=9)
+        ax.legend(loc="center left", bbox_to_anchor=(1.25, 0.5), fontsize=7, frameon=False)
 
     def _style_sky(self, ax) -> None:
         ax.grid(True, color="0.6", linewidth=0.4, alpha=0.6)

@@ -108,3 +108,49 @@ def get_stack_reader(path: PathLike | list) -> Callable[[PathLike], LayerData] |
 def get_particles_reader(path: PathLike | list) -> Callable[[PathLike], LayerData] | None:
     """Reader for RELION .star and cryoSPARC .cs particle files."""
     return read_particles_layer if _single(path, (".star", ".cs")) else None
+
+
+def read_run_layers(path: PathLike) -> LayerData:
+    """A run folder's map (iso-surface) and half maps (hidden); the folder is in each layer's metadata,
+    where the Run explorer dock finds it to show the particles and posteriors."""
+    from ..engine.run_results import read_run
+    from ._map_display import default_iso_level
+
+    results = read_run(path)
+    meta = {"run_folder": str(results.folder), "voxel_size": results.voxel_size}
+    layers: LayerData = []
+    if results.volume is not None:
+        layers.append(
+            (
+                results.volume,
+                {
+                    "name": "run map",
+                    "scale": (results.voxel_size,) * 3,
+                    "rendering": "iso",
+                    "iso_threshold": default_iso_level(results.volume),
+                    "colormap": "gray",
+                    "metadata": meta,
+                },
+                "image",
+            )
+        )
+    for name, half in zip(("run half A", "run half B"), results.half_maps or (), strict=False):
+        layers.append(
+            (
+                half,
+                {"name": name, "scale": (results.voxel_size,) * 3, "visible": False, "metadata": meta},
+                "image",
+            )
+        )
+    return layers
+
+
+def get_run_reader(path: PathLike | list) -> Callable[[PathLike], LayerData] | None:
+    """Reader for a cryoSPIN run folder (holding volume.mrc, poses.star or checkpoint.pt)."""
+    from ..engine.run_results import is_run_folder
+
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return read_run_layers if is_run_folder(path) else None

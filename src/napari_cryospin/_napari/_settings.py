@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QWidget,
 )
+from superqt import QCollapsible
 
 from ..engine.config import MIN_BOX, RunConfig, config_defaults
 
@@ -138,10 +139,16 @@ class RunSettings(QWidget):
         switch_row.addWidget(self.switch_combo, 1)
         switch_row.addWidget(self.switch_epoch_spin)
         form.addRow("switch", switch_row)
-        form.addRow("box", self.box_spin)
-        form.addRow("batch size", self.batch_spin)
-        form.addRow("polarity", self.polarity_combo)
-        form.addRow("", self.half_maps_check)
+        advanced_form = QWidget()
+        advanced = QFormLayout(advanced_form)
+        advanced.setContentsMargins(0, 0, 0, 0)
+        advanced.addRow("box", self.box_spin)
+        advanced.addRow("batch size", self.batch_spin)
+        advanced.addRow("polarity", self.polarity_combo)
+        advanced.addRow("", self.half_maps_check)
+        self.advanced = QCollapsible("Advanced")
+        self.advanced.addWidget(advanced_form)
+        form.addRow(self.advanced)
 
         self.layer_combo.activated.connect(self._use_layer)
         self.particles_edit.editingFinished.connect(self._suggest_out)

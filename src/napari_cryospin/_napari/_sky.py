@@ -51,3 +51,53 @@ def split_at_wraps(lon: np.ndarray, lat: np.ndarray) -> list[tuple[np.ndarray, n
         return []
     breaks = np.flatnonzero(np.abs(np.diff(lon)) > np.pi) + 1
     return list(zip(np.split(lon, breaks), np.split(lat, breaks), strict=True))
+
+
+def tangent_basis(centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(c, east, north): the unit centre and two unit vectors spanning the sky's tangent plane there."""
+    c = np.asarray(centre, dtype=np.float64)
+    c = c / np.linalg.norm(c)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(c[2]) > 0.999 else np.array([0.0, 0.0, 1.0])
+    east = np.cross(helper, c)
+    east /= np.linalg.norm(east)
+    return c, east, np.cross(c, east)
+
+
+def gnomonic_xy(vectors: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gnomonic coordinates (degrees of tangent-plane distance) of directions (..., 3) around `centre`;
+    NaN for directions in the other hemisphere."""
+    c, east, north = tangent_basis(centre)
+    v = np.asarray(vectors, dtype=np.float64)
+    depth = v @ c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x, y = np.degrees((v @ east) / depth), np.degrees((v @ north) / depth)
+    hidden = depth <= 1e-6
+    return np.where(hidden, np.nan, x), np.where(hidden, np.nan, y)
+
+
+def gnomonic_raster(
+    coarse: np.ndarray,
+    fine_nside: int,
+    fine_pixels: np.ndarray,
+    fine_values: np.ndarray,
+    centre: np.ndarray,
+    half_width_deg: float = 10.0,
+    size: int = 120,
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Image (size, size) of the posterior around `centre` and its extent (x0, x1, y0, y1) in degrees:
+    fine pixels where they were sampled, the coarse HEALPix map elsewhere."""
+    c, east, north = tangent_basis(centre)
+    edge = np.tan(np.radians(half_width_deg))
+    t = np.linspace(-edge, edge, size)
+    xx, yy = np.meshgrid(t, t)
+    v = c + xx[..., None] * east + yy[..., None] * north
+    v /= np.linalg.norm(v, axis=-1, keepdims=True)
+    image = np.asarray(coarse)[
+        healpy.vec2pix(healpy.npix2nside(len(coarse)), v[..., 0], v[..., 1], v[..., 2])
+    ]
+    fine = np.full(healpy.nside2npix(fine_nside), np.nan)
+    fine[np.asarray(fine_pixels)] = fine_values
+    sampled = fine[healpy.vec2pix(fine_nside, v[..., 0], v[..., 1], v[..., 2])]
+    image = np.where(np.isfinite(sampled), sampled, image)
+    shown = float(np.degrees(edge))
+    return image, (-shown, shown, -shown, shown)

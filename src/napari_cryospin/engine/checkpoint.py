@@ -101,8 +101,10 @@ def _unpickler_reason(exc: BaseException) -> str:
     return _first_line(exc)
 
 
-def load_checkpoint(out_dir: Path) -> dict:
-    """Read the checkpoint of a run folder (tensors and plain values only); one clear line when it cannot."""
+def load_checkpoint(out_dir: Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
+    """Read the checkpoint of a run folder (tensors and plain values only); one clear line when it cannot.
+
+    ``required``: the keys it must hold (a resume needs all; browsing a run needs fewer)."""
     path = Path(out_dir) / CHECKPOINT_NAME
     if not path.exists():
         raise FileNotFoundError(
@@ -120,7 +122,7 @@ def load_checkpoint(out_dir: Path) -> dict:
                     f"(nothing in it was run). {fix}"
                 ) from exc
             raise CheckpointError(f"{path}: damaged or not a checkpoint ({reason}). {fix}") from exc
-    missing = [key for key in REQUIRED_KEYS if not isinstance(raw, dict) or key not in raw]
+    missing = [key for key in required if not isinstance(raw, dict) or key not in raw]
     if missing:
         raise CheckpointError(
             f"{path}: not a cryospin checkpoint of this version (missing {', '.join(missing)}). {fix}"

@@ -39,7 +39,7 @@ from ..model.volume import HartleyVolume
 from ..physics.fourier import frequency_grid_2d, hartley_centered, ifftn_centered, radial_shells
 from ..physics.shifts import centering_phase
 from ..polarity import choose_polarity
-from ..posterior import view_log_posterior
+from ..posterior import refined_view_posterior
 from ..reconstruction import Accumulator, backproject, solve_map, split_halves
 from ..safe_write import write_json
 from .checkpoint import open_run_folder, save_checkpoint
@@ -560,7 +560,7 @@ class Engine:
                 labels = ["pose"]
             win = int(err.argmin())
             projection = self._projection(batch, rot[0, win], shift[0, win], half)
-        log_post = None
+        log_post = zoom = None
         if with_posterior:
             s_win = shift[0, win]
             sigma2 = max(float(err.min()), 1e-6)
@@ -578,7 +578,8 @@ class Engine:
                 return e * n_points / (2 * sigma2)
 
             with torch.no_grad():
-                log_post = view_log_posterior(score, nside=self.schedule.posterior_nside, device=self.device)
+                nside, anchors = self.schedule.posterior_nside, rot[0].cpu().double()
+                log_post, zoom = refined_view_posterior(score, anchors, nside, device=self.device)
         return ParticleView(
             index=i,
             image=batch.images[0].cpu().numpy(),
@@ -589,6 +590,7 @@ class Engine:
             path=path,
             log_posterior=log_post,
             labels=labels,
+            zoom=zoom,
         )
 
     def _projection(self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, half: int) -> np.ndarray:

@@ -34,6 +34,16 @@ class Command:
 
 
 @dataclass
+class SkyPatch:
+    """Fine HEALPix pixels around the posterior's mode, for the zoomed (gnomonic) view."""
+
+    nside: int  # fine HEALPix resolution (RING)
+    pixels: np.ndarray  # (K,) fine pixels that were sampled
+    log_posterior: np.ndarray  # (K,) best log posterior in each pixel, in the units of the coarse map
+    mode: np.ndarray  # (3,) unit view direction of the best sampled rotation
+
+
+@dataclass
 class ParticleView:
     """One particle's pose picture: its image, each head's candidate and the winner."""
 
@@ -46,6 +56,7 @@ class ParticleView:
     path: np.ndarray  # (T, 3, 3) the particle's pose at past decoding steps (empty in encoding)
     log_posterior: np.ndarray | None = None  # (12·nside²,) HEALPix (RING) log posterior of view direction
     labels: list[str] = field(default_factory=list)  # one per candidate ("head 1", "search", …)
+    zoom: SkyPatch | None = None  # fine samples around the mode (with ``log_posterior``)
 
 
 @dataclass

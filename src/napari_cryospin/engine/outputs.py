@@ -17,6 +17,7 @@ from ..metrics.fsc import resolution_at
 from ..metrics.translation import best_translation
 from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
+from .particle_scores import particle_scores
 from .validity import masked_fsc, radius_at, verdict
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ def write_results(engine: Engine) -> str:
     if engine.config.half_maps:
         write_volume(out / "half_a.mrc", half_a, voxel)
         write_volume(out / "half_b.mrc", half_b, voxel)
-    write_poses_star(out / "poses.star", engine.particles, rot, shift)
+    write_poses_star(out / "poses.star", engine.particles, rot, shift, particle_scores(engine))
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     res = resolution_at(freq, curve, 0.143)
     # The radius the halves were judged at (the planned top when they never were).

@@ -1,0 +1,133 @@
+"""The Run explorer on a finished tiny run: open, table, posterior follows a click, brush, export."""
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+
+from napari_cryospin._napari._explorer import RUN_MAP, RunExplorer
+from napari_cryospin._napari._map_display import MapDisplay, default_iso_level, slice_layer_name
+from napari_cryospin._napari._plots import RunPlots
+from napari_cryospin._napari._posterior_view import PosteriorView
+from napari_cryospin._napari._reader import get_run_reader
+from napari_cryospin.data.particles import load_particles
+
+LONG_MS = 120_000  # a loaded machine: the checkpoint and each posterior take seconds each
+
+
+def _drag(qtbot, canvas, ax, x0: float, x1: float) -> None:
+    """Press at data x0, move and release at x1 (mid-height of ``ax``), as a user brushing a range."""
+    from qtpy.QtCore import QPoint, Qt
+
+    canvas.draw()
+    y = float(np.mean(ax.get_ylim()))
+    ratio = canvas.devicePixelRatioF()
+    points = []
+    for x in (x0, x1):
+        px, py = ax.transData.transform((x, y))
+        points.append(QPoint(int(px / ratio), int(canvas.height() - py / ratio)))
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=points[0])
+    qtbot.mouseMove(canvas, points[1])
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=points[1])
+
+
+def test_explorer_opens_a_run_browses_posteriors_brushes_and_exports(
+    qtbot, ui_viewer, finished_run, tmp_path, monkeypatch
+):
+    import napari_cryospin._napari._explorer as explorer_module
+
+    threads = []
+    real_load = explorer_module.load_model
+
+    def recording_load(folder):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real_load(folder)
+
+    monkeypatch.setattr(explorer_module, "load_model", recording_load)
+    posterior, plots, explorer = PosteriorView(ui_viewer), RunPlots(ui_viewer), RunExplorer(ui_viewer)
+    for widget in (posterior, plots, explorer):
+        qtbot.addWidget(widget)
+    explorer.open_folder(finished_run)
+    qtbot.waitUntil(lambda: explorer.model is not None, timeout=LONG_MS)
+    assert threads == [False]  # torch came in a worker thread, not the GUI's
+    assert ui_viewer.layers[RUN_MAP].data.shape == (32, 32, 32)
+    assert "run half A" in ui_viewer.layers and not ui_viewer.layers["run half A"].visible
+    assert explorer.table_model.rowCount() == 200
+    assert plots.trace.fsc is not None and plots.bar_heights().sum() > 99.0
+    qtbot.waitUntil(lambda: posterior.view is not None and posterior.view.index == 0, timeout=LONG_MS)
+
+    # Sort by loss, worst first, and click the top row: the posterior dock follows that particle.
+    columns = list(explorer.table_model.frame.columns)
+    explorer.table.sortByColumn(columns.index("loss"), explorer_module.Qt.SortOrder.DescendingOrder)
+    worst = int(explorer.table_model.frame["loss"].idxmax())
+    rect = explorer.table.visualRect(explorer.proxy.index(0, 0))
+    qtbot.mouseClick(explorer.table.viewport(), explorer_module.Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.waitUntil(lambda: posterior.view is not None and posterior.view.index == worst, timeout=LONG_MS)
+    assert posterior.particle_spin.value() == worst
+    assert posterior.view.zoom is not None and posterior.view.labels[-1] == "pose"
+
+    # Brush the lower half of the loss histogram, then export the selection.
+    explorer.column_combo.setCurrentText("loss")
+    loss = explorer.table_model.frame["loss"].to_numpy()
+    low, high = float(loss.min()), float(np.median(loss))
+    _drag(qtbot, explorer.canvas, explorer.hist_ax, low, high)
+    assert 0 < len(explorer.selection) < 200
+    span = loss[explorer.selection]
+    assert span.min() >= low - 0.05 * (high - low) and span.max() <= high + 0.05 * (high - low)
+    assert explorer.export_button.isEnabled()
+    out = tmp_path / "selected.star"
+    assert explorer.export_to(out) == len(explorer.selection)
+    assert len(load_particles(out)) == len(explorer.selection)
+    explorer.clear_selection()
+    assert not explorer.export_button.isEnabled()
+
+
+def test_open_a_folder_that_is_no_run_says_so(qtbot, ui_viewer, tmp_path):
+    explorer = RunExplorer(ui_viewer)
+    qtbot.addWidget(explorer)
+    with qtbot.waitSignal(explorer.open_folder(tmp_path).errored, timeout=LONG_MS):
+        pass
+    qtbot.waitUntil(lambda: "not a cryoSPIN run folder" in explorer.status.text())
+    assert "Fix:" in explorer.status.text()
+
+
+def test_run_folder_reader_gives_iso_map_and_hidden_halves(finished_run, tmp_path):
+    reader = get_run_reader(str(finished_run))
+    assert reader is not None and get_run_reader(str(tmp_path)) is None
+    layers = reader(str(finished_run))
+    names = [meta["name"] for _, meta, _ in layers]
+    assert names == ["run map", "run half A", "run half B"]
+    data, meta, kind = layers[0]
+    assert kind == "image" and meta["rendering"] == "iso" and data.min() < meta["iso_threshold"] < data.max()
+    assert meta["metadata"]["run_folder"] == str(finished_run)
+
+
+def test_map_display_iso_slices_and_updates(qtbot, ui_viewer):
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(32, 32, 32)).astype(np.float32)
+    volume[12:20, 12:20, 12:20] += 10.0
+    level = default_iso_level(volume)
+    assert 4.0 < level < 10.0  # above the noise, below the particle
+    display = MapDisplay(ui_viewer, "map")
+    layer = ui_viewer.add_image(volume, name="map")
+    assert abs(display.iso_level.value - level) < 1e-3
+    display.rendering.value = "iso-surface"
+    assert layer.rendering == "iso" and layer.iso_threshold == display.iso_level.value
+    layer.data = volume + 1.0  # an update before the user chose a level: the default follows the map
+    assert abs(display.iso_level.value - default_iso_level(volume + 1.0)) < 1e-3
+    display.iso_level.value = 7.5
+    qtbot.waitUntil(lambda: layer.iso_threshold == 7.5)
+    display.rendering.value = "slices"
+    names = [slice_layer_name("map", axis) for axis in "zyx"]
+    assert all(ui_viewer.layers[n].depiction == "plane" for n in names) and not layer.visible
+    layer.data = 2 * volume  # the map updates: slices follow, the choice stays
+    assert ui_viewer.layers[names[0]].data.max() == layer.data.max()
+    assert display.rendering.value == "slices" and display.iso_level.value == 7.5  # the user's level stays
+    display.rendering.value = "MIP"
+    assert layer.visible and layer.rendering == "mip" and not ui_viewer.layers[names[0]].visible
+
+
+def test_explorer_import_does_not_load_torch():
+    code = "import sys, napari_cryospin._napari._explorer; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0

@@ -1,0 +1,74 @@
+"""A finished run read back: maps, FSC, per-particle scores, posteriors from the checkpoint, STAR export."""
+
+import numpy as np
+import pytest
+import starfile
+
+from napari_cryospin.data.errors import ParticleFileError
+from napari_cryospin.data.particles import load_particles
+from napari_cryospin.engine.run_results import POSE_CHANGE, export_selection, pose_rotations, read_run
+
+
+def test_read_run_has_maps_fsc_and_engine_scores(finished_run):
+    results = read_run(finished_run)
+    assert results.volume.shape == (32, 32, 32) and results.voxel_size > 0
+    assert results.half_maps is not None and results.fsc is not None and results.resolution > 0
+    assert results.finished and results.has_checkpoint and results.heads == 3
+    table = results.table
+    assert len(table) == 200
+    for column in ("head", "loss", "confidence", POSE_CHANGE):
+        assert column in table.columns
+    assert set(np.unique(table["head"])) <= {0, 1, 2, 3, 4}  # 1-based heads, 4 = kept/search pose
+    assert (table["loss"] > 0).all() and table["confidence"].notna().any()
+    assert (table[POSE_CHANGE] >= 0).all()
+    rot = pose_rotations(results.poses)
+    np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape), atol=1e-6)
+
+
+def test_extra_numeric_column_becomes_a_score(finished_run, tmp_path):
+    """A junk score another tool adds to poses.star shows up in the table; text columns do not."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    blocks = starfile.read(copy / "poses.star", always_dict=True)
+    blocks["particles"]["rlnJunkScore"] = np.linspace(0.0, 1.0, len(blocks["particles"]))
+    starfile.write(blocks, copy / "poses.star")
+    table = read_run(copy).table
+    assert "JunkScore" in table.columns and "ImageName" not in table.columns
+    np.testing.assert_allclose(table["JunkScore"].iloc[[0, -1]], [0.0, 1.0])
+
+
+def test_export_selection_keeps_poses_and_finds_the_images(finished_run, tmp_path):
+    results = read_run(finished_run)
+    rows = np.flatnonzero(results.table["loss"] <= results.table["loss"].median())
+    out = tmp_path / "elsewhere" / "subset.star"
+    out.parent.mkdir()
+    assert export_selection(results, rows, out) == len(rows)
+    subset = load_particles(out)
+    assert len(subset) == len(rows)
+    np.testing.assert_allclose(subset.rotations, pose_rotations(results.poses)[rows], atol=1e-4)
+    original = load_particles(finished_run / "poses.star")
+    np.testing.assert_allclose(subset.stack[[0]], original.stack[[rows[0]]])
+
+
+def test_not_a_run_folder_is_one_clear_line(tmp_path):
+    with pytest.raises(ParticleFileError, match=r"not a cryoSPIN run folder.*Fix:"):
+        read_run(tmp_path)
+
+
+def test_exported_selection_runs_in_reconstruct_and_backproject(finished_run, tmp_path):
+    """The acceptance path: brush → export → both commands take the STAR as their input."""
+    from napari_cryospin.cli import main
+    from napari_cryospin.data.mrc import read_volume
+
+    results = read_run(finished_run)
+    rows = np.flatnonzero(results.table["loss"] <= np.quantile(results.table["loss"], 0.7))
+    star = tmp_path / "subset.star"
+    export_selection(results, rows, star)
+    assert main(["backproject", str(star), "--out", str(tmp_path / "bp")]) == 0
+    assert read_volume(tmp_path / "bp" / "volume.mrc")[0].shape == (32, 32, 32)
+    tiny = ["--heads", "2", "--epochs", "1", "--explore-epochs", "0", "--switch", "1", "--device", "cpu"]
+    tiny += ["--encoder-width", "4", "--encoder-box", "16", "--batch-size", "50"]
+    assert main(["reconstruct", str(star), "--out", str(tmp_path / "re"), *tiny]) == 0
+    assert len(load_particles(tmp_path / "re" / "poses.star")) == len(rows)
