@@ -92,3 +92,38 @@ def test_optics_groups_from_ctf_when_the_table_has_no_group_column():
 
     groups, labels = optics_groups(P)
     assert groups[0] == groups[2] != groups[1] and len(labels) == 2
+
+
+def _best_grid_poses(tiny_dataset, tmp_path, mode):
+    """Each particle's best coarse-grid rotation index against a known-pose map, under noise ``mode``."""
+    from napari_cryospin.data.particles import load_particles
+    from napari_cryospin.engine.config import RunConfig
+    from napari_cryospin.engine.engine import Engine
+    from napari_cryospin.model.search import SoftAssignment, grid_search, insert_weighted
+    from napari_cryospin.reconstruction import solve_map
+
+    truth = load_particles(tiny_dataset / "truth.star")
+    cfg = RunConfig(particles=str(tiny_dataset / "particles.star"), out=str(tmp_path / mode), device="cpu")
+    eng = Engine(RunConfig.from_dict({**cfg.to_dict(), "noise_model": mode}))
+    eng._build()
+    batch = eng._batch(np.arange(eng.n))
+    one = torch.ones(eng.n, 1)
+    poses = SoftAssignment(
+        torch.as_tensor(truth.rotations, dtype=torch.float32)[:, None],
+        torch.as_tensor(truth.shifts, dtype=torch.float32)[:, None],
+        one,
+        one,
+    )
+    n = eng.disk.count(10)
+    eng.volume.set_from_real_space(torch.from_numpy(solve_map(insert_weighted(batch, poses, eng.disk, n))))
+    found = grid_search(eng.volume, batch, eng.grids[0], torch.zeros(eng.n, 2), eng.offsets, eng.disk, n, 1)
+    return found.rotations[:, 0], eng
+
+
+def test_white_noise_leaves_the_search_unchanged(tiny_dataset, tmp_path):
+    auto, eng = _best_grid_poses(tiny_dataset, tmp_path, "auto")
+    white, _ = _best_grid_poses(tiny_dataset, tmp_path, "white")
+    weights = eng.noise.weights(np.arange(eng.n))
+    assert float(weights.std() / weights.mean()) < 0.05  # flat: the data's noise is white
+    same = torch.isclose(auto, white, atol=1e-5).flatten(1).all(1).float().mean()
+    assert same > 0.97
