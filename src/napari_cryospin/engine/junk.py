@@ -7,12 +7,13 @@ top radius (cycles per box, so the same detail at any pixel size). With ``y`` th
 
 - ``correlation = ⟨y, m⟩ / (‖y‖ ‖m‖)``, the junk score: empty picks, ice, other particles and aggregates
   correlate less with the map than particles do (ROC AUC 0.96 against a known-pose map at SNR 0.05 with
-  coloured noise, against 0.94 for the log-likelihood ratio and 0.62 for the residual's excess power);
+  coloured noise, against 0.94 for the log-likelihood ratio and 0.62 for the residual's excess power;
+  docs/method.md);
 - ``z = (median − correlation) / s`` with ``s`` the spread of the upper side (84th percentile − median):
   junk lies on the low side, so the upper side measures the particles' own spread whatever the junk
   share (below one half); written as ``rlnParticleSelectZScore`` (RELION: high = likely junk);
-- with ``--junk auto`` the particles with ``z > Z_JUNK`` are left out of the final maps (measured: 62 %
-  of junk, 0.5 % of particles against the known-pose map);
+- with ``--junk auto`` the particles with ``z > Z_JUNK`` are left out of the final maps (measured: 59 %
+  of junk, 0.6 % of particles against the known-pose map);
 - ``log_likelihood_ratio = (⟨y, m⟩ − ‖m‖²/2) / σ²`` (nats): the Gaussian log-likelihood at the pose minus
   that of the noise-only model, σ² the median residual power per point; written as
   ``rlnLogLikeliContribution``.
