@@ -9,6 +9,7 @@ import torch
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
+from napari_cryospin.engine.junk import Z_JUNK
 from napari_cryospin.engine.switch import AutoSwitch
 from napari_cryospin.model.likelihood import FrequencyDisk, searched_error, shift_grid, squared_error
 
@@ -151,9 +152,12 @@ def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):
     assert len(poses) == 200 and poses.rotations is not None
     # The written half maps are backprojections of the engine's own halves (the ones it kept apart while
     # training), each from its particles only: rebuilding them from those halves gives the same maps.
+    # Particles scored as junk (--junk auto, the default) are left out of both.
     halves = eng.halves.cpu().numpy()
-    a, b = np.flatnonzero(halves == 0), np.flatnonzero(halves == 1)
-    assert len(a) + len(b) == 200 and abs(len(a) - len(b)) <= 1
+    junk = poses.table["rlnParticleSelectZScore"].to_numpy() > Z_JUNK
+    assert len(load_particles(out / "particles_kept.star")) == 200 - junk.sum()
+    a, b = np.flatnonzero((halves == 0) & ~junk), np.flatnonzero((halves == 1) & ~junk)
+    assert len(a) + len(b) + junk.sum() == 200 and abs(len(a) - len(b)) <= 1 + junk.sum()
     for name, members in (("half_a.mrc", a), ("half_b.mrc", b)):
         written, _ = read_volume(out / name)
         rebuilt = backproject(eng.particles, poses.rotations, poses.shifts, indices=members)

@@ -184,6 +184,14 @@ def test_dock_offers_open_particle_layers_and_detected_devices(qtbot, ui_viewer,
     assert settings.polarity_combo.currentData() == "auto" and settings.config().polarity == "auto"
     settings.polarity_combo.setCurrentIndex(settings.polarity_combo.findData("white"))
     assert settings.config().polarity == "white"
+    config = settings.config()
+    assert config.junk == "auto" and config.noise_model == "auto" and config.box is None
+    assert settings.box_spin.text() == "auto"  # the working box is chosen for the device
+    settings.junk_combo.setCurrentIndex(settings.junk_combo.findData("keep"))
+    settings.noise_combo.setCurrentIndex(settings.noise_combo.findData("white"))
+    settings.box_spin.setValue(48)
+    config = settings.config()
+    assert (config.junk, config.noise_model, config.box) == ("keep", "white", 48)
 
 
 def test_status_line_reads_like_the_issue_asks(ui_snapshot):

@@ -110,8 +110,11 @@ class RunSettings(QWidget):
         )
         self.switch_epoch_spin.setEnabled(False)
         self.box_spin = _spin(MIN_BOX - 2, 1024, MIN_BOX - 2, step=2)
-        self.box_spin.setSpecialValueText("original")  # shown at the minimum, one step below MIN_BOX
-        self.box_spin.setToolTip("Downsample the images to this box (even); 'original' keeps them")
+        self.box_spin.setSpecialValueText("auto")  # shown at the minimum, one step below MIN_BOX
+        self.box_spin.setToolTip(
+            "Work on the images downsampled to this box (even); auto: the stack's box up to 64 on a CPU, "
+            "128 on a GPU. The final maps are also made at the stack's own box and pixel size"
+        )
         self.batch_spin = _spin(1, 4096, defaults["batch_size"])
         self.polarity_combo = QComboBox()
         for label, value in (
@@ -122,6 +125,22 @@ class RunSettings(QWidget):
             self.polarity_combo.addItem(label, value)
         self.polarity_combo.setToolTip(
             "Protein darker (micrographs) or brighter (RELION extraction) than background; auto decides"
+        )
+        self.junk_combo = QComboBox()
+        for label, value in (("leave out of the map (auto)", "auto"), ("keep every particle", "keep")):
+            self.junk_combo.addItem(label, value)
+        self.junk_combo.setCurrentIndex(self.junk_combo.findData(defaults["junk"]))
+        self.junk_combo.setToolTip(
+            "Particles the map does not explain (empty picks, ice, aggregates) are scored in poses.star; "
+            "auto leaves them out of the final maps and lists the kept ones in particles_kept.star"
+        )
+        self.noise_combo = QComboBox()
+        for label, value in (("measured per shell (auto)", "auto"), ("white", "white")):
+            self.noise_combo.addItem(label, value)
+        self.noise_combo.setCurrentIndex(self.noise_combo.findData(defaults["noise_model"]))
+        self.noise_combo.setToolTip(
+            "auto: weigh each frequency by the noise power measured in the images' background, per optics "
+            "group; white: every frequency alike"
         )
         self.half_maps_check = QCheckBox("reconstruct half maps (gold-standard FSC)")
         self.half_maps_check.setChecked(defaults["half_maps"])
@@ -145,6 +164,8 @@ class RunSettings(QWidget):
         advanced.addRow("box", self.box_spin)
         advanced.addRow("batch size", self.batch_spin)
         advanced.addRow("polarity", self.polarity_combo)
+        advanced.addRow("junk", self.junk_combo)
+        advanced.addRow("noise model", self.noise_combo)
         advanced.addRow("", self.half_maps_check)
         self.advanced = QCollapsible("Advanced")
         self.advanced.addWidget(advanced_form)
@@ -250,4 +271,6 @@ class RunSettings(QWidget):
             half_maps=self.half_maps_check.isChecked(),
             resume=resume,
             polarity=self.polarity_combo.currentData(),
+            junk=self.junk_combo.currentData(),
+            noise_model=self.noise_combo.currentData(),
         )

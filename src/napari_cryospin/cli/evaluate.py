@@ -16,7 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="score estimated poses and a map against the ground truth",
         description="Rotation errors (degrees, after one global rotation and the better hand), shift errors "
         "(pixels) and FSC against the true map (resolution at 0.5 and 0.143). Particles are matched by "
-        "row order.",
+        "row order. When the truth marks junk (rlnClassNumber ≠ 1, as cryospin simulate writes), poses are "
+        "scored on the particles only and the run's junk score (rlnParticleSelectZScore) gets its ROC AUC.",
     )
     parser.add_argument("--truth", type=Path, required=True, help="STAR file with the true poses")
     parser.add_argument("--volume-truth", type=Path, help="the true map (.mrc)")
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.mrc import read_volume
     from ..metrics.alignment import align_rotations, fsc_to_truth, shift_errors
+    from ..metrics.junk_auc import JUNK_COLUMN, roc_auc, truth_junk
 
     if args.poses is None and args.volume is None:
         raise ValueError("nothing to evaluate. Fix: give --poses, --volume or both.")
@@ -63,11 +65,20 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.poses.name} has {len(est)} particles but {args.truth.name} has {len(truth)}. "
                 f"Fix: give the poses of the same particles, in the same order."
             )
-        aligned = align_rotations(est.rotations, truth.rotations)
+        junk = truth_junk(truth.table)
+        real = np.ones(len(truth), bool) if junk is None else ~junk
+        aligned = align_rotations(est.rotations[real], truth.rotations[real])
         rotation, flip = aligned.rotation, aligned.flip
-        shifts = shift_errors(est.shifts * est.pixel_size / truth.pixel_size, truth.shifts)
+        shifts = shift_errors(est.shifts[real] * est.pixel_size / truth.pixel_size, truth.shifts[real])
+        if junk is not None and junk.any():
+            report.update(junk=int(junk.sum()))
+            rows.append(("junk in the truth (not scored)", str(int(junk.sum()))))
+            if est.table is not None and JUNK_COLUMN in est.table.columns:
+                auc = roc_auc(est.table[JUNK_COLUMN].to_numpy(), junk)
+                report.update(junk_auc=auc)
+                rows.append((f"junk score ROC AUC ({JUNK_COLUMN})", f"{auc:.3f}"))
         report.update(
-            n=len(truth),
+            n=int(real.sum()),
             flip=aligned.flip,
             rotation_error_mean_deg=aligned.mean,
             rotation_error_median_deg=aligned.median,
@@ -75,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             shift_error_median_px=float(np.median(shifts)),
         )
         rows += [
-            ("particles", str(len(truth))),
+            ("particles scored", str(int(real.sum()))),
             ("hand", "mirrored" if aligned.flip else "same"),
             ("rotation error mean (deg)", f"{aligned.mean:.2f}"),
             ("rotation error median (deg)", f"{aligned.median:.2f}"),

@@ -36,7 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default=d["device"], help="auto (CUDA, else MPS, else CPU; default), cuda, mps or cpu"
     )
-    p.add_argument("--box", type=int, default=d["box"], help="Fourier-crop the images to this box (even)")
+    p.add_argument(
+        "--box",
+        type=int,
+        default=d["box"],
+        help="work on the images Fourier-cropped to this box (even); default: the stack's box up to 64 on a "
+        "CPU, 128 on a GPU. The final maps are always also made at the stack's box and pixel size",
+    )
     p.add_argument("--encoder-box", type=int, default=d["encoder_box"], help="image size the encoder sees")
     p.add_argument(
         "--encoder-width", type=int, default=d["encoder_width"], help="channels of the first VGG block"
@@ -57,6 +63,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("auto", "dark", "white"),
         default=d["polarity"],
         help="protein darker (dark) or brighter (white) than background; auto (default): from the data",
+    )
+    p.add_argument(
+        "--noise-model",
+        choices=("auto", "white"),
+        default=d["noise_model"],
+        help="auto (default): weigh frequencies by the noise power measured per shell and optics group in "
+        "the images' background; white: unweighted",
+    )
+    p.add_argument(
+        "--junk",
+        choices=("auto", "keep"),
+        default=d["junk"],
+        help="auto (default): leave particles scored as junk out of the final maps (all are scored in "
+        "poses.star; the kept ones listed in particles_kept.star); keep: use every particle",
     )
     p.set_defaults(run=run)
 
@@ -81,6 +101,8 @@ def config_from_args(args: argparse.Namespace):
         overwrite=args.overwrite,
         max_particles=args.max_particles,
         polarity=args.polarity,
+        noise_model=args.noise_model,
+        junk=args.junk,
     )
 
 

@@ -65,6 +65,25 @@ class ParticleSet:
         """Pixel size in Å of the images as stored in the stacks (before any downsampling)."""
         return self.pixel_size * self.stack.box / self.stack.original_box
 
+    def at_box(self, box: int) -> ParticleSet:
+        """The same particles served at another even ``box`` (Fourier crop on the fly; ≤ the stored box).
+
+        Pixel size and shifts (pixels) follow the new sampling; nothing is read or copied.
+        """
+        if box == self.box:
+            return self
+        ratio = box / self.box
+        return ParticleSet(
+            path=self.path,
+            stack=self.stack.resized(box),
+            pixel_size=self.pixel_size / ratio,
+            ctf=self.ctf,
+            rotations=self.rotations,
+            shifts=None if self.shifts is None else self.shifts * ratio,
+            table=self.table,
+            optics=self.optics,
+        )
+
     def subset(self, indices: np.ndarray | slice) -> ParticleSet:
         """The chosen particles, in the given order (table rows follow)."""
         pick = np.arange(len(self))[indices]

@@ -10,7 +10,11 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
+from ..model.noise import MODES as NOISE_MODES
 from ..polarity import MODES
+
+JUNK_MODES = ("auto", "keep")
+"""``--junk`` values: leave the particles scored as junk out of the final maps, or keep every particle."""
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 """Device names a run accepts (``cuda:N`` picks one GPU)."""
@@ -70,6 +74,10 @@ class RunConfig:
     the paper). ``switch`` is an epoch number (switch at its start), ``"auto"`` (the criterion in
     ``engine/switch.py``) or ``None`` (only when commanded). ``polarity`` is ``"auto"`` (decided from
     the data, see ``polarity.py``), ``"dark"`` or ``"white"`` (protein brighter than background).
+    ``noise_model`` is ``"auto"`` (noise power per shell and optics group, ``model/noise.py``) or
+    ``"white"`` (the unweighted residual). ``junk`` ``"auto"`` leaves the particles scored as junk
+    (``engine/junk.py``) out of the final maps; ``"keep"`` scores them but keeps every particle. ``box``
+    None lets ``engine/working_box.py`` choose the working box.
     ``overwrite`` lets a fresh run replace the results of another run in ``out`` (see ``run_folder.py``);
     ``resume`` continues the run there.
     """
@@ -93,6 +101,8 @@ class RunConfig:
     snapshot_interval_s: float = 0.5
     eval_every: int | None = None
     polarity: str = "auto"
+    noise_model: str = "auto"
+    junk: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -117,6 +127,16 @@ class RunConfig:
         if self.polarity not in MODES:
             raise ValueError(
                 f"--polarity must be one of {', '.join(MODES)}, got {self.polarity!r}. Fix: choose one."
+            )
+        if self.noise_model not in NOISE_MODES:
+            raise ValueError(
+                f"--noise-model must be one of {', '.join(NOISE_MODES)}, got {self.noise_model!r}. "
+                "Fix: choose auto (measured per shell and optics group) or white."
+            )
+        if self.junk not in JUNK_MODES:
+            raise ValueError(
+                f"--junk must be one of {', '.join(JUNK_MODES)}, got {self.junk!r}. "
+                "Fix: choose auto (leave junk out of the maps) or keep."
             )
         if not (self.switch is None or self.switch == "auto" or (_is_int(self.switch) and self.switch >= 0)):
             raise ValueError(

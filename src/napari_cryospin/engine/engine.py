@@ -33,6 +33,7 @@ from ..model.likelihood import (
     shift_grid,
     squared_error,
 )
+from ..model.noise import estimate_noise
 from ..model.poses import ParticlePoses
 from ..model.search import forget, grid_search, insert_weighted, so3_grid
 from ..model.volume import HartleyVolume
@@ -52,6 +53,7 @@ from .run_folder import write_run_record
 from .schedule import Schedule
 from .switch import AutoSwitch
 from .validity import half_agreement, radius_at
+from .working_box import working_box
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class Engine:
         self.config = config
         self.device = torch.device(resolve_device(config.device))
         particles = load_particles(config.particles, box=config.box)
+        particles = particles.at_box(working_box(particles.stack.original_box, config.box, self.device.type))
         if particles.ctf is None:
             raise ParticleFileError(
                 f"{particles.path}: a bare stack has no CTF parameters. "
@@ -101,7 +104,8 @@ class Engine:
 
     def _batch(self, idx: np.ndarray) -> ImageBatch:
         t_idx = torch.as_tensor(idx, device=self.device)
-        return prepare_batch(t_idx, self._load_images(idx), self.particles.ctf, self.disk)
+        images = self._load_images(idx)
+        return prepare_batch(t_idx, images, self.particles.ctf, self.disk, self.noise.weights(idx))
 
     def _initial_volume(self, generator: torch.Generator, copies: int) -> HartleyVolume:
         """Exponent from the data's radial spectrum; mantissa from a random-pose reconstruction (a blob).
@@ -139,6 +143,7 @@ class Engine:
         if not self.ctf_check.consistent:
             log.warning("%s: %s", cfg.particles, self.ctf_check.summary())
         self.scale = self._image_scale()
+        self.noise = estimate_noise(self.particles, self.scale, self.disk.radius, cfg.noise_model, cfg.seed)
         self.encoder = MultiHeadEncoder(
             self.schedule.encoder_box,
             cfg.heads,
@@ -597,7 +602,7 @@ class Engine:
         """The CTF-modulated, shifted model projection of one particle in real space."""
         k = frequency_grid_2d(self.box, self.device).reshape(-1, 2)
         full_ctf = torch.zeros(self.box * self.box, device=self.device)
-        full_ctf[self.disk.flat] = batch.ctf[0]
+        full_ctf[self.disk.flat] = batch.ctf[0] if batch.whiten is None else batch.ctf[0] / batch.whiten[0]
         h = self.volume.slices(rot[None], k, half)[0]
         hm = h.reshape(self.box, self.box)
         f = 0.5 * (hm + _flip(hm)) - 0.5j * (hm - _flip(hm))

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.mrc import write_volume
 from ..data.poses_out import write_poses_star
 from ..metrics.fsc import resolution_at
 from ..metrics.translation import best_translation
 from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
+from .full_size import write_final_maps
+from .junk import KEPT_STAR, score_junk, write_kept
 from .particle_scores import particle_scores
 from .validity import masked_fsc, radius_at, verdict
 
@@ -32,22 +33,22 @@ REGISTER_MIN_VOXELS = 0.02
 
 
 def _gold_standard(
-    engine: Engine, limit: int | None = None
+    engine: Engine, limit: int | None = None, keep: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(full, half A, half B) backprojections with the current poses, over the engine's own halves (at most
-    ``limit`` particles in all, split evenly), so the half maps never mix the halves the engine kept apart;
-    and the poses (n, 3, 3) and shifts (n, 2) px they used.
+    ``limit`` particles in all, split evenly; only those where ``keep`` (n,) is true), so the half maps
+    never mix the halves the engine kept apart; and the poses (n, 3, 3) and shifts (n, 2) px they used.
 
-    Independent halves are brought into one frame to a whole voxel at the end of exploration and each half
-    refines its own map's origin afterwards; half B's shifts are moved by the sub-voxel translation that
-    registers its map onto half A's before the two are combined, so the full map is not blurred by it.
+    Independent halves are brought into one frame at the end of exploration and each half refines its own
+    map's origin afterwards; half B's shifts are moved by the sub-voxel translation that registers its map
+    onto half A's before the two are combined, so the full map is not blurred by it.
     """
     rot, shift = engine.current_poses()
     halves = engine.halves.cpu().numpy()
     rng = np.random.default_rng(engine.config.seed)
     members = []
     for c in (0, 1):
-        m = np.flatnonzero(halves == c)
+        m = np.flatnonzero((halves == c) & (True if keep is None else keep))
         if limit is not None and 2 * len(m) > limit:
             m = np.sort(rng.choice(m, limit // 2, replace=False))
         members.append(m)
@@ -115,12 +116,18 @@ def write_epoch_record(
 def write_results(engine: Engine) -> str:
     """Write volume.mrc, half maps, poses.star, metrics.json and plots; return a one-line summary."""
     out, voxel = engine.out, engine.particles.pixel_size
-    full, half_a, half_b, rot, shift = _gold_standard(engine)
-    write_volume(out / "volume.mrc", full, voxel)
-    if engine.config.half_maps:
-        write_volume(out / "half_a.mrc", half_a, voxel)
-        write_volume(out / "half_b.mrc", half_b, voxel)
-    write_poses_star(out / "poses.star", engine.particles, rot, shift, particle_scores(engine))
+    junk = score_junk(engine)
+    keep = ~junk.junk if engine.config.junk == "auto" else None
+    full, half_a, half_b, rot, shift = _gold_standard(engine, keep=keep)
+    halves = engine.halves.cpu().numpy()
+    kept = np.ones(engine.n, bool) if keep is None else keep
+    sizes = write_final_maps(
+        engine, (full, half_a, half_b), [np.flatnonzero((halves == c) & kept) for c in (0, 1)], (rot, shift)
+    )
+    write_poses_star(
+        out / "poses.star", engine.particles, rot, shift, {**particle_scores(engine), **junk.columns()}
+    )
+    n_kept = write_kept(out / KEPT_STAR, engine, junk, (rot, shift))
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     res = resolution_at(freq, curve, 0.143)
     # The radius the halves were judged at (the planned top when they never were).
@@ -139,13 +146,17 @@ def write_results(engine: Engine) -> str:
                 "fsc": [freq.tolist(), curve.tolist()],
                 "halves_agreement": engine.agreement,
                 "validity": validity,
+                "junk": junk.summary(keep is not None),
+                "maps": sizes,
+                "noise": engine.noise.to_dict(),
             },
         },
     )
     from .plots import plot_run
 
     plot_run(out, engine.history, (freq, curve))
+    junk_note = f"{engine.n - n_kept} junk " + ("left out" if keep is not None else "kept (--junk keep)")
     return (
         f"done: {res:.1f} Å (half-map FSC 0.143), {engine.polarity.summary()}; {validity['message']}; "
-        f"results in {out}"
+        f"{junk_note}; {sizes['box']}-px map; results in {out}"
     )

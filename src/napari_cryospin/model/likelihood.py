@@ -49,14 +49,27 @@ class ImageBatch:
     images: torch.Tensor  # (B, L, L) normalised real-space images (the encoder's input)
     spectrum: torch.Tensor  # (B, P) complex, orthonormal spectrum of the image
     ctf: torch.Tensor  # (B, P)
+    whiten: torch.Tensor | None = None  # (B, P) 1/σ of the noise model, already in spectrum and ctf
 
     def select(self, mask: torch.Tensor) -> ImageBatch:
         """The sub-batch of the particles where ``mask`` (B,) is true."""
-        return ImageBatch(self.idx[mask], self.images[mask], self.spectrum[mask], self.ctf[mask])
+        whiten = None if self.whiten is None else self.whiten[mask]
+        return ImageBatch(self.idx[mask], self.images[mask], self.spectrum[mask], self.ctf[mask], whiten)
 
 
-def prepare_batch(idx: torch.Tensor, images: torch.Tensor, ctf: CTFParams, disk: FrequencyDisk) -> ImageBatch:
-    """FFT the (normalised) images and evaluate their CTFs on the disk."""
+def prepare_batch(
+    idx: torch.Tensor,
+    images: torch.Tensor,
+    ctf: CTFParams,
+    disk: FrequencyDisk,
+    whiten: torch.Tensor | None = None,
+) -> ImageBatch:
+    """FFT the (normalised) images and evaluate their CTFs on the disk.
+
+    ``whiten`` (B, P), the noise model's 1/σ per point (``model/noise.py``), multiplies both spectrum and
+    CTF, so every residual ``CTF·slice − spectrum`` downstream is whitened, and the exploration's map sums
+    become the noise-weighted ``Σ C·Y/σ²``, ``Σ C²/σ²``.
+    """
     box = images.shape[-1]
     spec = fftn_centered(images, 2).reshape(images.shape[0], -1)[:, disk.flat] / box
     sel = idx.cpu().numpy()
@@ -76,7 +89,9 @@ def prepare_batch(idx: torch.Tensor, images: torch.Tensor, ctf: CTFParams, disk:
         col(ctf.phase_shift),
         col(ctf.bfactor),
     )
-    return ImageBatch(idx=idx, images=images, spectrum=spec, ctf=values)
+    if whiten is not None:
+        spec, values = spec * whiten, values * whiten
+    return ImageBatch(idx=idx, images=images, spectrum=spec, ctf=values, whiten=whiten)
 
 
 def squared_error(

@@ -1,0 +1,102 @@
+"""The final maps at the stack's own box and pixel size, from the poses found at the working box.
+
+The engine works on Fourier-cropped images (``engine/working_box.py``); its poses hold at any sampling
+once shifts are scaled by the box ratio (pixels of the working box → pixels of the stored images). The
+two half maps are reconstructed from the stored images, a batch at a time (the stack is read, never
+copied), with the same estimator and halves as the working-box maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..data.mrc import write_volume
+from ..metrics.fsc import resolution_at
+from ..reconstruction import accumulate, solve_map
+from .validity import masked_fsc
+
+if TYPE_CHECKING:
+    from ..data.particles import ParticleSet
+    from .engine import Engine
+
+WORKING_MAP = "volume_working.mrc"
+"""The map at the working box, written beside volume.mrc when the engine worked on cropped images."""
+
+BATCH_VALUES = 1 << 24
+"""Image values read per backprojection batch (64 MiB of float32): 256 images of box 256."""
+
+
+@dataclass
+class FullSizeMaps:
+    """(full, half A, half B) maps (L, L, L) at the stored box ``box`` and pixel size ``voxel`` (Å)."""
+
+    full: np.ndarray
+    half_a: np.ndarray
+    half_b: np.ndarray
+    box: int
+    voxel: float
+
+
+def full_size_maps(
+    particles: ParticleSet,
+    rotations: np.ndarray,
+    shifts_px: np.ndarray,
+    halves: list[np.ndarray],
+    device: str = "cpu",
+) -> FullSizeMaps | None:
+    """Backproject the particles of ``halves`` (two index arrays) at the stored box; None when already there.
+
+    ``particles`` are served at the working box; ``rotations`` (n, 3, 3) and ``shifts_px`` (n, 2, pixels of
+    the working box, RELION origin sign) are the poses found there.
+    """
+    box = particles.stack.original_box
+    if box == particles.box:
+        return None
+    stored = particles.at_box(box)
+    shifts = np.asarray(shifts_px) * (box / particles.box)
+    batch = max(1, BATCH_VALUES // (box * box))
+    acc = [accumulate(stored, rotations, shifts, members, batch, device) for members in halves]
+    return FullSizeMaps(
+        solve_map(acc[0] + acc[1]), solve_map(acc[0]), solve_map(acc[1]), box, stored.pixel_size
+    )
+
+
+def write_final_maps(
+    engine: Engine,
+    working: tuple[np.ndarray, np.ndarray, np.ndarray],
+    halves: list[np.ndarray],
+    poses: tuple[np.ndarray, np.ndarray],
+) -> dict:
+    """Write volume.mrc (and half_a.mrc, half_b.mrc) at the stored box; return what was written.
+
+    ``working`` are the (full, half A, half B) maps at the working box, written as they are when the
+    engine worked at the stored box; otherwise the stored-box maps are reconstructed from the particles of
+    ``halves`` at ``poses`` (rotations (n, 3, 3), shifts (n, 2) px of the working box: the ones the working
+    maps used) and the working-box map is kept as volume_working.mrc.
+    """
+    out = engine.out
+    rot, shift = poses
+    sized = full_size_maps(engine.particles, rot, shift, halves, engine.device)
+    if sized is None:
+        full, half_a, half_b = working
+        box, voxel = engine.box, engine.particles.pixel_size
+    else:
+        full, half_a, half_b, box, voxel = sized.full, sized.half_a, sized.half_b, sized.box, sized.voxel
+        write_volume(out / WORKING_MAP, working[0], engine.particles.pixel_size)
+    write_volume(out / "volume.mrc", full, voxel)
+    if engine.config.half_maps:
+        write_volume(out / "half_a.mrc", half_a, voxel)
+        write_volume(out / "half_b.mrc", half_b, voxel)
+    info = {
+        "box": box,
+        "voxel_size": voxel,
+        "working_box": engine.box,
+        "working_voxel_size": engine.particles.pixel_size,
+    }
+    if sized is not None:
+        freq, curve = np.arange(box // 2 + 1) / (box * voxel), masked_fsc(half_a, half_b)
+        info["resolution"] = resolution_at(freq[: len(curve)], curve, 0.143)
+    return info

@@ -1,0 +1,148 @@
+"""Per-particle junk scores: how well each image is explained by the map at its pose, under the noise model.
+
+At the end of a run every particle is compared with its own half map at its final pose (the shift searched
+again on the 1-px grid), in the whitened units of the likelihood (``model/noise.py``), out to exploration's
+top radius (cycles per box, so the same detail at any pixel size). With ``y`` the image and
+``m = CTF · slice`` the model there:
+
+- ``correlation = ⟨y, m⟩ / (‖y‖ ‖m‖)``, the junk score: empty picks, ice, other particles and aggregates
+  correlate less with the map than particles do (ROC AUC 0.96 against a known-pose map at SNR 0.05 with
+  coloured noise, against 0.94 for the log-likelihood ratio and 0.62 for the residual's excess power;
+  docs/method.md);
+- ``z = (median − correlation) / s`` with ``s`` the spread of the upper side (84th percentile − median):
+  junk lies on the low side, so the upper side measures the particles' own spread whatever the junk
+  share (below one half); written as ``rlnParticleSelectZScore`` (RELION: high = likely junk);
+- with ``--junk auto`` the particles with ``z > Z_JUNK`` are left out of the final maps (measured: 59 %
+  of junk, 0.6 % of particles against the known-pose map);
+- ``log_likelihood_ratio = (⟨y, m⟩ − ‖m‖²/2) / σ²`` (nats): the Gaussian log-likelihood at the pose minus
+  that of the noise-only model, σ² the median residual power per point; written as
+  ``rlnLogLikeliContribution``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..model.likelihood import searched_error
+from ..physics.fourier import fourier_to_hartley
+from ..physics.shifts import centering_phase
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+KEPT_STAR = "particles_kept.star"
+"""The particles not scored as junk, with poses, written beside poses.star."""
+
+Z_JUNK = 2.0
+"""Particles whose correlation lies more than this many upper-side spreads below the median are junk."""
+
+
+@dataclass
+class FitTerms:
+    """Per particle (n,): ``cross`` ⟨y, m⟩, ``model`` ‖m‖², ``obs`` ‖y‖², over ``points`` disk points."""
+
+    cross: np.ndarray
+    model: np.ndarray
+    obs: np.ndarray
+    points: int
+
+    @property
+    def sigma2(self) -> float:
+        """Noise power per point: the median residual power per point over the particles."""
+        return float(np.median((self.obs - 2 * self.cross + self.model) / self.points))
+
+    def log_likelihood_ratio(self) -> np.ndarray:
+        """(n,) log-likelihood at the pose minus the noise-only model's, in nats."""
+        return (self.cross - self.model / 2) / self.sigma2
+
+    def correlation(self) -> np.ndarray:
+        """(n,) normalised correlation of image and model, in [−1, 1]."""
+        return self.cross / np.sqrt(np.maximum(self.model * self.obs, 1e-30))
+
+
+@torch.no_grad()
+def fit_terms(engine: Engine, n_points: int) -> FitTerms:
+    """:class:`FitTerms` of every particle at its current pose against its own map, on ``n_points`` points."""
+    rot_all, shift_all = engine.current_poses()
+    k = engine.disk.k[:n_points]
+    cross, model_sq, obs_sq = (np.empty(engine.n) for _ in range(3))
+    step = engine.schedule.explore_batch
+    for start in range(0, engine.n, step):
+        idx = np.arange(start, min(engine.n, start + step))
+        batch = engine._batch(idx)
+        rot = torch.as_tensor(rot_all[idx], dtype=torch.float32, device=engine.device)
+        shift = torch.as_tensor(shift_all[idx], dtype=torch.float32, device=engine.device)
+        for c, mask in engine._copy_masks(batch.idx):
+            sub = batch.select(mask)
+            _, best = searched_error(
+                engine.volume, sub, rot[mask], shift[mask], engine.offsets, engine.disk, n_points, c
+            )
+            m = engine.volume.slices(rot[mask], k, c) * sub.ctf[:, :n_points]
+            y = fourier_to_hartley(sub.spectrum[:, :n_points] * centering_phase(k / engine.disk.box, best))
+            rows = idx[mask.cpu().numpy()]
+            cross[rows] = (m * y).sum(-1).cpu().numpy()
+            model_sq[rows] = (m * m).sum(-1).cpu().numpy()
+            obs_sq[rows] = (y * y).sum(-1).cpu().numpy()
+    return FitTerms(cross, model_sq, obs_sq, n_points)
+
+
+@dataclass
+class JunkScores:
+    """Per particle (n,): ``correlation``, its robust ``z`` (high = junk), ``log_likelihood_ratio`` and
+    ``junk`` (z > :data:`Z_JUNK`); ``radius`` is where they were measured (cycles per box)."""
+
+    correlation: np.ndarray
+    z: np.ndarray
+    log_likelihood_ratio: np.ndarray
+    junk: np.ndarray
+    radius: float
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """RELION columns for poses.star."""
+        return {"rlnLogLikeliContribution": self.log_likelihood_ratio, "rlnParticleSelectZScore": self.z}
+
+    def summary(self, left_out: bool) -> dict:
+        """Plain-JSON record for metrics.json."""
+        return {
+            "junk": int(self.junk.sum()),
+            "particles": len(self.junk),
+            "left_out": left_out,
+            "z_threshold": Z_JUNK,
+            "radius": self.radius,
+            "median_correlation": float(np.median(self.correlation)),
+        }
+
+
+def robust_z(correlation: np.ndarray) -> np.ndarray:
+    """(median − correlation) / (84th percentile − median): junk-proof standard scores (high = worse)."""
+    median = float(np.median(correlation))
+    spread = max(float(np.percentile(correlation, 84.13)) - median, 1e-12)
+    return (median - correlation) / spread
+
+
+def write_kept(
+    path, engine: Engine, scores: JunkScores, poses: tuple[np.ndarray, np.ndarray] | None = None
+) -> int:
+    """Write the particles not scored as junk, with their poses (default: the engine's current ones) and
+    scores, as a RELION STAR; their count."""
+    from ..data.poses_out import write_poses_star
+
+    keep = ~scores.junk
+    rot, shift = engine.current_poses() if poses is None else poses
+    columns = {name: values[keep] for name, values in scores.columns().items()}
+    write_poses_star(path, engine.particles.subset(keep), rot[keep], shift[keep], columns)
+    return int(keep.sum())
+
+
+def score_junk(engine: Engine) -> JunkScores:
+    """Score every particle at its final pose against its own map (see the module doc)."""
+    sch = engine.schedule
+    radius = min(max(sch.explore_radii), 0.8 * sch.max_radius)  # exploration's top radius
+    terms = fit_terms(engine, engine.disk.count(radius))
+    corr = terms.correlation()
+    z = robust_z(corr)
+    return JunkScores(corr, z, terms.log_likelihood_ratio(), z > Z_JUNK, radius)

@@ -1,0 +1,105 @@
+"""Junk scores: the robust z, the ROC AUC, the engine's score against a known map, and cryospin evaluate."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cryospin.data.particles import load_particles
+from napari_cryospin.engine.config import RunConfig
+from napari_cryospin.engine.engine import Engine
+from napari_cryospin.engine.junk import Z_JUNK, robust_z, score_junk
+from napari_cryospin.metrics.junk_auc import JUNK_COLUMN, roc_auc, truth_junk
+from napari_cryospin.model.search import SoftAssignment, grid_search, insert_weighted
+from napari_cryospin.reconstruction import solve_map
+
+
+@pytest.fixture(scope="module")
+def junk_set(tmp_path_factory):
+    """300 box-32 images of the bundled map, SNR 0.2, coloured noise, 20 % junk of both kinds."""
+    from napari_cryospin.data.mrc import read_volume
+    from napari_cryospin.nuisances import Nuisances
+    from napari_cryospin.resources import bundled_map_path
+    from napari_cryospin.simulation import simulate_to_dir
+
+    out = tmp_path_factory.mktemp("junk")
+    volume, voxel = read_volume(bundled_map_path(32))
+    nuisances = Nuisances(coloured_noise=True, junk_fraction=0.2)
+    simulate_to_dir(volume, voxel, 300, out, snr=0.2, max_shift_px=1.0, seed=5, nuisances=nuisances)
+    return out
+
+
+def test_robust_z_flags_the_low_tail_whatever_the_junk_share():
+    rng = np.random.default_rng(0)
+    particles = rng.normal(0.3, 0.02, 800)
+    junk = rng.normal(0.1, 0.05, 200)
+    z = robust_z(np.concatenate([particles, junk]))
+    assert np.mean(z[800:] > Z_JUNK) > 0.8 and np.mean(z[:800] > Z_JUNK) < 0.05
+    assert np.mean(robust_z(particles) > Z_JUNK) < 0.05  # no junk: almost nothing flagged
+
+
+def test_roc_auc_is_the_probability_a_junk_row_scores_higher():
+    rng = np.random.default_rng(1)
+    score = rng.integers(0, 5, 60).astype(float)  # many ties
+    positive = rng.random(60) < 0.3
+    pairs = score[positive][:, None] - score[~positive][None, :]
+    assert roc_auc(score, positive) == pytest.approx(np.mean(pairs > 0) + 0.5 * np.mean(pairs == 0))
+    assert roc_auc(np.arange(4.0), np.array([False, False, True, True])) == 1.0
+    with pytest.raises(ValueError, match="both"):
+        roc_auc(np.arange(3.0), np.zeros(3, bool))
+
+
+def test_engine_junk_score_separates_junk_against_a_known_map(junk_set, tmp_path):
+    truth = load_particles(junk_set / "truth.star")
+    junk = truth_junk(truth.table)
+    assert junk.sum() == 60
+    cfg = RunConfig(particles=str(junk_set / "particles.star"), out=str(tmp_path / "run"), device="cpu")
+    eng = Engine(cfg)
+    eng._build()
+    real = np.flatnonzero(~junk)
+    batch = eng._batch(real)
+    ones = torch.ones(len(real), 1)
+    poses = SoftAssignment(
+        torch.as_tensor(truth.rotations[real], dtype=torch.float32)[:, None],
+        torch.as_tensor(truth.shifts[real], dtype=torch.float32)[:, None],
+        ones,
+        ones,
+    )
+    sums = insert_weighted(batch, poses, eng.disk, eng.disk.count(15))
+    for copy in range(eng.volume.copies):
+        eng.volume.set_from_real_space(torch.from_numpy(solve_map(sums)), copy=copy)
+    # Every image (junk too) gets its best fine-grid pose, as a run would give it.
+    batch = eng._batch(np.arange(eng.n))
+    found = grid_search(
+        eng.volume, batch, eng.grids[-1], torch.zeros(eng.n, 2), eng.offsets, eng.disk, eng.disk.count(10), 1
+    )
+    eng.best_rot, eng.best_shift = found.rotations[:, 0], found.shifts[:, 0]
+    scores = score_junk(eng)
+    assert roc_auc(scores.z, junk) > 0.9
+    assert roc_auc(-scores.log_likelihood_ratio, junk) > 0.8
+    assert scores.junk[junk].mean() > 0.5 and scores.junk[~junk].mean() < 0.05
+
+
+def test_evaluate_scores_particles_only_and_reports_the_junk_auc(junk_set, tmp_path, capsys):
+    from napari_cryospin.cli import main
+    from napari_cryospin.data.poses_out import write_poses_star
+    from napari_cryospin.geometry.rotations import random_rotations
+
+    truth = load_particles(junk_set / "truth.star")
+    junk = truth_junk(truth.table)
+    rot = truth.rotations.copy()
+    rot[junk] = random_rotations(int(junk.sum()), torch.Generator().manual_seed(2)).numpy()  # junk: anything
+    score = np.where(junk, 3.0, 0.0) + np.random.default_rng(3).normal(0, 1, len(junk))
+    est = tmp_path / "poses.star"
+    write_poses_star(est, truth, rot, truth.shifts, {JUNK_COLUMN: score})
+    report = tmp_path / "eval.json"
+    code = main(
+        ["evaluate", "--truth", str(junk_set / "truth.star"), "--poses", str(est), "--json", str(report)]
+    )
+    assert code == 0
+    numbers = json.loads(report.read_text())
+    assert numbers["n"] == 240 and numbers["junk"] == 60
+    assert numbers["rotation_error_median_deg"] < 0.1  # the junk rows' random poses are not scored
+    assert numbers["junk_auc"] == pytest.approx(roc_auc(score, junk))
+    assert "junk score ROC AUC" in capsys.readouterr().out
