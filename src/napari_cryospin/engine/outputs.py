@@ -37,7 +37,8 @@ def _gold_standard(engine: Engine, limit: int | None = None) -> tuple[np.ndarray
         members = np.flatnonzero(halves == c)
         if limit is not None and 2 * len(members) > limit:
             members = np.sort(rng.choice(members, limit // 2, replace=False))
-        acc.append(accumulate(engine.particles, rot, shift, members, device=engine.device))
+        part = members[engine.dp.block(len(members))]  # each process grids its block; the sums are added
+        acc.append(engine.dp.sum_blocks(accumulate(engine.particles, rot, shift, part, device=engine.device)))
     return solve_map(acc[0] + acc[1]), solve_map(acc[0]), solve_map(acc[1])
 
 
@@ -72,17 +73,18 @@ def write_epoch_record(
     full, half_a, half_b = _gold_standard(engine, MONITOR_PARTICLES)
     rot, shift = engine.current_poses()
     epochs_dir = engine.out / "epochs"
-    epochs_dir.mkdir(exist_ok=True)
-    save_npz(
-        epochs_dir / f"epoch_{engine.epoch:03d}.npz",
-        volume=full.astype(np.float32),
-        rotations=rot.astype(np.float32),
-        shifts=shift.astype(np.float32),
-        voxel_size=voxel,
-        wall_s=engine.elapsed,
-        halves=engine.halves.cpu().numpy().astype(np.int8),
-        halves_aligned=engine.halves_aligned,
-    )
+    if engine.dp.main:
+        epochs_dir.mkdir(exist_ok=True)
+        save_npz(
+            epochs_dir / f"epoch_{engine.epoch:03d}.npz",
+            volume=full.astype(np.float32),
+            rotations=rot.astype(np.float32),
+            shifts=shift.astype(np.float32),
+            voxel_size=voxel,
+            wall_s=engine.elapsed,
+            halves=engine.halves.cpu().numpy().astype(np.int8),
+            halves_aligned=engine.halves_aligned,
+        )
     if not engine.halves_aligned:  # half B is still in its own frame: nothing to compare yet
         return record
     freq, curve = _masked_fsc(half_a, half_b, voxel)
@@ -96,6 +98,8 @@ def write_results(engine: Engine) -> str:
     """Write volume.mrc, half maps, poses.star, metrics.json and plots; return a one-line summary."""
     out, voxel = engine.out, engine.particles.pixel_size
     full, half_a, half_b = _gold_standard(engine)
+    if not engine.dp.main:  # the maps are every process's work; the files are process 0's
+        return ""
     write_volume(out / "volume.mrc", full, voxel)
     if engine.config.half_maps:
         write_volume(out / "half_a.mrc", half_a, voxel)
