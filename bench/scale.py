@@ -54,16 +54,22 @@ def make_stack(work: Path, n: int, box: int, base: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tables = starfile.read(seed_dir / "particles.star")
     with mrcfile.mmap(seed_dir / "particles.mrcs", mode="r") as src:
+        chunk = np.ascontiguousarray(src.data, dtype=np.float32)  # ``base`` images: the only ones in RAM
         voxel = float(src.voxel_size.x)
-        with mrcfile.new_mmap(
-            folder / "particles.mrcs", shape=(n, box, box), mrc_mode=2, overwrite=True
-        ) as mrc:
-            mrc.set_image_stack()
-            mrc.voxel_size = voxel
-            for start in range(0, n, base):  # one chunk of at most ``base`` images in RAM
-                count = min(base, n - start)
-                mrc.data[start : start + count] = src.data[:count]
-                mrc.flush()
+    stack = folder / "particles.mrcs"
+    with mrcfile.new_mmap(stack, shape=(n, box, box), mrc_mode=2, overwrite=True) as mrc:
+        mrc.set_image_stack()
+        mrc.voxel_size = voxel
+        offset = int(mrc.data.offset)
+    # Written with pwrite, not through the map: written pages of a map stay in this process's RSS (and a
+    # child's peak RSS counts its parent's at fork).
+    fd = os.open(stack, os.O_WRONLY)
+    try:
+        for start in range(0, n, base):
+            count = min(base, n - start)
+            os.pwrite(fd, chunk[:count].tobytes(), offset + start * chunk[0].nbytes)
+    finally:
+        os.close(fd)
     rows = tables["particles"].iloc[np.arange(n) % base].reset_index(drop=True)
     rows["rlnImageName"] = [f"{i + 1}@particles.mrcs" for i in range(n)]
     starfile.write({"optics": tables["optics"], "particles": rows}, star, overwrite=True)
@@ -71,6 +77,14 @@ def make_stack(work: Path, n: int, box: int, base: int) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- measure
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: kB there too
+
+
 def measure(args: argparse.Namespace) -> None:
     """Run inside each benchmark process: time the stages, read the stack, print one RESULT line."""
     import torch
@@ -136,7 +150,8 @@ def measure(args: argparse.Namespace) -> None:
         engine.particles.stack[block[start : start + 1024]]
     dp.sum_scalar(0.0)
     read_s = time.perf_counter() - t
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = _peak_rss_mb()
+    gpu_mb = torch.cuda.max_memory_allocated(engine.device) / 2**20 if engine.device.type == "cuda" else None
     rss_mb = (
         dp._all_reduce(torch.tensor([rss_mb]), torch.distributed.ReduceOp.MAX)[0].item()
         if dp.active
@@ -145,8 +160,8 @@ def measure(args: argparse.Namespace) -> None:
     if dp.main:
         result = dict(
             n=n, box=engine.box, procs=dp.world, threads=args.threads, device=str(engine.device),
-            **{f"{k}_ips": v for k, v in rate.items()}, rss_mb=rss_mb, read_s=read_s, build_s=build_s,
-            load=_load(), batches=args.batches,
+            **{f"{k}_ips": v for k, v in rate.items()}, rss_mb=rss_mb, gpu_mb=gpu_mb, read_s=read_s,
+            build_s=build_s, load=_load(), batches=args.batches,
         )  # fmt: skip
         print("RESULT " + json.dumps(result), flush=True)
     distributed.shutdown()
@@ -185,15 +200,16 @@ def table(rows: list[dict]) -> str:
     head = (
         "| N | box | procs × threads | explore img/s | encode img/s | decode img/s | backproject img/s | "
         "peak RSS MB (per process) | full read pass s (measured) | explore epoch s (extrapolated) | "
-        "decode epoch s (extrapolated) | load at run |"
+        "decode epoch s (extrapolated) | peak GPU MB | device | load at run |"
     )
-    lines = [head, "|" + " --- |" * 12]
+    lines = [head, "|" + " --- |" * 14]
     for r in rows:
         lines.append(
             f"| {r['n']} | {r['box']} | {r['procs']} × {r['threads']} | {r['explore_ips']:.1f} | "
             f"{r['encode_ips']:.1f} | {r['decode_ips']:.1f} | {r['backproject_ips']:.0f} | "
             f"{r['rss_mb']:.0f} | "
             f"{r['read_s']:.1f} | {r['n'] / r['explore_ips']:.0f} | {r['n'] / r['decode_ips']:.0f} | "
+            f"{'-' if r.get('gpu_mb') is None else round(r['gpu_mb'])} | {r['device']} | "
             f"{r['load'].removeprefix('load ')} |"
         )
     return "\n".join(lines)
