@@ -99,7 +99,7 @@ def measure(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(tempfile.mkdtemp(prefix="scale-run-"))
     cfg = RunConfig(
-        particles=str(args.star), out=str(out / "run"), device=args.device, seed=0, polarity="dark"
+        particles=str(args.particles), out=str(out / "run"), device=args.device, seed=0, polarity="dark"
     )
     t0 = time.perf_counter()
     engine = Engine(cfg)
@@ -171,7 +171,7 @@ def measure(args: argparse.Namespace) -> None:
 def run_case(star: Path, procs: int, threads: int, batches: int, device: str, results: Path) -> dict:
     """One benchmark process group for ``star``; appends its result to ``results``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    inner = [str(HERE / "scale.py"), "measure", "--star", str(star), "--threads", str(threads)]
+    inner = [str(HERE / "scale.py"), "measure", "--particles", str(star), "--threads", str(threads)]
     inner += ["--batches", str(batches), "--device", device]
     if procs > 1:
         command = [
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["measure"]:
         p = argparse.ArgumentParser()
         p.add_argument("measure")
-        p.add_argument("--star", type=Path, required=True)
+        p.add_argument("--particles", type=Path, required=True)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--batches", type=int, default=3)
         p.add_argument("--device", default="cpu")
