@@ -45,7 +45,9 @@ fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOG"
 
 say "tests (the suite pins the CPU; here the parts that reach torch.distributed and the engine)"
-step 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_distributed.py tests/test_search.py tests/test_reconstruction.py
+TESTS="tests/test_search.py tests/test_reconstruction.py"
+[ "$QUICK" = 0 ] && TESTS="tests/test_distributed.py $TESTS"
+step 150 $PY -m pytest -q -x -p no:cacheprovider $TESTS
 
 say "tiny end-to-end run on $DEVICE"
 step 60 $PY -m napari_cryospin.cli simulate --out "$OUT/tiny" --n 400 --box 32 --snr 0.5 --max-shift 1 --overwrite --device "$DEVICE"

@@ -113,8 +113,8 @@ def measure(args: argparse.Namespace) -> None:
         nonlocal pos
         rates = []
         for k in range(args.batches + 1):  # the first batch warms up and is not counted
-            idx = perm[pos % n : pos % n + batch]
-            pos += batch
+            idx = perm[pos % n : pos % n + min(batch, args.max_batch or batch)]
+            pos += len(idx)
             dp.sum_scalar(0.0)  # all processes start together
             t = time.perf_counter()
             part = dp.split(idx, engine.halves_np)
@@ -161,18 +161,19 @@ def measure(args: argparse.Namespace) -> None:
         result = dict(
             n=n, box=engine.box, procs=dp.world, threads=args.threads, device=str(engine.device),
             **{f"{k}_ips": v for k, v in rate.items()}, rss_mb=rss_mb, gpu_mb=gpu_mb, read_s=read_s,
-            build_s=build_s, load=_load(), batches=args.batches,
+            build_s=build_s, load=_load(), batches=args.batches, max_batch=args.max_batch,
         )  # fmt: skip
         print("RESULT " + json.dumps(result), flush=True)
     distributed.shutdown()
 
 
 # ------------------------------------------------------------------------------------------- driver
-def run_case(star: Path, procs: int, threads: int, batches: int, device: str, results: Path) -> dict:
+def run_case(star: Path, procs: int, args: argparse.Namespace, results: Path) -> dict:
     """One benchmark process group for ``star``; appends its result to ``results``."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    inner = [str(HERE / "scale.py"), "measure", "--particles", str(star), "--threads", str(threads)]
-    inner += ["--batches", str(batches), "--device", device]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    inner = [str(HERE / "scale.py"), "measure", "--particles", str(star), "--threads", str(args.threads)]
+    inner += ["--batches", str(args.batches), "--device", args.device]
+    inner += ["--max-batch", str(args.max_batch)] if args.max_batch else []
     if procs > 1:
         command = [
             sys.executable,
@@ -185,7 +186,10 @@ def run_case(star: Path, procs: int, threads: int, batches: int, device: str, re
         command += inner
     else:
         command = [sys.executable, *inner]
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"benchmark case timed out after {args.timeout} s: {' '.join(command)}") from None
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise SystemExit(f"benchmark case failed ({' '.join(command)}):\n{done.stderr[-3000:]}")
@@ -203,6 +207,10 @@ def table(rows: list[dict]) -> str:
         "decode epoch s (extrapolated) | peak GPU MB | device | load at run |"
     )
     lines = [head, "|" + " --- |" * 14]
+    rows = [
+        {**r, "box": f"{r['box']} (batches ≤ {r['max_batch']})" if r.get("max_batch") else r["box"]}
+        for r in rows
+    ]
     for r in rows:
         lines.append(
             f"| {r['n']} | {r['box']} | {r['procs']} × {r['threads']} | {r['explore_ips']:.1f} | "
@@ -226,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--batches", type=int, default=3)
         p.add_argument("--device", default="cpu")
+        p.add_argument("--max-batch", type=int, default=None)
         measure(p.parse_args(argv))
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -239,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=3, help="timed batches per stage")
     p.add_argument("--base", type=int, default=2000, help="simulated particles tiled into the big stacks")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--max-batch", type=int, help="cap every timed batch (big boxes on a CPU; per-step costs grow)"
+    )
+    p.add_argument("--timeout", type=float, default=None, help="seconds allowed per case")
     p.add_argument("--table", action="store_true", help="only print the table of WORK/results.jsonl")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         for n, box, procs in cases:
             star = make_stack(args.work, n, box, min(args.base, n))
-            r = run_case(star, procs, args.threads, args.batches, args.device, results)
+            r = run_case(star, procs, args, results)
             print(f"n={n} box={box} procs={procs}: done ({r['load']})", file=sys.stderr)
     rows = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
     print(table(rows))
