@@ -50,7 +50,7 @@ TESTS="tests/test_search.py tests/test_reconstruction.py"
 step 150 $PY -m pytest -q -x -p no:cacheprovider $TESTS
 
 say "tiny end-to-end run on $DEVICE"
-step 60 $PY -m napari_cryospin.cli simulate --out "$OUT/tiny" --n 400 --box 32 --snr 0.5 --max-shift 1 --overwrite --device "$DEVICE"
+step 60 $PY -m napari_cryospin.cli simulate bundled --out "$OUT/tiny" --n 400 --box 32 --snr 0.5 --max-shift 1 --overwrite --device "$DEVICE"
 step 90 $PY -m napari_cryospin.cli reconstruct "$OUT/tiny/particles.star" --out "$OUT/tiny_run" --overwrite \
   --device "$DEVICE" --epochs 4 --explore-epochs 2 --switch 3 --encoder-box 16 --encoder-width 8
 tail -1 "$LOG"
