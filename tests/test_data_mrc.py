@@ -34,6 +34,20 @@ def test_stack_is_memory_mapped_and_indexes_like_numpy(io_write_stack):
     np.testing.assert_array_equal(stack[0], data[0:1])
 
 
+def test_stack_reads_without_mapping_pages_in_any_order_and_file_dtype(tmp_path):
+    """Images are read from the file (os.pread), not through the map: the RSS stays flat over an epoch."""
+    data = np.random.default_rng(2).integers(-300, 300, size=(9, 6, 6)).astype(">i2")
+    path = tmp_path / "int16.mrcs"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(data.astype(np.int16))
+    stack = open_stack(path)
+    assert stack._fd is not None
+    pick = np.array([8, 3, 4, 4, 0, -1, 7])
+    np.testing.assert_array_equal(stack[pick], data[pick].astype(np.float32))
+    np.testing.assert_array_equal(stack[1:9:3], data[1:9:3].astype(np.float32))
+    assert stack[pick].dtype == np.float32
+
+
 def test_single_image_is_a_stack_of_one_and_unset_pixel_size_is_none(io_write_stack):
     path, data = io_write_stack(name="one.mrc", shape=(8, 8), pixel_size=1.0)
     stack = open_stack(path)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from napari_cryospin.data.particles import load_particles
+from napari_cryospin.engine.distributed import DataParallel
 from napari_cryospin.engine.outputs import _gold_standard
 from napari_cryospin.metrics.alignment import FrameChange
 from napari_cryospin.metrics.translation import best_translation
@@ -33,6 +34,7 @@ def test_half_b_is_moved_onto_half_a_by_a_sub_voxel_translation(tiny_dataset):
         halves_aligned=True,
         config=SimpleNamespace(seed=0),
         device=torch.device("cpu"),
+        dp=DataParallel(),
         current_poses=lambda: (truth.rotations.astype(np.float32), shifts),
     )
     _, half_a, half_b, _, registered = _gold_standard(engine)

@@ -119,7 +119,12 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
     from ..engine.run_folder import RUN_RECORD
 
     gen = engine.run()
-    bar = tqdm(total=1000, file=stream, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+    bar = tqdm(
+        total=1000,
+        file=stream,
+        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+        disable=not engine.dp.main,  # under torchrun, process 0 alone reports
+    )
     stop_sent = False
     try:
         snap = next(gen)
@@ -140,13 +145,21 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the engine and print where the results are; SIGINT/SIGTERM stop it with a checkpoint."""
+    """Run the engine and print where the results are; SIGINT/SIGTERM stop it with a checkpoint.
+
+    Started by ``torchrun --nproc-per-node K``, K processes share the run (engine/distributed.py).
+    """
+    from ..engine.distributed import shutdown
     from ..engine.engine import Engine
 
-    with StopSignals() as signals:
-        engine = Engine(config_from_args(args))
-        if signals.received is not None:
-            raise RunStopped(signals.received, "stopped before training began; nothing was saved")
-        message = consume(engine, signals=signals)
-    print(message)
+    try:
+        with StopSignals() as signals:
+            engine = Engine(config_from_args(args))
+            if signals.received is not None:
+                raise RunStopped(signals.received, "stopped before training began; nothing was saved")
+            message = consume(engine, signals=signals)
+    finally:
+        shutdown()
+    if engine.dp.main:
+        print(message)
     return 0

@@ -97,7 +97,12 @@ def write_volume(path: str | os.PathLike, volume: np.ndarray, voxel_size: float)
 
 
 class MrcStack:
-    """A memory-mapped stack of square images; indexing returns float32 copies of shape (k, L, L)."""
+    """A stack of square images; indexing returns float32 copies of shape (k, L, L).
+
+    The file is memory-mapped for its shape and for viewers (``data``), but indexing reads the images with
+    ``os.pread``: pages of a mapped file stay in the process's resident memory once touched, so an epoch
+    over a mapped stack would grow the RSS to the stack's size; read pages are only the OS's file cache.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -120,6 +125,10 @@ class MrcStack:
                 f"particles with a square box."
             )
         self.pixel_size = _header_pixel_size(self._mrc)
+        self._offset = int(data.offset) if isinstance(data, np.memmap) else None
+        self._image_bytes = nx * ny * self._data.dtype.itemsize
+        stream = getattr(self._mrc, "_iostream", None)  # mrcfile's open file: no second descriptor
+        self._fd = stream.fileno() if hasattr(os, "pread") and self._offset and stream else None
 
     @property
     def data(self) -> np.memmap:
@@ -141,16 +150,37 @@ class MrcStack:
 
     def __getitem__(self, indices: int | slice | Iterable[int] | np.ndarray) -> np.ndarray:
         if isinstance(indices, slice):
-            block = self._data[indices]
+            idx = np.arange(len(self))[indices]
         else:
             idx = np.atleast_1d(np.asarray(indices, dtype=np.int64))
             if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
                 raise IndexError(f"{self.path.name}: index out of range for {len(self)} images")
-            block = self._data[idx]
-        return np.array(block, dtype=np.float32)
+            idx = np.where(idx < 0, idx + len(self), idx)
+        if self._fd is None:
+            return np.array(self._data[idx], dtype=np.float32)
+        return self._read(idx).astype(np.float32, copy=False)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        """Images ``idx`` (any order, repeats allowed), one ``pread`` per run of consecutive images."""
+        box = self.box
+        out = np.empty((len(idx), box, box), dtype=self._data.dtype)
+        order = np.argsort(idx, kind="stable")
+        ordered = idx[order]
+        for run in np.split(np.arange(len(idx)), np.flatnonzero(np.diff(ordered) != 1) + 1):
+            if not len(run):
+                continue
+            size = len(run) * self._image_bytes
+            raw = os.pread(self._fd, size, self._offset + int(ordered[run[0]]) * self._image_bytes)
+            if len(raw) != size:
+                raise ParticleFileError(
+                    f"{self.path.name}: ends inside image {int(ordered[run[-1]]) + 1}. Fix: copy or extract "
+                    f"the stack again (an interrupted transfer or a full disk cuts files short)."
+                )
+            out[order[run]] = np.frombuffer(raw, self._data.dtype).reshape(len(run), box, box)
+        return out
 
     def close(self) -> None:
-        """Release the memory map."""
+        """Release the memory map (and its file)."""
         self._mrc.close()
 
     def __getstate__(self) -> dict:

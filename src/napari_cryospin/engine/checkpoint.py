@@ -178,9 +178,17 @@ def open_run_folder(config: Any, identity: dict) -> dict | None:
     """
     out = Path(config.out)
     prepare_output(out, resume=config.resume, overwrite=config.overwrite)
+    state = read_resume_state(config, identity)
+    if state is not None:
+        begin_resume(out)
+    return state
+
+
+def read_resume_state(config: Any, identity: dict) -> dict | None:
+    """The checked checkpoint state when ``config.resume``, else None; only reads (for other processes)."""
     if not config.resume:
         return None
+    out = Path(config.out)
     state = load_checkpoint(out)
     check_resumable(out / CHECKPOINT_NAME, state, config, identity)
-    begin_resume(out)
     return state

@@ -43,7 +43,8 @@ from ..polarity import choose_polarity
 from ..posterior import refined_view_posterior
 from ..reconstruction import Accumulator, backproject, solve_map, split_halves
 from ..safe_write import write_json
-from .checkpoint import open_run_folder, save_checkpoint
+from . import distributed
+from .checkpoint import open_run_folder, read_resume_state, save_checkpoint
 from .config import RunConfig
 from .device import resolve_device
 from .events import Command, ParticleView, Snapshot, Stage
@@ -68,6 +69,8 @@ class Engine:
     def __init__(self, config: RunConfig):
         self.config = config
         self.device = torch.device(resolve_device(config.device))
+        self.dp = distributed.from_env(self.device)  # one process unless started by torchrun
+        self.device = self.dp.device
         particles = load_particles(config.particles, box=config.box)
         particles = particles.at_box(working_box(particles.stack.original_box, config.box, self.device.type))
         if particles.ctf is None:
@@ -85,7 +88,9 @@ class Engine:
         self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
         self.out = config.out_dir
         self.identity = input_identity(particles)
-        self._resume_state = open_run_folder(config, self.identity)  # checked before any work
+        self._resume_state = self.dp.main_first(  # checked before any work; process 0 prepares the folder
+            lambda: open_run_folder(config, self.identity), lambda: read_resume_state(config, self.identity)
+        )
         self._selected = 0
         self._commands: list[Command] = []
 
@@ -150,10 +155,12 @@ class Engine:
             self.schedule.encoder_width,
             max_shift=self.schedule.max_shift,
         ).to(self.device)
+        self.encoder = self.dp.share_batch_statistics(self.encoder)
         _, half_b = split_halves(self.n, cfg.seed)
         self.halves = torch.zeros(self.n, dtype=torch.long)
         self.halves[torch.from_numpy(half_b)] = 1  # the same halves as the half maps written out
         self.halves = self.halves.to(self.device)
+        self.halves_np = self.halves.cpu().numpy()
         # Gold standard: with half maps, the two halves are explored independently from the start and
         # share nothing until half B's map is aligned onto half A's (paper path: split at the switch).
         independent = cfg.half_maps and self.schedule.explore_epochs > 0
@@ -324,8 +331,9 @@ class Engine:
             )
             # Each half remembers its share of ``explore_memory``: the same dynamics as one shared map.
             share = self._copy_size(c) / self.n
-            rate = len(sub.idx) / min(self._copy_size(c), sch.explore_memory * share)
             new = insert_weighted(sub, found, self.disk, n_points)
+            new, count = self.dp.sum_accumulator(new, len(sub.idx))  # the whole batch's, over processes
+            rate = count / min(self._copy_size(c), sch.explore_memory * share)
             self.explore_sums[c] = forget(self.explore_sums[c], new, rate)
             # The sums hold normalised spectra, so the solved map is already in the decoder's units.
             solved = torch.from_numpy(solve_map(self.explore_sums[c])).to(self.device)
@@ -407,6 +415,7 @@ class Engine:
         self.enc_opt.zero_grad(set_to_none=True)
         self.vol_opt.zero_grad(set_to_none=True)
         (encoder_loss + map_loss).backward()
+        self.dp.average_gradients(self.encoder, self.volume)
         self.enc_opt.step()
         self.vol_opt.step()
         cpu_idx = torch.as_tensor(idx)
@@ -433,12 +442,14 @@ class Engine:
             loss = self._squared_error(batch, rot, shift, n_points).mean()
             self.pose_opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.dp.scale_local_gradients(self.poses)
             self.pose_opt.step()
         with torch.no_grad():
             rot, shift = self.poses(t_idx)
         loss = self._squared_error(batch, rot, shift, n_points).mean()
         self.vol_opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.dp.average_gradients(self.volume)
         self.vol_opt.step()
         return float(loss.detach())
 
@@ -453,8 +464,9 @@ class Engine:
         if self.stage == Stage.ENCODING:
             self.encoder.eval()
             n_points = self.schedule.points(self.disk, Stage.ENCODING, self.epoch)
-            for start in range(0, self.n, self.config.batch_size * 4):
-                idx = np.arange(start, min(self.n, start + self.config.batch_size * 4))
+            block = self.dp.block(self.n)  # each process its block, gathered below
+            for start in range(0, len(block), self.config.batch_size * 4):
+                idx = block[start : start + self.config.batch_size * 4]
                 batch = self._batch(idx)
                 rot, shift = self.encoder(self._encoder_input(batch))
                 _, rot, shift, win = self._best_candidates(idx, batch, rot, shift, n_points)
@@ -462,6 +474,7 @@ class Engine:
                 self.best_rot[idx] = rot[ar, win].cpu()
                 self.best_shift[idx] = shift[ar, win].cpu()
                 self.best_head[idx] = win.cpu()
+            self.dp.sync_blocks(distributed.particle_state(self), self.n)
         self.schedule.switch_epoch = self.epoch
         self.explore_sums = [None] * self.volume.copies
         self.stage = Stage.DECODING
@@ -483,8 +496,9 @@ class Engine:
         assert self.poses is not None
         n_points = self.schedule.points(self.disk, Stage.EXPLORING, self.schedule.explore_epochs - 1)
         moved = 0
-        for start in range(0, self.n, self.schedule.explore_batch):
-            idx = np.arange(start, min(self.n, start + self.schedule.explore_batch))
+        block = self.dp.block(self.n)  # each process its block, gathered below
+        for start in range(0, len(block), self.schedule.explore_batch):
+            idx = block[start : start + self.schedule.explore_batch]
             batch = self._batch(idx)
             rot, shift = self.poses(batch.idx)
             for c, sel in self._copy_masks(batch.idx):
@@ -510,6 +524,8 @@ class Engine:
                             if torch.is_tensor(moment) and moment.dim() == 2:
                                 moment[which] = 0.0
                     moved += int(better.sum())
+        self.dp.sync_blocks(distributed.particle_state(self), self.n)
+        moved = self.dp.sum_scalar(moved)
         self.research_moved = moved / self.n
         log.info("global re-search at epoch %d moved %.1f%% of particles", self.epoch, 100 * moved / self.n)
 
@@ -620,6 +636,7 @@ class Engine:
         return (counts / counts.sum().clamp_min(1)).numpy()
 
     def _snapshot(self, loss: float, ips: float, full: bool, with_posterior: bool = False) -> Snapshot:
+        full, with_posterior = full and self.dp.main, with_posterior and self.dp.main  # others show nothing
         evaluated = [h for h in self.history if h["resolution"] is not None]
         last = evaluated[-1] if evaluated else {}
         fsc = last.get("fsc")
@@ -674,6 +691,7 @@ class Engine:
         self._build()
         if self._resume_state is not None:
             self._restore(self._resume_state)
+        self.dp.broadcast(self.encoder, self.volume)
         self._paths: dict[int, list[np.ndarray]] = {}
         self._want_posterior = True
         auto = AutoSwitch()
@@ -703,24 +721,29 @@ class Engine:
                 t_epoch = time.perf_counter()
                 seen, loss_sum = 0, 0.0
                 while self.pos < self.n:
-                    if any(c.kind == "stop" for c in self._commands):
+                    stop, switch = self.dp.agree(  # every process stops or switches at the same step
+                        *(any(c.kind == kind for c in self._commands) for kind in ("stop", "switch"))
+                    )
+                    if stop:
                         raise StopRun
-                    if self.stage in before_decoding and any(c.kind == "switch" for c in self._commands):
+                    if self.stage in before_decoding and switch:
                         self._commands = [c for c in self._commands if c.kind != "switch"]
                         self._switch_to_decoding("requested by the user")
                     exploring = self.stage == Stage.EXPLORING
                     bs = self.schedule.explore_batch if exploring else self.config.batch_size
                     idx = self.perm[self.pos : self.pos + bs]
+                    part = self.dp.split(idx, self.halves_np)  # this process's share (all of it in one)
                     t0 = time.perf_counter()
                     n_points = self.schedule.points(self.disk, self.stage, self.epoch)
                     if self.stage == Stage.EXPLORING:
-                        loss = self._exploring_step(idx, n_points)
+                        loss = self._exploring_step(part, n_points)
                     elif self.stage == Stage.ENCODING:
-                        loss = self._encoding_step(idx, n_points)
+                        loss = self._encoding_step(part, n_points)
                     else:
-                        loss = self._decoding_step(idx, n_points)
-                        if self._selected in set(idx.tolist()):
-                            self._record_path()
+                        loss = self._decoding_step(part, n_points)
+                    self.dp.sync_rows(distributed.particle_state(self), idx)
+                    if self.stage == Stage.DECODING and self._selected in set(idx.tolist()):
+                        self._record_path()
                     self.elapsed += time.perf_counter() - t0
                     self.step += 1
                     self.pos += len(idx)
@@ -735,19 +758,22 @@ class Engine:
                         last_yield = time.perf_counter()
                         self._handle((yield snap))
                 ips = seen / max(time.perf_counter() - t_epoch, 1e-9)
+                loss_sum = self.dp.sum_scalar(loss_sum) / self.dp.world  # each process's loss is the batch's
                 self._end_epoch(loss_sum / max(seen, 1), ips, auto)
                 snap = self._snapshot(loss_sum / max(seen, 1), ips, True, True)
                 last_yield = time.perf_counter()
                 self._handle((yield snap))
         except StopRun:
-            save_checkpoint(self.out, self._state())
+            if self.dp.main:
+                save_checkpoint(self.out, self._state())
             snap = self._snapshot(float("nan"), 0.0, True)
             snap.stage = Stage.DONE
             snap.message = f"stopped at epoch {self.epoch + 1}; checkpoint saved in {self.out}"
             yield snap
             return
         results = write_results(self)
-        write_run_record(self.out, "reconstruct", self.config.to_dict(), self.identity)
+        if self.dp.main:
+            write_run_record(self.out, "reconstruct", self.config.to_dict(), self.identity)
         snap = self._snapshot(self.history[-1]["loss"] if self.history else float("nan"), 0.0, True, True)
         snap.stage = Stage.DONE
         snap.message = results
@@ -786,8 +812,9 @@ class Engine:
             go, reason = auto.should_switch(self.epoch, self.config.epochs, stable, change)
             if go:
                 self._switch_to_decoding(reason)
-        save_checkpoint(self.out, self._state())
-        write_json(self.out / "metrics.json", {"config": self.config.to_dict(), "epochs": self.history})
+        if self.dp.main:
+            save_checkpoint(self.out, self._state())
+            write_json(self.out / "metrics.json", {"config": self.config.to_dict(), "epochs": self.history})
 
 
 def _flip(h: torch.Tensor) -> torch.Tensor:

@@ -52,14 +52,19 @@ def _gold_standard(
         if limit is not None and 2 * len(m) > limit:
             m = np.sort(rng.choice(m, limit // 2, replace=False))
         members.append(m)
-    acc = [accumulate(engine.particles, rot, shift, m, device=engine.device) for m in members]
+
+    def gridded(m: np.ndarray, shifts: np.ndarray):
+        part = m[engine.dp.block(len(m))]  # each process grids its block; the sums are added
+        return engine.dp.sum_blocks(accumulate(engine.particles, rot, shifts, part, device=engine.device))
+
+    acc = [gridded(m, shift) for m in members]
     if engine.halves_aligned:
         t_xyz = best_translation(solve_map(acc[1]), solve_map(acc[0]))
         if np.linalg.norm(t_xyz) > REGISTER_MIN_VOXELS:
             in_b = halves == 1
             shift = shift.copy()
             shift[in_b] += np.einsum("nji,j->ni", rot[in_b].astype(np.float64), t_xyz)[:, :2]
-            acc[1] = accumulate(engine.particles, rot, shift, members[1], device=engine.device)
+            acc[1] = gridded(members[1], shift)
     return solve_map(acc[0] + acc[1]), solve_map(acc[0]), solve_map(acc[1]), rot, shift
 
 
@@ -93,17 +98,18 @@ def write_epoch_record(
     voxel = engine.particles.pixel_size
     full, half_a, half_b, rot, shift = _gold_standard(engine, MONITOR_PARTICLES)
     epochs_dir = engine.out / "epochs"
-    epochs_dir.mkdir(exist_ok=True)
-    save_npz(
-        epochs_dir / f"epoch_{engine.epoch:03d}.npz",
-        volume=full.astype(np.float32),
-        rotations=rot.astype(np.float32),
-        shifts=shift.astype(np.float32),
-        voxel_size=voxel,
-        wall_s=engine.elapsed,
-        halves=engine.halves.cpu().numpy().astype(np.int8),
-        halves_aligned=engine.halves_aligned,
-    )
+    if engine.dp.main:
+        epochs_dir.mkdir(exist_ok=True)
+        save_npz(
+            epochs_dir / f"epoch_{engine.epoch:03d}.npz",
+            volume=full.astype(np.float32),
+            rotations=rot.astype(np.float32),
+            shifts=shift.astype(np.float32),
+            voxel_size=voxel,
+            wall_s=engine.elapsed,
+            halves=engine.halves.cpu().numpy().astype(np.int8),
+            halves_aligned=engine.halves_aligned,
+        )
     if not engine.halves_aligned:  # half B is still in its own frame: nothing to compare yet
         return record
     freq, curve = _masked_fsc(half_a, half_b, voxel)
@@ -119,6 +125,8 @@ def write_results(engine: Engine) -> str:
     junk = score_junk(engine)
     keep = ~junk.junk if engine.config.junk == "auto" else None
     full, half_a, half_b, rot, shift = _gold_standard(engine, keep=keep)
+    if not engine.dp.main:  # the maps are every process's work; the files are process 0's
+        return ""
     halves = engine.halves.cpu().numpy()
     kept = np.ones(engine.n, bool) if keep is None else keep
     sizes = write_final_maps(

@@ -1,0 +1,299 @@
+"""Data parallelism over ``torch.distributed`` (torchrun): every process runs the same epochs on a share of
+each batch; map sums and gradients are all-reduced, and each particle's per-particle state is gathered.
+
+Started by ``torchrun --nproc-per-node K cryospin reconstruct …``: the process group is read from
+torchrun's environment (NCCL on CUDA, gloo otherwise). Every process walks the same global batches (the
+permutation depends on the seed only), takes its share of each one (balanced within each half, so every
+process holds members of every half the batch holds) and weights its gradients and sums so that they add
+up to the one-process ones: the run follows the one-process run up to the order of floating-point sums,
+for any number of processes. After each step the rows of the batch's per-particle state (best poses,
+pose parameters and their Adam moments) are copied from the process that computed them to all others, so
+every process holds the whole (n × small) state; checkpoints hold it in input order and resume in any
+number of processes. In one process every method is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+_SYNC_ROWS = 65536
+"""Rows gathered per collective in a full-state gather (bounds its buffer at any particle count)."""
+
+
+class DataParallel:
+    """This process's place in the run (``rank`` of ``world``) and the collectives the engine calls."""
+
+    def __init__(self, rank: int = 0, world: int = 1, device: torch.device | None = None):
+        self.rank, self.world = rank, world
+        self.device = device if device is not None else torch.device("cpu")
+        self.main = rank == 0
+        self.grad_weight = 1.0  # this process's share of the current batch's mean gradients
+        self.sum_weight = 1.0  # the factor on its share of the batch's sums
+        self.local_share = 1.0  # len(local) / len(batch): rescales per-particle (not reduced) gradients
+        self._owner: np.ndarray | None = None  # which process computed each position of the batch
+
+    @property
+    def active(self) -> bool:
+        """True when more than one process takes part."""
+        return self.world > 1
+
+    # ---------------------------------------------------------------------------------------- batches
+    def split(self, idx: np.ndarray, halves: np.ndarray) -> np.ndarray:
+        """This process's particles of the global batch ``idx`` (positions kept in batch order).
+
+        Within each half the members are dealt out in turn, so every process holds members of every half
+        the batch holds; a batch with a half of fewer members than processes is computed whole by every
+        process (weights 1/world), so no process ever has an empty share.
+        """
+        if not self.active:
+            return idx
+        groups = np.asarray(halves)[idx]
+        owner = np.empty(len(idx), np.int64)
+        for half in np.unique(groups):
+            where = np.flatnonzero(groups == half)
+            owner[where] = np.arange(len(where)) % self.world
+        counts = [np.count_nonzero(groups == h) for h in np.unique(groups)]
+        if min(counts) < self.world:
+            self._owner = np.zeros(len(idx), np.int64)
+            self.grad_weight = self.sum_weight = 1.0 / self.world
+            self.local_share = 1.0
+            return idx
+        self._owner = owner
+        local = idx[owner == self.rank]
+        self.grad_weight, self.sum_weight = len(local) / len(idx), 1.0
+        self.local_share = len(local) / len(idx)
+        return local
+
+    def block(self, n: int) -> np.ndarray:
+        """This process's contiguous block of ``range(n)``, for passes over every particle."""
+        return np.array_split(np.arange(n), self.world)[self.rank]
+
+    # ---------------------------------------------------------------------------------- collectives
+    def _all_reduce(self, tensor: torch.Tensor, op: Any = None) -> torch.Tensor:
+        """Sum (or ``op``) of ``tensor`` over the processes, on the tensor's own device."""
+        comm = tensor.to(self.device) if self.device.type == "cuda" else tensor.cpu()
+        dist.all_reduce(comm, op=dist.ReduceOp.SUM if op is None else op)
+        return comm.to(tensor.device)
+
+    def sum_accumulator(self, acc: Any, count: int) -> tuple[Any, float]:
+        """The batch's gridded sums (``num``, ``den``) and particle count over all processes."""
+        if not self.active:
+            return acc, count
+        w = self.sum_weight
+        num = self._all_reduce(torch.view_as_real(acc.num * w).contiguous())
+        den = self._all_reduce(acc.den * w)
+        total = self._all_reduce(torch.tensor([count * w], dtype=torch.float64))
+        return type(acc)(torch.view_as_complex(num), den), float(total[0])
+
+    def sum_blocks(self, acc: Any) -> Any:
+        """Gridded sums (``num``, ``den``) of disjoint blocks of particles, added over the processes."""
+        if not self.active:
+            return acc
+        num = self._all_reduce(torch.view_as_real(acc.num).contiguous())
+        return type(acc)(torch.view_as_complex(num), self._all_reduce(acc.den.clone()))
+
+    def sum_scalar(self, value: float) -> float:
+        """``value`` summed over the processes (one float)."""
+        if not self.active:
+            return value
+        return float(self._all_reduce(torch.tensor([value], dtype=torch.float64))[0])
+
+    def agree(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag, true when it is true in any process (stop and switch act in all at the same step)."""
+        if not self.active:
+            return flags
+        got = self._all_reduce(
+            torch.tensor([float(f) for f in flags], dtype=torch.float64), dist.ReduceOp.MAX
+        )
+        return tuple(bool(v) for v in got)
+
+    def average_gradients(self, *modules: nn.Module) -> None:
+        """Make each dense gradient the batch's: Σ over processes of ``grad_weight`` × local gradient."""
+        if not self.active:
+            return
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        has = torch.tensor([float(p.grad is not None) for p in params], dtype=torch.float64)
+        has = self._all_reduce(has, dist.ReduceOp.MAX)
+        live = [p for p, h in zip(params, has.tolist(), strict=True) if h]
+        flat = (
+            torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
+            * self.grad_weight
+        )
+        flat = self._all_reduce(flat)
+        start = 0
+        for p in live:
+            size = p.numel()
+            p.grad = flat[start : start + size].view_as(p).clone()
+            start += size
+
+    def scale_local_gradients(self, *modules: nn.Module) -> None:
+        """Rescale per-particle gradients (not reduced: each row belongs to one process) to the batch mean."""
+        if not self.active or self.local_share == 1.0:
+            return
+        for m in modules:
+            for p in m.parameters():
+                if p.grad is not None:
+                    p.grad = p.grad * self.local_share
+
+    def broadcast(self, *modules: nn.Module) -> None:
+        """Give every process process 0's parameters and buffers (as DDP does before training)."""
+        if not self.active:
+            return
+        for m in modules:
+            for t in [*m.parameters(), *m.buffers()]:
+                comm = t.data.to(self.device) if self.device.type == "cuda" else t.data.cpu()
+                dist.broadcast(comm, src=0)
+                t.data.copy_(comm.to(t.device))
+
+    def sync_rows(self, tensors: Iterable[torch.Tensor], idx: np.ndarray) -> None:
+        """Copy rows ``idx`` of each per-particle tensor from the process that computed them (last batch)."""
+        if not self.active:
+            return
+        assert self._owner is not None
+        self._gather(list(tensors), idx, self._owner)
+
+    def sync_blocks(self, tensors: Iterable[torch.Tensor], n: int) -> None:
+        """Copy every row from the process whose :meth:`block` holds it."""
+        if not self.active:
+            return
+        tensors = list(tensors)
+        owner = np.concatenate(
+            [np.full(len(b), r) for r, b in enumerate(np.array_split(np.arange(n), self.world))]
+        )
+        for start in range(0, n, _SYNC_ROWS):
+            rows = np.arange(start, min(n, start + _SYNC_ROWS))
+            self._gather(tensors, rows, owner[rows])
+
+    def _gather(self, tensors: list[torch.Tensor], idx: np.ndarray, owner: np.ndarray) -> None:
+        """Rows ``idx`` of every tensor from their owners, by one all-reduce of a masked float64 buffer."""
+        mine = torch.from_numpy(owner == self.rank)
+        parts = []
+        for t in tensors:
+            rows = t.detach()[torch.as_tensor(idx, device=t.device)].cpu().to(torch.float64)
+            parts.append(torch.where(mine.view(-1, *[1] * (rows.dim() - 1)), rows, 0.0).reshape(len(idx), -1))
+        total = self._all_reduce(torch.cat(parts, 1))
+        start = 0
+        for t, part in zip(tensors, parts, strict=True):
+            width = part.shape[1]
+            rows = total[:, start : start + width].reshape(len(idx), *t.shape[1:]).to(t.dtype)
+            with torch.no_grad():
+                t[torch.as_tensor(idx, device=t.device)] = rows.to(t.device)
+            start += width
+
+    def main_first(self, on_main: Callable[[], Any], on_others: Callable[[], Any]) -> Any:
+        """``on_main()`` in process 0, then ``on_others()`` elsewhere; process 0's error stops them all."""
+        if not self.active:
+            return on_main()
+        error = None
+        result = None
+        if self.main:
+            try:
+                result = on_main()
+            except Exception as exc:  # re-raised below, after the others have heard of it
+                error = exc
+        word = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(word, src=0)
+        if error is not None:
+            raise error
+        if word[0] is not None:
+            raise SystemExit(1)  # process 0 reports the error once
+        return result if self.main else on_others()
+
+    def share_batch_statistics(self, module: nn.Module) -> nn.Module:
+        """``module`` with each BatchNorm2d normalising by the whole batch's statistics (all processes)."""
+        if not self.active:
+            return module
+        for name, child in module.named_children():
+            if type(child) is nn.BatchNorm2d:
+                shared = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, dp=self)
+                shared.load_state_dict(child.state_dict())
+                setattr(module, name, shared.to(next(child.parameters()).device))
+            else:
+                self.share_batch_statistics(child)
+        return module
+
+
+class _WeightedAllReduce(torch.autograd.Function):
+    """Sum over processes; the backward sums the gradients weighted by each process's share of the batch."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, dp: DataParallel) -> torch.Tensor:
+        ctx.dp = dp
+        return dp._all_reduce(tensor.clone())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        w = ctx.dp.grad_weight
+        return ctx.dp._all_reduce(grad * w) / w, None
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training mean and variance are those of the whole batch over all processes.
+
+    ``torch.nn.SyncBatchNorm`` does this on GPUs only; this one runs on any device (gloo or NCCL) and keeps
+    BatchNorm2d's state dict, so checkpoints move between process counts.
+    """
+
+    def __init__(self, num_features: int, eps: float, momentum: float | None, dp: DataParallel):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.dp = dp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise (B, C, H, W) by the global batch statistics when training, else as BatchNorm2d."""
+        if not self.training:
+            return super().forward(x)
+        count = torch.full((1,), float(x.shape[0] * x.shape[2] * x.shape[3]), device=x.device)
+        stats = _WeightedAllReduce.apply(
+            torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]), self.dp
+        )
+        c = self.num_features
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.mul_(1 - m).add_(m * mean.detach())
+            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def particle_state(engine: Any) -> list[torch.Tensor]:
+    """The engine's per-particle tensors (n rows each): best poses, and in auto-decoding the pose
+    parameters with their Adam moments. These are what :meth:`DataParallel.sync_rows` gathers."""
+    tensors = [engine.best_rot, engine.best_shift, engine.best_head]
+    if engine.poses is not None:
+        tensors += [engine.poses.base, engine.poses.omega.weight, engine.poses.shift.weight]
+        for state in engine.pose_opt.state.values():
+            tensors += [m for m in state.values() if torch.is_tensor(m) and m.dim() == 2]
+    return tensors
+
+
+def from_env(device: torch.device) -> DataParallel:
+    """The process group torchrun describes (``WORLD_SIZE`` > 1), joined once; else one process.
+
+    On CUDA each process takes the GPU ``LOCAL_RANK`` and NCCL; on other devices gloo.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DataParallel(device=device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DataParallel(dist.get_rank(), dist.get_world_size(), device)
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a torchrun process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

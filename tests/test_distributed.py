@@ -1,0 +1,112 @@
+"""Two gloo processes (torchrun, or torch.multiprocessing) reconstruct what one process does, and a run
+stopped in two processes resumes in one."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch.multiprocessing as mp
+
+from napari_cryospin.data.mrc import read_volume
+from napari_cryospin.data.particles import load_particles
+from napari_cryospin.engine import distributed
+from napari_cryospin.engine.config import RunConfig
+from napari_cryospin.engine.engine import Engine
+from napari_cryospin.engine.events import Command, Stage
+from napari_cryospin.metrics.fsc import fsc
+
+SETTINGS = dict(
+    heads=3,
+    epochs=3,
+    explore_epochs=1,
+    switch=2,
+    device="cpu",
+    encoder_width=4,
+    encoder_box=16,
+    batch_size=50,
+    seed=5,
+    eval_every=3,
+    max_particles=120,
+)
+FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
+STOP_AT = 7
+"""The snapshot (one a step, one an epoch end) at which both processes ask to stop: inside auto-encoding
+(120 particles: 4 exploration steps of 32, then steps of 50)."""
+
+
+def _finish(engine: Engine, stop_at: int | None = None) -> str:
+    gen = engine.run()
+    snap, count = next(gen), 1
+    while snap.stage != Stage.DONE:
+        snap = gen.send(Command("stop") if count == stop_at else None)
+        count += 1
+    return snap.message
+
+
+def _map_and_poses(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    volume, _ = read_volume(out / "volume.mrc")
+    return volume, load_particles(out / "poses.star").rotations
+
+
+def _agree(a: Path, b: Path) -> tuple[float, float]:
+    """(lowest FSC between the two runs' maps, median angle in degrees between their poses)."""
+    (va, ra), (vb, rb) = _map_and_poses(a), _map_and_poses(b)
+    curve = fsc(va, vb, 1.0)[1]
+    cos = (np.einsum("nij,nij->n", ra, rb) - 1) / 2
+    return float(curve.min()), float(np.median(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "run"
+    _finish(Engine(RunConfig(particles=str(tiny_dataset / "particles.star"), out=str(out), **SETTINGS)))
+    return out
+
+
+def test_torchrun_two_gloo_processes_match_one_process(tiny_dataset, one_process, tmp_path):
+    out = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "napari_cryospin.cli", "reconstruct", str(tiny_dataset / "particles.star")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, "--out", str(out), *FLAGS], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("done:") == 1  # process 0 alone reports
+    assert (out / "run.json").exists() and not list(out.glob(".*.tmp"))
+    lowest, median = _agree(one_process, out)
+    assert lowest >= 0.99
+    assert median < 0.1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop_worker(rank: int, world: int, port: int, particles: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )  # fmt: skip
+    engine = Engine(RunConfig(particles=particles, out=out, snapshot_interval_s=0.0, **SETTINGS))
+    assert engine.dp.world == world
+    message = _finish(engine, stop_at=STOP_AT)
+    assert "stopped" in message
+    distributed.shutdown()
+
+
+def test_a_run_stopped_in_two_processes_resumes_in_one(tiny_dataset, one_process, tmp_path):
+    out = tmp_path / "stopped"
+    particles = str(tiny_dataset / "particles.star")
+    mp.spawn(_stop_worker, args=(2, _free_port(), particles, str(out)), nprocs=2)
+    assert (out / "checkpoint.pt").exists() and not (out / "run.json").exists()
+    engine = Engine(RunConfig(particles=particles, out=str(out), resume=True, **SETTINGS))
+    assert engine.dp.world == 1 and engine._resume_state["stage"] == "auto-encoding"
+    assert "done" in _finish(engine)
+    lowest, median = _agree(one_process, out)
+    assert lowest >= 0.99
+    assert median < 0.1
