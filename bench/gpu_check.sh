@@ -53,7 +53,7 @@ say "tiny end-to-end run on $DEVICE"
 step 60 $PY -m napari_cryospin.cli simulate bundled --out "$OUT/tiny" --n 400 --box 32 --snr 0.5 --max-shift 1 --overwrite --device "$DEVICE"
 step 90 $PY -m napari_cryospin.cli reconstruct "$OUT/tiny/particles.star" --out "$OUT/tiny_run" --overwrite \
   --device "$DEVICE" --epochs 4 --explore-epochs 2 --switch 3 --encoder-box 16 --encoder-width 8
-tail -1 "$LOG"
+grep -h "^done:" "$LOG" | tail -1
 
 if [ -n "$RIBO" ] && [ "$QUICK" = 0 ]; then
   say "ribosome70s, default schedule, one process on $DEVICE (scored against the truth)"

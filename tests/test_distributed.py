@@ -29,7 +29,6 @@ SETTINGS = dict(
     encoder_box=16,
     batch_size=50,
     seed=5,
-    eval_every=3,
     max_particles=120,
 )
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
@@ -73,7 +72,7 @@ def test_torchrun_two_gloo_processes_match_one_process(tiny_dataset, one_process
     command += ["-m", "napari_cryospin.cli", "reconstruct", str(tiny_dataset / "particles.star")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([*command, "--out", str(out), *FLAGS], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[:1500] + done.stderr[-1500:]
     assert done.stdout.count("done:") == 1  # process 0 alone reports
     assert (out / "run.json").exists() and not list(out.glob(".*.tmp"))
     lowest, median = _agree(one_process, out)
