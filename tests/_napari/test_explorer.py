@@ -84,6 +84,10 @@ def test_explorer_opens_a_run_browses_posteriors_brushes_and_exports(
 
 
 def test_open_a_folder_that_is_no_run_says_so(qtbot, ui_viewer, tmp_path):
+    from qtpy.QtCore import QThreadPool
+
+    # Earlier tests' posterior workers may still hold the thread pool (2 threads on 2 cores) under load.
+    assert QThreadPool.globalInstance().waitForDone(LONG_MS)
     explorer = RunExplorer(ui_viewer)
     qtbot.addWidget(explorer)
     with qtbot.waitSignal(explorer.open_folder(tmp_path).errored, timeout=LONG_MS):

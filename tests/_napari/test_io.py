@@ -74,6 +74,7 @@ def test_manifest_is_valid():
         "cryoSPIN reconstruction",
         "Pose posterior",
         "Run plots",
+        "Run explorer",
     }
 
 

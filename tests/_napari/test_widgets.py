@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from napari_cryospin._napari._dock import ReconstructionDock, status_line
+from napari_cryospin._napari._explorer import RunExplorer
 from napari_cryospin._napari._hub import hub_for
 from napari_cryospin._napari._plots import RunPlots, head_percentages
 from napari_cryospin._napari._posterior_view import PosteriorView
@@ -209,7 +210,7 @@ def test_every_manifest_widget_opens_on_the_viewers_hub(qtbot, ui_viewer, ui_sna
     manifest = yaml.safe_load(files("napari_cryospin").joinpath("napari.yaml").read_text())
     commands = {c["id"]: c["python_name"] for c in manifest["contributions"]["commands"]}
     widgets = manifest["contributions"]["widgets"]
-    assert len(widgets) == 3
+    assert len(widgets) == 4
     for widget in widgets:
         module, name = commands[widget["command"]].split(":")
         instance = getattr(importlib.import_module(module), name)(napari_viewer=ui_viewer)
@@ -217,7 +218,7 @@ def test_every_manifest_widget_opens_on_the_viewers_hub(qtbot, ui_viewer, ui_sna
         opened.append(instance)
         assert instance.hub is hub_for(ui_viewer)  # every dock of a viewer meets the same run
     by_type = {type(w): w for w in opened}
-    assert set(by_type) == {ReconstructionDock, PosteriorView, RunPlots}
+    assert set(by_type) == {ReconstructionDock, PosteriorView, RunPlots, RunExplorer}
     hub_for(ui_viewer).publish(ui_snapshot(particle=0))
     assert by_type[PosteriorView].view is not None  # the snapshot reached the listening docks
     assert by_type[RunPlots].bar_heights().sum() == pytest.approx(100.0)
