@@ -124,15 +124,13 @@ def robust_z(correlation: np.ndarray) -> np.ndarray:
     return (median - correlation) / spread
 
 
-def write_kept(
-    path, engine: Engine, scores: JunkScores, poses: tuple[np.ndarray, np.ndarray] | None = None
-) -> int:
-    """Write the particles not scored as junk, with their poses (default: the engine's current ones) and
-    scores, as a RELION STAR; their count."""
+def write_kept(path, engine: Engine, scores: JunkScores, poses: tuple[np.ndarray, np.ndarray]) -> int:
+    """Write the particles not scored as junk, with their ``poses`` (rotations (n, 3, 3), shifts (n, 2) px:
+    the ones the final maps used) and scores, as a RELION STAR; their count."""
     from ..data.poses_out import write_poses_star
 
     keep = ~scores.junk
-    rot, shift = engine.current_poses() if poses is None else poses
+    rot, shift = poses
     columns = {name: values[keep] for name, values in scores.columns().items()}
     write_poses_star(path, engine.particles.subset(keep), rot[keep], shift[keep], columns)
     return int(keep.sum())
