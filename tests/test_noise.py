@@ -69,8 +69,12 @@ def test_estimate_per_optics_group_keeps_their_relative_noise():
     w = model.weights(np.array([0, n]))
     assert w.shape == (2, len(disk.radius))
     assert torch.allclose(w[0] / w[1], torch.full_like(w[0], 2.0), rtol=0.1)  # 1/σ
+    # Whitened, every coefficient's noise power is the level: group 1's (variance 1) times its 1/σ².
+    assert np.isclose(1.0 * w[0, 0].item() ** 2, model.level, rtol=0.1)
+    assert np.isclose(4.0 * w[1, 0].item() ** 2, model.level, rtol=0.1)
     white = estimate_noise(_Particles(images, groups), 1.0, disk.radius, "white")
     assert torch.all(white.weights(np.arange(2 * n)) == 1)
+    assert np.isclose(white.level, 2.5, rtol=0.1)  # the mean of 1 and 4
 
 
 def test_masked_images_are_refused_with_one_line():
@@ -79,6 +83,7 @@ def test_masked_images_are_refused_with_one_line():
     disk = FrequencyDisk(32, 1.0, torch.device("cpu"))
     with pytest.raises(ParticleFileError, match=r"fake\.star: .*background.*Fix: "):
         estimate_noise(_Particles(images, np.ones(20, int)), 1.0, disk.radius)
+    assert estimate_noise(_Particles(images, np.ones(20, int)), 1.0, disk.radius, "white").level is None
 
 
 def test_optics_groups_from_ctf_when_the_table_has_no_group_column():

@@ -125,14 +125,17 @@ def _gridding_correction(box: int, device: torch.device) -> torch.Tensor:
     return mask / (s[:, None, None] * s[None, :, None] * s[None, None, :])
 
 
-def solve_map(acc: Accumulator, wiener: float = DEFAULT_WIENER) -> np.ndarray:
+def solve_map(
+    acc: Accumulator, wiener: float = DEFAULT_WIENER, prior: torch.Tensor | None = None
+) -> np.ndarray:
     """Real-space (D, D, D) map from gridded sums: ``Σ C·Y / (Σ C² + λ)``, inverse FFT, gridding correction.
 
     The map is masked softly to the reconstruction sphere (see :func:`_gridding_correction`).
 
     ``λ`` is ``wiener`` times the mean of ``Σ C²`` over the voxels of each shell, so the term damps
     voxels that are sampled less than their neighbours at the same resolution, at any particle count
-    or image scale; beyond Nyquist (the corners) the map is set to zero.
+    or image scale; beyond Nyquist (the corners) the map is set to zero. ``prior`` (S,) per integer
+    shell replaces it with an absolute term, noise/τ² (``model/prior.py``): the posterior-mean map.
     """
     box = acc.den.shape[-1]
     device = acc.den.device
@@ -142,7 +145,7 @@ def solve_map(acc: Accumulator, wiener: float = DEFAULT_WIENER) -> np.ndarray:
     flat = torch.where(inside, shells, torch.zeros_like(shells)).reshape(-1)
     total = torch.zeros(nshell, device=device).index_add_(0, flat, acc.den.reshape(-1))
     count = torch.zeros(nshell, device=device).index_add_(0, flat, torch.ones_like(acc.den).reshape(-1))
-    lam = wiener * total / count.clamp_min(1)
+    lam = wiener * total / count.clamp_min(1) if prior is None else prior.to(device)[:nshell]
     spectrum = acc.num / (acc.den + lam[flat].reshape(acc.den.shape)).clamp_min(1e-20)
     spectrum = torch.where(inside, spectrum, torch.zeros_like(spectrum))
     vol = ifftn_centered(spectrum, 3).real * _gridding_correction(box, device)

@@ -35,6 +35,7 @@ from ..model.likelihood import (
 )
 from ..model.noise import estimate_noise
 from ..model.poses import ParticlePoses
+from ..model.prior import prior_weight, signal_power
 from ..model.search import forget, grid_search, insert_weighted, so3_grid
 from ..model.volume import HartleyVolume
 from ..physics.fourier import frequency_grid_2d, hartley_centered, ifftn_centered, radial_shells
@@ -112,6 +113,15 @@ class Engine:
         images = self._load_images(idx)
         return prepare_batch(t_idx, images, self.particles.ctf, self.disk, self.noise.weights(idx))
 
+    def _signal_prior(self) -> torch.Tensor | None:
+        """Exploration maps' prior term noise/τ² per shell, from a sample of images (None: no level)."""
+        if self.noise.level is None:
+            return None
+        rng = np.random.default_rng([self.config.seed, 11])
+        pick = np.sort(rng.choice(self.n, size=min(self.n, 1000), replace=False))
+        batches = (self._batch(pick[s : s + 256]) for s in range(0, len(pick), 256))
+        return prior_weight(signal_power(batches, self.disk, self.noise.level), self.noise.level)
+
     def _initial_volume(self, generator: torch.Generator, copies: int) -> HartleyVolume:
         """Exponent from the data's radial spectrum; mantissa from a random-pose reconstruction (a blob).
 
@@ -149,6 +159,7 @@ class Engine:
             log.warning("%s: %s", cfg.particles, self.ctf_check.summary())
         self.scale = self._image_scale()
         self.noise = estimate_noise(self.particles, self.scale, self.disk.radius, cfg.noise_model, cfg.seed)
+        self.prior = self._signal_prior() if self.schedule.explore_prior else None
         self.encoder = MultiHeadEncoder(
             self.schedule.encoder_box,
             cfg.heads,
@@ -336,7 +347,7 @@ class Engine:
             rate = count / min(self._copy_size(c), sch.explore_memory * share)
             self.explore_sums[c] = forget(self.explore_sums[c], new, rate)
             # The sums hold normalised spectra, so the solved map is already in the decoder's units.
-            solved = torch.from_numpy(solve_map(self.explore_sums[c])).to(self.device)
+            solved = torch.from_numpy(solve_map(self.explore_sums[c], prior=self.prior)).to(self.device)
             self.volume.set_from_real_space(solved, copy=c)
             cpu_idx = sub.idx.cpu()
             self.best_rot[cpu_idx] = found.rotations[:, 0].cpu()

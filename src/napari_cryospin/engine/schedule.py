@@ -36,6 +36,7 @@ class Schedule:
     explore_fine_from = 0.5  # of the exploration epochs
     explore_top_k = 8  # poses kept per image
     explore_temperatures = (1.0, 1.0)
+    explore_prior = True
     explore_memory = 1280  # images the running map sums remember (each batch weighs batch/memory)
     # Auto-decoding refines poses only out to where the two half maps still agree: radius ≤ factor ×
     # (their FSC-0.143 radius) + shells, as RELION's auto-refine does; beyond it poses would fit noise.

@@ -96,6 +96,7 @@ class NoiseModel:
     groups: np.ndarray  # (n,) each particle's group index
     labels: list[str]  # optics group names, (G,)
     mode: str  # "auto" (estimated) or "white"
+    level: float | None = None  # noise power per Fourier coefficient after whitening (None: not measured)
     _weights: torch.Tensor | None = None  # (G, P) 1/σ on the disk, set by :meth:`on_disk`
 
     def on_disk(self, radius: torch.Tensor) -> NoiseModel:
@@ -136,17 +137,37 @@ def estimate_noise(
     """
     import torch
 
-    groups, labels = optics_groups(particles)
-    box = particles.stack.box
-    n_shells = box // 2 + 1
-    if mode == "white":
-        power = np.ones((len(labels), n_shells))
-        return NoiseModel(power, groups, labels, mode).on_disk(radius)
     if mode not in MODES:
         raise ValueError(f"noise model must be one of {', '.join(MODES)}, got {mode!r}. Fix: choose one.")
+    groups, labels = optics_groups(particles)
+    power = _background_powers(particles, scale, groups, len(labels), seed)
+    shells = torch.round(radius).long().clamp(max=power.shape[1] - 1).cpu().numpy()
+    share = np.bincount(groups, minlength=len(labels)) / len(groups)
+    measured = bool(np.isfinite(power).all() and (power > 0).all())
+    if mode == "white":
+        level = float((power[:, shells].mean(1) * share).sum()) if measured else None
+        return NoiseModel(np.ones_like(power), groups, labels, mode, level).on_disk(radius)
+    if not measured:
+        raise ParticleFileError(
+            f"{particles.path.name}: the image background (outside {BACKGROUND_RADIUS:g} of the box) is "
+            "constant or not finite, so its noise cannot be measured. Fix: use images without a mask, or "
+            "--noise-model white."
+        )
+    # Power ≥ 1 % of the group's median: a shell with almost no measured noise must not dominate.
+    power = np.maximum(power, 0.01 * np.median(power, axis=1, keepdims=True))
+    mean = float((power[:, shells].mean(1) * share).sum())
+    # Whitened by sqrt(power / mean), every coefficient's noise power is ``mean``.
+    return NoiseModel(power / mean, groups, labels, mode, mean).on_disk(radius)
+
+
+def _background_powers(particles, scale: float, groups: np.ndarray, n_groups: int, seed: int) -> np.ndarray:
+    """Background power (G, S) per optics group and shell of up to :data:`SAMPLE` images per group."""
+    import torch
+
+    n_shells = particles.stack.box // 2 + 1
     rng = np.random.default_rng(seed)
-    power = np.empty((len(labels), n_shells))
-    for g in range(len(labels)):
+    power = np.empty((n_groups, n_shells))
+    for g in range(n_groups):
         members = np.flatnonzero(groups == g)
         pick = np.sort(rng.choice(members, size=min(len(members), SAMPLE), replace=False))
         per_shell = torch.zeros(n_shells, dtype=torch.float64)
@@ -155,15 +176,4 @@ def estimate_noise(
             part = background_power(images)[:n_shells]
             per_shell += part * len(images) / len(pick)
         power[g] = per_shell.numpy()
-    if not (np.isfinite(power).all() and (power > 0).all()):
-        raise ParticleFileError(
-            f"{particles.path.name}: the image background (outside {BACKGROUND_RADIUS:g} of the box) is "
-            "constant or not finite, so its noise cannot be measured. Fix: use images without a mask, or "
-            "--noise-model white."
-        )
-    # Power ≥ 1 % of the group's median: a shell with almost no measured noise must not dominate.
-    power = np.maximum(power, 0.01 * np.median(power, axis=1, keepdims=True))
-    shells = torch.round(radius).long().clamp(max=n_shells - 1).cpu().numpy()
-    share = np.bincount(groups, minlength=len(labels)) / len(groups)
-    mean = float((power[:, shells].mean(1) * share).sum())
-    return NoiseModel(power / mean, groups, labels, mode).on_disk(radius)
+    return power

@@ -107,7 +107,10 @@ def insert_weighted(
 
 
 def forget(running: Accumulator | None, new: Accumulator, rate: float) -> Accumulator:
-    """Running sums ``(1 − rate)·running + rate·new`` (the first batch starts them)."""
+    """Running sums ``(1 − rate)·running + new`` (the first batch starts them).
+
+    In a steady state they hold ``1/rate`` batches' worth of images, the scale a prior on the map needs.
+    """
     if running is None:
         return new
-    return Accumulator(running.num * (1 - rate) + new.num * rate, running.den * (1 - rate) + new.den * rate)
+    return Accumulator(running.num * (1 - rate) + new.num, running.den * (1 - rate) + new.den)
