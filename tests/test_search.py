@@ -60,7 +60,11 @@ def test_running_sums_forget_old_batches(tiny_dataset, tmp_path):
         found = grid_search(eng.volume, batch, grid, torch.zeros(8, 2), offsets, eng.disk, n, 2)
         sums.append(insert_weighted(batch, found, eng.disk, n))
     mixed = forget(forget(None, sums[0], 0.25), sums[1], 0.25)
-    assert torch.allclose(mixed.den, 0.75 * sums[0].den + 0.25 * sums[1].den)
+    assert torch.allclose(mixed.den, 0.75 * sums[0].den + sums[1].den)  # a decayed sum, not a mean
+    steady = None
+    for _ in range(200):
+        steady = forget(steady, sums[0], 0.25)
+    assert torch.allclose(steady.den, 4 * sums[0].den, rtol=1e-4)  # 1/rate batches' worth
     assert sums[0].den.sum() > 0 and torch.all(sums[0].den >= 0)
 
 
