@@ -2,6 +2,8 @@
 
 import errno
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -150,3 +152,18 @@ def test_funnel_lines_keep_the_cause_and_name_the_real_file(tmp_path):
         1,
         130,
     ]
+
+
+def test_resume_removes_only_the_temporaries_of_dead_writers(tmp_path):
+    from napari_cryospin.engine.run_folder import begin_resume
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that no longer runs: a writer killed mid-write
+    (tmp_path / "epochs").mkdir()
+    stale = [tmp_path / f".fsc.png.{dead.pid}.tmp", tmp_path / "epochs" / f".epoch_001.npz.{dead.pid}.tmp"]
+    live = tmp_path / f".metrics.json.{os.getpid()}.tmp"
+    for path in (*stale, live):
+        path.write_bytes(b"partial")
+    begin_resume(tmp_path)
+    assert not any(p.exists() for p in stale)
+    assert live.exists()

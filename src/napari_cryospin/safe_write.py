@@ -14,7 +14,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.\d+\.tmp$")
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files under ``folder`` whose writer process is gone (killed mid-write, e.g. by kill -9)."""
+    stale = []
+    for path in Path(folder).rglob(".*.tmp"):
+        match = _TEMP.match(path.name)
+        if match and not _alive(int(match["pid"])):
+            stale.append(path)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def temp_path(path: str | os.PathLike) -> Path:

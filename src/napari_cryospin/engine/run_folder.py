@@ -14,7 +14,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..safe_write import target_of, write_json
+from ..safe_write import stale_temporaries, target_of, write_json
 
 RUN_RECORD = "run.json"
 EPOCHS_DIR = "epochs"
@@ -116,8 +116,11 @@ def prepare_output(out: str | os.PathLike, *, resume: bool = False, overwrite: b
 
 
 def begin_resume(out: str | os.PathLike) -> None:
-    """Mark a resumed run as incomplete (its run.json goes until the run writes a new one)."""
+    """Mark a resumed run as incomplete (its run.json goes until the run writes a new one), and remove
+    the temporary files of a writer that was killed mid-write (their targets are rewritten by the run)."""
     (Path(out) / RUN_RECORD).unlink(missing_ok=True)
+    for path in stale_temporaries(out):
+        path.unlink(missing_ok=True)
 
 
 def write_run_record(out: str | os.PathLike, command: str, settings: dict, identity: dict) -> Path:
