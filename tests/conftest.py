@@ -6,6 +6,8 @@ import mrcfile
 import numpy as np
 import pytest
 
+from tiny_run import TINY_RUN
+
 
 @pytest.fixture
 def io_write_stack(tmp_path: Path):
@@ -66,14 +68,7 @@ def finished_run(tiny_dataset, tmp_path_factory) -> Path:
     config = RunConfig(
         particles=str(tiny_dataset / "particles.star"),
         out=str(out),
-        heads=3,
-        epochs=3,
-        explore_epochs=1,
-        switch=2,
-        device="cpu",
-        encoder_width=4,
-        encoder_box=16,
-        batch_size=50,
+        **TINY_RUN,
         snapshot_interval_s=5.0,
         eval_every=1,
     )

@@ -18,19 +18,9 @@ from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
 from napari_cryospin.metrics.fsc import fsc
+from tiny_run import TINY_RUN
 
-SETTINGS = dict(
-    heads=3,
-    epochs=3,
-    explore_epochs=1,
-    switch=2,
-    device="cpu",
-    encoder_width=4,
-    encoder_box=16,
-    batch_size=50,
-    seed=5,
-    max_particles=120,
-)
+SETTINGS = dict(**TINY_RUN, seed=5, max_particles=120)
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
 STOP_AT = 7
 """The snapshot (one a step, one an epoch end) at which both processes ask to stop: inside auto-encoding

@@ -12,20 +12,14 @@ from napari_cryospin.engine.events import Command, Stage
 from napari_cryospin.engine.junk import Z_JUNK
 from napari_cryospin.engine.switch import AutoSwitch
 from napari_cryospin.model.likelihood import FrequencyDisk, searched_error, shift_grid, squared_error
+from tiny_run import TINY_RUN
 
 
 def _config(tiny_dataset, tmp_path, **kw) -> RunConfig:
     base = dict(
         particles=str(tiny_dataset / "particles.star"),
         out=str(tmp_path / "run"),
-        heads=3,
-        epochs=3,
-        explore_epochs=1,
-        switch=2,
-        device="cpu",
-        encoder_width=4,
-        encoder_box=16,
-        batch_size=50,
+        **TINY_RUN,
         snapshot_interval_s=0.0,
         eval_every=1,
     )

@@ -159,7 +159,8 @@ class Engine:
             log.warning("%s: %s", cfg.particles, self.ctf_check.summary())
         self.scale = self._image_scale()
         self.noise = estimate_noise(self.particles, self.scale, self.disk.radius, cfg.noise_model, cfg.seed)
-        self.prior = self._signal_prior() if self.schedule.explore_prior else None
+        exploring = self.schedule.explore_prior and self.schedule.explore_epochs > 0
+        self.prior = self._signal_prior() if exploring else None  # only exploration's maps use it
         self.encoder = MultiHeadEncoder(
             self.schedule.encoder_box,
             cfg.heads,
