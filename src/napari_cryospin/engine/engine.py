@@ -33,7 +33,6 @@ from ..model.likelihood import (
     shift_grid,
     squared_error,
 )
-from ..model.mates import map_mates
 from ..model.noise import estimate_noise
 from ..model.poses import ParticlePoses
 from ..model.prior import prior_weight, signal_power
@@ -188,8 +187,6 @@ class Engine:
         self.halves_aligned = not independent
         self.agreement: dict | None = None  # how well the independent halves agreed once aligned
         self.research_moved: float | None = None  # share of particles the global re-search moved
-        self.mates: list[np.ndarray] | None = None  # each half map's pseudo-symmetry mates (k, 3, 3)
-        self.mates_moved: float | None = None  # share of particles moved to a mate this epoch
         self.poses: ParticlePoses | None = None
         self.pose_opt = None
         self.best_rot = torch.eye(3).repeat(self.n, 1, 1)
@@ -237,8 +234,6 @@ class Engine:
             "halves_aligned": self.halves_aligned,
             "agreement": self.agreement,
             "research_moved": self.research_moved,
-            "mates": self.mates,
-            "mates_moved": self.mates_moved,
             "rng": torch.get_rng_state(),
         }
 
@@ -269,7 +264,6 @@ class Engine:
         self.switch_reason = st["switch_reason"]
         self.halves_aligned, self.agreement = st["halves_aligned"], st["agreement"]
         self.research_moved = st["research_moved"]
-        self.mates, self.mates_moved = st.get("mates"), st.get("mates_moved")
         torch.set_rng_state(st["rng"])
 
     def _volume_optimizer(self) -> torch.optim.Optimizer:
@@ -534,60 +528,18 @@ class Engine:
                     copy=c,
                 )
                 better = found.errors[:, 0] < now
-                self._reseed(sub.idx[better], found.rotations[better, 0], found.shifts[better, 0])
-                moved += int(better.sum())
+                if better.any():
+                    which = sub.idx[better]
+                    self.poses.reseed(which, found.rotations[better, 0], found.shifts[better, 0])
+                    for state in self.pose_opt.state.values():  # moved rows forget their Adam moments
+                        for moment in state.values():
+                            if torch.is_tensor(moment) and moment.dim() == 2:
+                                moment[which] = 0.0
+                    moved += int(better.sum())
         self.dp.sync_blocks(distributed.particle_state(self), self.n)
         moved = self.dp.sum_scalar(moved)
         self.research_moved = moved / self.n
         log.info("global re-search at epoch %d moved %.1f%% of particles", self.epoch, 100 * moved / self.n)
-
-    def _reseed(self, which: torch.Tensor, rot: torch.Tensor, shift: torch.Tensor) -> None:
-        """Restart the poses of particles ``which`` from ``rot`` (k, 3, 3) and ``shift`` (k, 2) px."""
-        assert self.poses is not None and self.pose_opt is not None
-        if not len(which):
-            return
-        self.poses.reseed(which, rot, shift)
-        for state in self.pose_opt.state.values():  # moved rows forget their Adam moments
-            for moment in state.values():
-                if torch.is_tensor(moment) and moment.dim() == 2:
-                    moment[which] = 0.0
-
-    @torch.no_grad()
-    def _test_mates(self) -> None:
-        """Move each particle to the pseudo-symmetry mate S·R of its pose that best explains its image.
-
-        The mates S are found on the particle's own half map; pose and mates are scored at the current
-        radius with the same shift search, so a particle moves only when a mate fits strictly better.
-        """
-        assert self.poses is not None
-        if self.mates is None or self.schedule.finds_mates(self.epoch):
-            count, seed = self.schedule.mate_count, self.config.seed
-            maps = [self.volume.real_space(c).cpu().numpy() for c in range(self.volume.copies)]
-            self.mates = [map_mates(m, count, seed=seed)[0] for m in maps]
-        n_points = self.schedule.points(self.disk, Stage.DECODING, self.epoch)
-        moved = 0
-        block = self.dp.block(self.n)  # each process its block, gathered below
-        for start in range(0, len(block), self.schedule.explore_batch):
-            idx = block[start : start + self.schedule.explore_batch]
-            batch = self._batch(idx)
-            rot, shift = self.poses(batch.idx)
-            for c, sel in self._copy_masks(batch.idx):
-                sub = batch.select(sel)
-                ops = torch.from_numpy(self.mates[c]).to(rot)
-                cand_rot = torch.cat([rot[sel, None], ops[None] @ rot[sel, None]], 1)  # (b, 1 + k, 3, 3)
-                cand_shift = shift[sel, None].expand(-1, cand_rot.shape[1], -1)
-                err, searched = searched_error(
-                    self.volume, sub, cand_rot, cand_shift, self.offsets, self.disk, n_points, c
-                )
-                win = err.argmin(1)
-                better = win > 0
-                ar = torch.arange(len(win), device=win.device)[better]
-                self._reseed(sub.idx[better], cand_rot[ar, win[better]], searched[ar, win[better]])
-                moved += int(better.sum())
-        self.dp.sync_blocks(distributed.particle_state(self), self.n)
-        moved = self.dp.sum_scalar(moved)
-        self.mates_moved = moved / self.n
-        log.info("mates at epoch %d moved %.1f%% of particles", self.epoch, 100 * self.mates_moved)
 
     # ------------------------------------------------------------------------------------- reporting
     def current_poses(self) -> tuple[np.ndarray, np.ndarray]:
@@ -773,8 +725,6 @@ class Engine:
                     self.pos = 0
                     if self.stage == Stage.DECODING and self.epoch == self.schedule.research_epoch():
                         self._research_poses()
-                    if self.stage == Stage.DECODING and self.schedule.tests_mates(self.epoch):
-                        self._test_mates()
                     if self.pose_opt is not None:
                         scale = self.schedule.pose_rate_scale(self.epoch)
                         rates = (self.schedule.rotation_lr, self.schedule.shift_lr)
@@ -864,8 +814,6 @@ class Engine:
             record["radius_cap"] = self.schedule.radius_cap
         if self.epoch == self.schedule.research_epoch():
             record["research_moved"] = self.research_moved
-        if self.stage == Stage.DECODING and self.schedule.tests_mates(self.epoch):
-            record["mates_moved"] = self.mates_moved
         self.history.append(record)
         self.prev_rot = rot_t.clone()
         self.prev_head = self.best_head.clone()

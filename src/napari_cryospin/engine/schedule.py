@@ -45,9 +45,6 @@ class Schedule:
     # rate per step even where the likelihood is flat (a globular particle, a weak signal), so full rates
     # to the end make poses wander ~10° an epoch; large early steps still reach the basin.
     pose_rate_final = 0.1
-    # Pseudo-symmetry mates of each half map tested per particle in every auto-decoding epoch after the
-    # switch (model/mates.py): a count, not a threshold, so a map without pseudo-symmetry costs only time.
-    mate_count = 5
 
     def __init__(self, box: int, config: RunConfig, device: str = "cpu", n_particles: int = 4096):
         self.box = box
@@ -109,17 +106,6 @@ class Schedule:
         if self.switch_epoch is None or not self.explore_epochs:
             return None
         return self.switch_epoch + max(1, (self.epochs - self.switch_epoch) // 2)
-
-    def tests_mates(self, epoch: int) -> bool:
-        """Whether auto-decoding ``epoch`` starts by testing every particle's pseudo-symmetry mates.
-
-        Every epoch after the switch (consolidating a split takes several rounds), on the robust path only.
-        """
-        return bool(self.explore_epochs) and self.switch_epoch is not None and epoch > self.switch_epoch
-
-    def finds_mates(self, epoch: int) -> bool:
-        """Whether the mates are (re)found from the half maps at ``epoch``: first, and at the re-search."""
-        return self.switch_epoch is not None and epoch in (self.switch_epoch + 1, self.research_epoch())
 
     def explore_grid(self, epoch: int) -> int:
         """Index into ``explore_grids`` of the rotation grid exploration searches at ``epoch``."""

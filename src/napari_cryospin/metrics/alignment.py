@@ -174,7 +174,7 @@ def align_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0) -> FrameChange:
     return FrameChange(rotation, flip, t_xyz, translate(rotated, t_xyz))
 
 
-def lowpass_crop(vol: np.ndarray, box: int, sigma_frac: float = 0.25) -> torch.Tensor:
+def _lowpass_crop(vol: np.ndarray, box: int, sigma_frac: float = 0.25) -> torch.Tensor:
     """Fourier-crop to ``box`` with a Gaussian low-pass (σ = ``sigma_frac`` of the new Nyquist)."""
     size = vol.shape[0]
     f = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(vol)))
@@ -189,9 +189,7 @@ def lowpass_crop(vol: np.ndarray, box: int, sigma_frac: float = 0.25) -> torch.T
     return torch.as_tensor(out / np.linalg.norm(out), dtype=torch.float32)
 
 
-def rotation_scores(
-    vol: torch.Tensor, ref_f: torch.Tensor, matrices: torch.Tensor, batch: int = 64
-) -> torch.Tensor:
+def _scores(vol: torch.Tensor, ref_f: torch.Tensor, matrices: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Translation-invariant correlation of ``vol(M·q)`` with the reference, for each matrix M."""
     box = vol.shape[0]
     k = torch.arange(box, dtype=torch.float32) - box // 2
@@ -233,15 +231,15 @@ def search_alignment(
     for flip in (False, True):
         top = None
         for box, sigma, spread in stages:
-            small = lowpass_crop(vol, box, sigma)
-            ref_f = torch.fft.rfftn(lowpass_crop(ref, box, sigma))
+            small = _lowpass_crop(vol, box, sigma)
+            ref_f = torch.fft.rfftn(_lowpass_crop(ref, box, sigma))
             if top is None:
                 cands = random_rotations(n_coarse, generator=gen)
             else:
                 cands = torch.cat(
                     [top[None], axis_angle_to_matrix(torch.randn(150, 3, generator=gen) * spread) @ top]
                 )
-            scores = rotation_scores(small, ref_f, cands @ mirror if flip else cands)
+            scores = _scores(small, ref_f, cands @ mirror if flip else cands)
             top = cands[int(scores.argmax())]
         if float(scores.max()) > best[0]:
             best = (float(scores.max()), top, flip)
