@@ -78,6 +78,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="auto (default): leave particles scored as junk out of the final maps (all are scored in "
         "poses.star; the kept ones listed in particles_kept.star); keep: use every particle",
     )
+    p.add_argument(
+        "--explore-subset",
+        type=int,
+        default=d["explore_subset"],
+        help="explore and auto-encode only N random particles (≥ 100), pose the others with the encoder and "
+        "grid-search those it is unsure about; for large sets (default %(default)s: explore every particle)",
+    )
     p.set_defaults(run=run)
 
 
@@ -103,6 +110,7 @@ def config_from_args(args: argparse.Namespace):
         polarity=args.polarity,
         noise_model=args.noise_model,
         junk=args.junk,
+        explore_subset=args.explore_subset,
     )
 
 

@@ -16,6 +16,7 @@ import torch
 
 from ..reconstruction import Accumulator
 from ..safe_write import replacing
+from .config import config_defaults
 from .run_folder import begin_resume, prepare_output
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -31,6 +32,7 @@ RESUME_SETTINGS = (
     "batch_size",
     "seed",
     "max_particles",
+    "explore_subset",
 )
 """Settings a resumed run must share with its checkpoint (the others, e.g. the device, may change)."""
 
@@ -150,7 +152,8 @@ def _resume_fix(saved: dict, names: list[str]) -> str:
 
 def check_resumable(path: Path, state: dict, config: Any, identity: dict) -> None:
     """Raise CheckpointError naming every setting or input property that differs from the checkpoint."""
-    saved = state["config"]
+    # A setting added after the checkpoint was written had its default then.
+    saved = {**{k: v for k, v in config_defaults().items() if k in RESUME_SETTINGS}, **state["config"]}
     now = config.to_dict()
     changed = [name for name in RESUME_SETTINGS if now[name] != saved.get(name)]
     differ = [

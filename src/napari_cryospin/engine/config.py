@@ -19,6 +19,9 @@ JUNK_MODES = ("auto", "keep")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 """Device names a run accepts (``cuda:N`` picks one GPU)."""
 
+MIN_SUBSET = 100
+"""Smallest explored subset (``explore_subset``): the run's own minimum, two half maps of ≥ 50 particles."""
+
 MIN_BOX = 16
 """Smallest box: below it the shift search (box/16 px) and the first exploration radius collapse."""
 
@@ -77,7 +80,8 @@ class RunConfig:
     ``noise_model`` is ``"auto"`` (noise power per shell and optics group, ``model/noise.py``) or
     ``"white"`` (the unweighted residual). ``junk`` ``"auto"`` leaves the particles scored as junk
     (``engine/junk.py``) out of the final maps; ``"keep"`` scores them but keeps every particle. ``box``
-    None lets ``engine/working_box.py`` choose the working box.
+    None lets ``engine/working_box.py`` choose the working box. ``explore_subset`` N > 0 explores and
+    auto-encodes N particles only and poses the others with the encoder (``engine/amortized.py``); 0: all.
     ``overwrite`` lets a fresh run replace the results of another run in ``out`` (see ``run_folder.py``);
     ``resume`` continues the run there.
     """
@@ -103,6 +107,7 @@ class RunConfig:
     polarity: str = "auto"
     noise_model: str = "auto"
     junk: str = "auto"
+    explore_subset: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +126,17 @@ class RunConfig:
         check_int("max_particles", self.max_particles, 1, allow_none=True)
         check_int("encoder_width", self.encoder_width, 1, allow_none=True)
         check_int("eval_every", self.eval_every, 1, allow_none=True)
+        check_int("explore_subset", self.explore_subset, 0)
+        if 0 < self.explore_subset < MIN_SUBSET:
+            raise ValueError(
+                f"--explore-subset must be 0 (explore every particle) or at least {MIN_SUBSET}, got "
+                f"{self.explore_subset}. Fix: give 0 or {MIN_SUBSET} or more."
+            )
+        if self.explore_subset and not self.explore_epochs:
+            raise ValueError(
+                "--explore-subset needs exploration (--explore-epochs 0 was given): the encoder learns from "
+                "the subset's grid-search poses. Fix: give --explore-epochs 1 or more, or --explore-subset 0."
+            )
         check_box("box", self.box)
         check_box("encoder_box", self.encoder_box, 8)
         check_device(self.device)

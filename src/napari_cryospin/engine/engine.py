@@ -45,6 +45,7 @@ from ..posterior import refined_view_posterior
 from ..reconstruction import Accumulator, backproject, solve_map, split_halves
 from ..safe_write import write_json
 from . import distributed
+from .amortized import SemiAmortized, explored_count
 from .checkpoint import open_run_folder, read_resume_state, save_checkpoint
 from .config import RunConfig
 from .device import resolve_device
@@ -85,7 +86,8 @@ class Engine:
         self.particles: ParticleSet = particles
         self.n = len(particles)
         self.box = particles.box
-        self.schedule = Schedule(self.box, config, self.device.type, self.n)
+        explored = explored_count(config.explore_subset, self.n)  # exploration's batches follow its size
+        self.schedule = Schedule(self.box, config, self.device.type, explored)
         self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
         self.out = config.out_dir
         self.identity = input_identity(particles)
@@ -173,6 +175,7 @@ class Engine:
         self.halves[torch.from_numpy(half_b)] = 1  # the same halves as the half maps written out
         self.halves = self.halves.to(self.device)
         self.halves_np = self.halves.cpu().numpy()
+        self.semi = SemiAmortized(self.n, self.halves_np, cfg.explore_subset, cfg.heads, cfg.seed)
         # Gold standard: with half maps, the two halves are explored independently from the start and
         # share nothing until half B's map is aligned onto half A's (paper path: split at the switch).
         independent = cfg.half_maps and self.schedule.explore_epochs > 0
@@ -234,6 +237,7 @@ class Engine:
             "halves_aligned": self.halves_aligned,
             "agreement": self.agreement,
             "research_moved": self.research_moved,
+            "semi": self.semi.state(),
             "rng": torch.get_rng_state(),
         }
 
@@ -264,6 +268,7 @@ class Engine:
         self.switch_reason = st["switch_reason"]
         self.halves_aligned, self.agreement = st["halves_aligned"], st["agreement"]
         self.research_moved = st["research_moved"]
+        self.semi.restore(st.get("semi"))
         torch.set_rng_state(st["rng"])
 
     def _volume_optimizer(self) -> torch.optim.Optimizer:
@@ -342,7 +347,7 @@ class Engine:
                 temperature=sch.explore_temperature(self.epoch),
             )
             # Each half remembers its share of ``explore_memory``: the same dynamics as one shared map.
-            share = self._copy_size(c) / self.n
+            share = self._copy_size(c) / self.semi.size
             new = insert_weighted(sub, found, self.disk, n_points)
             new, count = self.dp.sum_accumulator(new, len(sub.idx))  # the whole batch's, over processes
             rate = count / min(self._copy_size(c), sch.explore_memory * share)
@@ -358,8 +363,9 @@ class Engine:
         return float(torch.cat(errors).mean())
 
     def _copy_size(self, copy: int) -> int:
-        """How many particles train map copy ``copy``."""
-        return self.n if self.volume.copies == 1 else int((self.halves == copy).sum())
+        """How many particles train map copy ``copy`` (of the explored subset with ``explore_subset``)."""
+        pool = self.semi.explored
+        return len(pool) if self.volume.copies == 1 else int((self.halves_np[pool] == copy).sum())
 
     @torch.no_grad()
     def _align_halves(self) -> None:
@@ -481,12 +487,14 @@ class Engine:
                 idx = block[start : start + self.config.batch_size * 4]
                 batch = self._batch(idx)
                 rot, shift = self.encoder(self._encoder_input(batch))
-                _, rot, shift, win = self._best_candidates(idx, batch, rot, shift, n_points)
+                err, rot, shift, win = self._best_candidates(idx, batch, rot, shift, n_points)
+                self.semi.note(idx, err, rot, n_points)  # the unexplored particles' head margins
                 ar = torch.arange(len(idx), device=self.device)
                 self.best_rot[idx] = rot[ar, win].cpu()
                 self.best_shift[idx] = shift[ar, win].cpu()
                 self.best_head[idx] = win.cpu()
             self.dp.sync_blocks(distributed.particle_state(self), self.n)
+        self.semi.pose_rest(self, encoded=self.stage == Stage.ENCODING)  # audit and unsure: grid search
         self.schedule.switch_epoch = self.epoch
         self.explore_sums = [None] * self.volume.copies
         self.stage = Stage.DECODING
@@ -652,11 +660,12 @@ class Engine:
         evaluated = [h for h in self.history if h["resolution"] is not None]
         last = evaluated[-1] if evaluated else {}
         fsc = last.get("fsc")
+        epoch_size = self.n if self.perm is None else len(self.perm)  # the explored subset before the switch
         return Snapshot(
             epoch=self.epoch,
             step=self.step,
             stage=self.stage,
-            progress=min(1.0, (self.epoch + self.pos / self.n) / self.config.epochs),
+            progress=min(1.0, (self.epoch + self.pos / epoch_size) / self.config.epochs),
             elapsed_s=self.elapsed,
             images_per_s=ips,
             loss=loss,
@@ -722,6 +731,7 @@ class Engine:
                 if self.perm is None:
                     gen = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
                     self.perm = torch.randperm(self.n, generator=gen).numpy()
+                    self.perm = self.semi.order(self.perm, self.stage)  # the explored subset (pre-switch)
                     self.pos = 0
                     if self.stage == Stage.DECODING and self.epoch == self.schedule.research_epoch():
                         self._research_poses()
@@ -732,7 +742,7 @@ class Engine:
                             group["lr"] = rate * scale
                 t_epoch = time.perf_counter()
                 seen, loss_sum = 0, 0.0
-                while self.pos < self.n:
+                while self.pos < len(self.perm):
                     stop, switch = self.dp.agree(  # every process stops or switches at the same step
                         *(any(c.kind == kind for c in self._commands) for kind in ("stop", "switch"))
                     )
@@ -801,10 +811,11 @@ class Engine:
         rot, _ = self.current_poses()
         rot_t = torch.from_numpy(rot)
         stable = change = None
+        posed = torch.from_numpy(self.semi.posed(self.stage))  # only the explored subset before the switch
         if self.prev_rot is not None:
-            change = float(torch.rad2deg(geodesic_distance(self.prev_rot, rot_t)).median())
+            change = float(torch.rad2deg(geodesic_distance(self.prev_rot[posed], rot_t[posed])).median())
             if self.stage == Stage.ENCODING:
-                stable = float((self.prev_head == self.best_head).float().mean())
+                stable = float((self.prev_head[posed] == self.best_head[posed]).float().mean())
         every = self.config.eval_every or max(1, self.config.epochs // 8)
         evaluate = (self.epoch + 1) % every == 0 or self.epoch + 1 == self.config.epochs
         record = write_epoch_record(self, loss, ips, stable, change, evaluate)

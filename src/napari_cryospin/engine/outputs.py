@@ -96,7 +96,8 @@ def write_epoch_record(
     if not evaluate:
         return record
     voxel = engine.particles.pixel_size
-    full, half_a, half_b, rot, shift = _gold_standard(engine, MONITOR_PARTICLES)
+    posed = engine.semi.posed(engine.stage)  # before the switch, only the explored subset has poses
+    full, half_a, half_b, rot, shift = _gold_standard(engine, MONITOR_PARTICLES, keep=posed)
     epochs_dir = engine.out / "epochs"
     if engine.dp.main:
         epochs_dir.mkdir(exist_ok=True)
@@ -157,6 +158,7 @@ def write_results(engine: Engine) -> str:
                 "junk": junk.summary(keep is not None),
                 "maps": sizes,
                 "noise": engine.noise.to_dict(),
+                "semi_amortized": engine.semi.report,
             },
         },
     )
