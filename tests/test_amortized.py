@@ -31,27 +31,22 @@ def _halves(n: int, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- units
-def test_the_cut_is_where_the_audit_separates_wrong_from_right_poses():
+def test_the_cut_makes_the_fewest_audit_mistakes():
     conf = np.array([1.0, 2.0, 3.0, 10.0, 12.0, np.nan, 2.5, 11.0])
     wrong = np.array([True, True, True, False, False, False, False, False])
-    # Flagging ≤ 3 catches every wrong pose and one right one (J = 1 − 1/5); no other cut does better.
-    assert unsure_threshold(conf, wrong) == 3.0
-    # A right pose with the lowest margin does not move the cut below the wrong ones.
-    assert unsure_threshold(np.append(conf, 0.5), np.append(wrong, False)) == 3.0
+    # Flagging ≤ 3 leaves no wrong pose and flags one right one (1 mistake); ≤ 2 leaves one wrong (1, tie,
+    # flags fewer); everything else makes more.
+    assert unsure_threshold(conf, wrong) == 2.0
+    # A wrong pose among the confident ones is not worth flagging the right ones below it.
+    assert unsure_threshold(np.append(conf, 11.5), np.append(wrong, True)) == 2.0
 
 
-def test_the_cut_flags_none_without_wrong_poses_and_all_when_every_pose_is_wrong():
-    conf = np.array([1.0, 5.0, np.nan])
-    assert unsure_threshold(conf, np.zeros(3, bool)) == -np.inf
-    cut = unsure_threshold(conf, np.ones(3, bool))
+def test_the_cut_flags_none_without_wrong_poses_and_all_when_wrong_ones_dominate():
+    conf = np.array([0.5, 1.0, 5.0, np.nan])
+    assert unsure_threshold(conf, np.zeros(4, bool)) == -np.inf
+    cut = unsure_threshold(conf, np.array([False, True, True, True]))  # one right pose, least confident
     assert np.all(np.nan_to_num(conf, nan=np.inf) <= cut)  # agreeing heads (NaN) are flagged too
-
-
-def test_a_tie_goes_to_the_cut_that_flags_fewer():
-    # Flagging ≤ 1 (J = 1/2 − 0) ties with flagging ≤ 3 (J = 1 − 1/2).
-    conf = np.array([1.0, 2.0, 3.0, 4.0])
-    wrong = np.array([True, False, True, False])
-    assert unsure_threshold(conf, wrong) == 1.0
+    assert unsure_threshold(conf, np.ones(4, bool)) == np.inf
 
 
 def test_subset_and_audit_are_drawn_within_each_half_and_do_not_overlap():

@@ -59,17 +59,17 @@ def unsure_threshold(confidence: np.ndarray, wrong: np.ndarray) -> float:
     """The margin (nats) at or below which an encoder pose is sent to the grid search, learnt from the audit.
 
     ``confidence`` (a,): each audit particle's winning-head margin (NaN: every head agrees, i.e. +inf);
-    ``wrong`` (a,): the grid found a better pose more than ``DISTINCT_DEG`` away. The cut maximises Youden's
-    J = (share of wrong poses flagged) − (share of right poses flagged), which needs no level and does not
-    depend on how common wrong poses are; ties go to the cut that flags fewer. No wrong audit pose gives
-    −inf (flag none), only wrong ones +inf (flag all: the encoder is no use).
+    ``wrong`` (a,): the grid found a better pose more than ``DISTINCT_DEG`` away. The cut makes the fewest
+    audit mistakes (wrong poses left unflagged + right poses flagged): the equal-cost Bayes rule, so a
+    margin is flagged where wrong poses outnumber right ones, with no level to tune, and the share of wrong
+    poses counts (an encoder that is nearly always wrong gets everything flagged). Ties go to the cut that
+    flags fewer. No wrong audit pose gives −inf (flag none).
     """
     c = np.where(np.isnan(confidence), np.inf, confidence)
     cuts = np.concatenate([[-np.inf], np.unique(c)])
     flagged = c[None, :] <= cuts[:, None]  # (cuts, a)
-    tpr = flagged[:, wrong].mean(1) if wrong.any() else np.zeros(len(cuts))
-    fpr = flagged[:, ~wrong].mean(1) if (~wrong).any() else np.zeros(len(cuts))
-    return float(cuts[int(np.argmax(tpr - fpr))])  # argmax takes the first (lowest) cut of a tie
+    mistakes = (~flagged & wrong).sum(1) + (flagged & ~wrong).sum(1)
+    return float(cuts[int(np.argmin(mistakes))])  # argmin takes the first (lowest) cut of a tie
 
 
 class SemiAmortized:
