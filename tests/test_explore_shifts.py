@@ -1,4 +1,4 @@
-"""Exploration finds picks far off-centre: a wide 2-px shift grid first, then 1 px around each coarse shift."""
+"""Exploration finds far off-centre picks: a wide 2-px shift grid, then 1 px around each coarse shift."""
 
 import numpy as np
 import torch
