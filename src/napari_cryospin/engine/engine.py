@@ -185,8 +185,6 @@ class Engine:
             self.volume.parameters(), lr=self.schedule.volume_lr_encoding, foreach=True
         )
         self.offsets = shift_grid(self.schedule.shift_search, device=self.device)
-        self.wide_offsets = shift_grid(self.schedule.max_shift, self.schedule.wide_shift_step, self.device)
-        self.search_centres = torch.zeros(self.n, 2)  # fine exploration's shift-search centres (px)
         self.grids = [so3_grid(*grid).to(self.device) for grid in self.schedule.explore_grids]
         self.explore_sums: list = [None] * self.volume.copies
         self.halves_aligned = not independent
@@ -231,7 +229,6 @@ class Engine:
             "pose_opt": None if self.pose_opt is None else self.pose_opt.state_dict(),
             "best_rot": self.best_rot,
             "best_shift": self.best_shift,
-            "search_centres": self.search_centres,
             "best_head": self.best_head,
             "prev_rot": self.prev_rot,
             "prev_head": self.prev_head,
@@ -261,7 +258,6 @@ class Engine:
         self.volume.load_state_dict(st["volume"])
         self.vol_opt.load_state_dict(st["vol_opt"])
         self.best_rot, self.best_shift, self.best_head = st["best_rot"], st["best_shift"], st["best_head"]
-        self.search_centres = st.get("search_centres", self.search_centres)
         self.prev_rot, self.prev_head = st["prev_rot"], st["prev_head"]
         if st["poses"] is not None:
             self.poses = ParticlePoses(self.best_rot, self.best_shift).to(self.device)
@@ -335,17 +331,15 @@ class Engine:
         """Soft-assign the batch over the grid, fold it into each half's running sums, re-solve the maps."""
         batch = self._batch(idx)
         sch = self.schedule
-        fine = sch.explore_grid(self.epoch) > 0
         errors = []
         for c, mask in self._copy_masks(batch.idx):
             sub = batch.select(mask)
-            centres = self.search_centres[sub.idx.cpu()].to(self.device)
             found = grid_search(
                 self.volume,
                 sub,
                 self.grids[sch.explore_grid(self.epoch)],
-                centres if fine else torch.zeros_like(centres),
-                self.offsets if fine else self.wide_offsets,
+                torch.zeros(len(sub.idx), 2, device=self.device),
+                self.offsets,
                 self.disk,
                 n_points,
                 sch.explore_top_k,
@@ -534,7 +528,7 @@ class Engine:
                     self.volume,
                     sub,
                     self.grids[-1],
-                    shift[sel].round(),  # centred on the current shift: picks may sit up to box/8 off
+                    torch.zeros(len(sub.idx), 2, device=self.device),
                     self.offsets,
                     self.disk,
                     n_points,
@@ -739,9 +733,6 @@ class Engine:
                     self.perm = torch.randperm(self.n, generator=gen).numpy()
                     self.perm = self.semi.order(self.perm, self.stage)  # the explored subset (pre-switch)
                     self.pos = 0
-                    grids = self.schedule.explore_grid(self.epoch - 1), self.schedule.explore_grid(self.epoch)
-                    if self.stage == Stage.EXPLORING and grids == (0, 1):  # the first fine epoch
-                        self.search_centres = self.best_shift.round()
                     if self.stage == Stage.DECODING and self.epoch == self.schedule.research_epoch():
                         self._research_poses()
                     if self.pose_opt is not None:

@@ -54,10 +54,6 @@ class Schedule:
         self.encoder_width = config.encoder_width or (16 if cpu else 32)
         self.max_shift = box / 8
         self.shift_search = box / 16  # pixels searched around each head's shift (1-px grid)
-        # Exploration's coarse epochs search shifts up to ``max_shift`` from the box centre on a 2-px grid
-        # (about as many offsets as the 1-px grid of radius box/16); its fine epochs search the 1-px grid
-        # around each particle's coarse shift. So picks up to box/8 off-centre are found at the same cost.
-        self.wide_shift_step = 2.0
         self.max_radius = box / 2 - 1
 
         self.explore_epochs = min(config.explore_epochs, config.epochs)
