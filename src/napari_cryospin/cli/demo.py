@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="simulate from the bundled map, reconstruct and score (a few minutes)")
     p.add_argument("--out", type=Path, default=Path("cryospin-demo"), help="output folder")
     p.add_argument("--n", type=int, default=2000, help="particles to simulate")
-    p.add_argument("--box", type=int, default=32, choices=(32, 64), help="bundled map size")
+    # Box 64: at box 32 (6.62 Å/px, SNR 0.1) even the true map puts the best rotation 5.5° from the truth.
+    p.add_argument("--box", type=int, default=64, choices=(32, 64), help="bundled map size")
     p.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio of the simulated images")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the engine's)")
     p.add_argument("--device", default="auto")
