@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from napari_cryospin.cli import build_parser
 from napari_cryospin.cli.reconstruct import config_from_args
 from napari_cryospin.data.particles import load_particles
-from napari_cryospin.engine import amortized, distributed
+from napari_cryospin.engine import distributed
 from napari_cryospin.engine.amortized import SemiAmortized, stratified_choice, unsure_threshold
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
@@ -86,7 +86,7 @@ def semi_run(tiny_dataset, tmp_path_factory):
     """A tiny run exploring 100 of 200 particles, recording which particles each stage searched."""
     out = tmp_path_factory.mktemp("semi") / "run"
     seen: dict[str, list[np.ndarray]] = {"explored": [], "encoded": [], "switch_search": []}
-    explore, encode, search = Engine._exploring_step, Engine._encoding_step, amortized.grid_search
+    explore, encode, search = Engine._exploring_step, Engine._encoding_step, Engine._fine_grid_search
 
     def explore_spy(self, idx, n_points):
         seen["explored"].append(np.array(idx))
@@ -96,9 +96,9 @@ def semi_run(tiny_dataset, tmp_path_factory):
         seen["encoded"].append(np.array(idx))
         return encode(self, idx, n_points)
 
-    def search_spy(volume, batch, *args, **kw):
+    def search_spy(self, batch, *args, **kw):
         seen["switch_search"].append(batch.idx.cpu().numpy())
-        return search(volume, batch, *args, **kw)
+        return search(self, batch, *args, **kw)
 
     config = RunConfig(
         particles=str(tiny_dataset / "particles.star"), out=str(out), **SETTINGS, snapshot_interval_s=5.0
@@ -107,7 +107,7 @@ def semi_run(tiny_dataset, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp_:
         mp_.setattr(Engine, "_exploring_step", explore_spy)
         mp_.setattr(Engine, "_encoding_step", encode_spy)
-        mp_.setattr(amortized, "grid_search", search_spy)
+        mp_.setattr(Engine, "_fine_grid_search", search_spy)
         snaps = list(engine.run())
     snap = snaps[-1]
     assert snap.stage == Stage.DONE and "done" in snap.message

@@ -20,8 +20,6 @@ import numpy as np
 import torch
 
 from ..geometry.rotations import geodesic_distance
-from ..model.likelihood import squared_error
-from ..model.search import grid_search
 from .events import Stage
 from .particle_scores import DISTINCT_DEG, pose_confidence
 
@@ -172,35 +170,20 @@ class SemiAmortized:
         n_points = engine.schedule.points(engine.disk, Stage.EXPLORING, engine.schedule.explore_epochs - 1)
         block = engine.dp.block(self.n)
         block = block[which[block]]
-        zero = torch.zeros(2, device=engine.device)
         for start in range(0, len(block), engine.schedule.explore_batch):
             idx = block[start : start + engine.schedule.explore_batch]
             batch = engine._batch(idx)
             cpu_idx = torch.as_tensor(idx)
             rot = engine.best_rot[cpu_idx].to(engine.device)
             shift = engine.best_shift[cpu_idx].to(engine.device)
-            for c, sel in engine._copy_masks(batch.idx):
-                sub = batch.select(sel)
-                now = squared_error(engine.volume, sub, rot[sel], shift[sel], engine.disk, n_points, c)
-                found = grid_search(
-                    engine.volume,
-                    sub,
-                    engine.grids[-1],
-                    zero.expand(len(sub.idx), 2),
-                    engine.offsets,
-                    engine.disk,
-                    n_points,
-                    1,
-                    copy=c,
-                )
-                rows = cpu_idx[sel.cpu()]
-                grid_rot = found.rotations[:, 0].cpu()
-                angle[rows] = torch.rad2deg(geodesic_distance(engine.best_rot[rows], grid_rot)).double()
-                moved = (found.errors[:, 0] < now).cpu()
-                better[rows] = moved.double()
-                engine.best_rot[rows[moved]] = grid_rot[moved]
-                engine.best_shift[rows[moved]] = found.shifts[moved, 0].cpu()
-                engine.best_head[rows[moved]] = self.heads
+            now, grid_err, grid_rot, grid_shift = engine._fine_grid_search(batch, rot, shift, n_points)
+            grid_rot, grid_shift = grid_rot.cpu(), grid_shift.cpu()
+            angle[cpu_idx] = torch.rad2deg(geodesic_distance(engine.best_rot[cpu_idx], grid_rot)).double()
+            moved = (grid_err < now).cpu()
+            better[cpu_idx] = moved.double()
+            engine.best_rot[cpu_idx[moved]] = grid_rot[moved]
+            engine.best_shift[cpu_idx[moved]] = grid_shift[moved]
+            engine.best_head[cpu_idx[moved]] = self.heads
 
     def _summary(
         self,

@@ -506,6 +506,23 @@ class Engine:
         self.vol_opt = self._volume_optimizer()
         log.info("switched to auto-decoding at epoch %d: %s", self.epoch, reason)
 
+    def _fine_grid_search(
+        self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, n_points: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Against each particle's own half map: the error (B,) of its pose (rot (B, 3, 3), shift (B, 2) px)
+        and the best fine-grid pose's error (B,), rotation (B, 3, 3) and shift (B, 2)."""
+
+        def search(sub: ImageBatch, c: int, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            now = squared_error(self.volume, sub, rot[m], shift[m], self.disk, n_points, c)
+            centres = torch.zeros(len(sub.idx), 2, device=self.device)
+            found = grid_search(
+                self.volume, sub, self.grids[-1], centres, self.offsets, self.disk, n_points, 1, copy=c
+            )
+            return now, found.errors[:, 0], found.rotations[:, 0], found.shifts[:, 0]
+
+        now, err, grid_rot, grid_shift = self._by_copy(batch, search)
+        return now, err, grid_rot, grid_shift
+
     @torch.no_grad()
     def _research_poses(self) -> None:
         """Give every particle the best fine-grid pose against its half map when that fits better.
@@ -521,29 +538,16 @@ class Engine:
             idx = block[start : start + self.schedule.explore_batch]
             batch = self._batch(idx)
             rot, shift = self.poses(batch.idx)
-            for c, sel in self._copy_masks(batch.idx):
-                sub = batch.select(sel)
-                now = squared_error(self.volume, sub, rot[sel], shift[sel], self.disk, n_points, c)
-                found = grid_search(
-                    self.volume,
-                    sub,
-                    self.grids[-1],
-                    torch.zeros(len(sub.idx), 2, device=self.device),
-                    self.offsets,
-                    self.disk,
-                    n_points,
-                    1,
-                    copy=c,
-                )
-                better = found.errors[:, 0] < now
-                if better.any():
-                    which = sub.idx[better]
-                    self.poses.reseed(which, found.rotations[better, 0], found.shifts[better, 0])
-                    for state in self.pose_opt.state.values():  # moved rows forget their Adam moments
-                        for moment in state.values():
-                            if torch.is_tensor(moment) and moment.dim() == 2:
-                                moment[which] = 0.0
-                    moved += int(better.sum())
+            now, grid_err, grid_rot, grid_shift = self._fine_grid_search(batch, rot, shift, n_points)
+            better = grid_err < now
+            if better.any():
+                which = batch.idx[better]
+                self.poses.reseed(which, grid_rot[better], grid_shift[better])
+                for state in self.pose_opt.state.values():  # moved rows forget their Adam moments
+                    for moment in state.values():
+                        if torch.is_tensor(moment) and moment.dim() == 2:
+                            moment[which] = 0.0
+                moved += int(better.sum())
         self.dp.sync_blocks(distributed.particle_state(self), self.n)
         moved = self.dp.sum_scalar(moved)
         self.research_moved = moved / self.n
