@@ -51,6 +51,7 @@ from .config import RunConfig
 from .device import resolve_device
 from .events import Command, ParticleView, Snapshot, Stage
 from .inputs import check_enough_particles, input_identity
+from .optimizers import adam
 from .outputs import write_epoch_record, write_results
 from .run_folder import write_run_record
 from .schedule import Schedule
@@ -180,10 +181,8 @@ class Engine:
         # share nothing until half B's map is aligned onto half A's (paper path: split at the switch).
         independent = cfg.half_maps and self.schedule.explore_epochs > 0
         self.volume = self._initial_volume(gen, 2 if independent else 1)
-        self.enc_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.schedule.encoder_lr, foreach=True)
-        self.vol_opt = torch.optim.Adam(
-            self.volume.parameters(), lr=self.schedule.volume_lr_encoding, foreach=True
-        )
+        self.enc_opt = adam(self.encoder.parameters(), self.schedule.encoder_lr, self.device)
+        self.vol_opt = adam(self.volume.parameters(), self.schedule.volume_lr_encoding, self.device)
         self.offsets = shift_grid(self.schedule.shift_search, device=self.device)
         self.grids = [so3_grid(*grid).to(self.device) for grid in self.schedule.explore_grids]
         self.explore_sums: list = [None] * self.volume.copies
@@ -277,7 +276,7 @@ class Engine:
             if self.stage == Stage.DECODING
             else self.schedule.volume_lr_encoding
         )
-        return torch.optim.Adam(self.volume.parameters(), lr=lr, foreach=True)
+        return adam(self.volume.parameters(), lr, self.device)
 
     def _pose_optimizer(self) -> torch.optim.Optimizer:
         assert self.poses is not None
@@ -443,25 +442,29 @@ class Engine:
         return float(map_loss.detach())
 
     def _squared_error(
-        self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, n_points: int
+        self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, n_points: int, detach: bool = False
     ) -> torch.Tensor:
-        """Each particle's mean squared residual (B,) at one pose, against its own map."""
+        """Each particle's mean squared residual (B,) at one pose, against its own map (``detach``: the
+        gradient reaches the poses only)."""
         return self._by_copy(
             batch,
-            lambda sub, c, m: squared_error(self.volume, sub, rot[m], shift[m], self.disk, n_points, c),
+            lambda sub, c, m: squared_error(
+                self.volume, sub, rot[m], shift[m], self.disk, n_points, c, detach
+            ),
         )[0]
 
     def _decoding_step(self, idx: np.ndarray, n_points: int) -> float:
         assert self.poses is not None and self.pose_opt is not None
         batch = self._batch(idx)
         t_idx = batch.idx
-        for _ in range(self.schedule.pose_steps):
-            rot, shift = self.poses(t_idx)
-            loss = self._squared_error(batch, rot, shift, n_points).mean()
-            self.pose_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.dp.scale_local_gradients(self.poses)
-            self.pose_opt.step()
+        with self.volume.frozen():  # the map is fixed during the pose steps
+            for _ in range(self.schedule.pose_steps):
+                rot, shift = self.poses(t_idx)
+                loss = self._squared_error(batch, rot, shift, n_points, detach=True).mean()
+                self.pose_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.dp.scale_local_gradients(self.poses)
+                self.pose_opt.step()
         with torch.no_grad():
             rot, shift = self.poses(t_idx)
         loss = self._squared_error(batch, rot, shift, n_points).mean()

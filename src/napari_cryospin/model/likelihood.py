@@ -102,14 +102,20 @@ def squared_error(
     disk: FrequencyDisk,
     n_points: int,
     copy: int = 0,
+    detach_volume: bool = False,
 ) -> torch.Tensor:
-    """Mean squared Hartley residual (B, ...) for candidate poses (B, ..., 3, 3) and shifts (B, ..., 2)."""
+    """Mean squared Hartley residual (B, ...) for candidate poses (B, ..., 3, 3) and shifts (B, ..., 2).
+
+    ``detach_volume`` lets the gradient reach the poses only: a pose step then skips the map's
+    full-grid gradient, a cost that does not shrink with the batch.
+    """
     k = disk.k[:n_points]
     b = rotations.shape[0]
     extra = rotations.shape[1:-2]
-    model = volume.slices(rotations, k, copy) * batch.ctf[:, :n_points].reshape(b, *([1] * len(extra)), -1)
+    ones = [1] * len(extra)
+    model = volume.slices(rotations, k, copy, detach_volume) * batch.ctf[:, :n_points].reshape(b, *ones, -1)
     phase = centering_phase(k / disk.box, shifts.reshape(-1, 2)).reshape(b, *extra, -1)
-    obs = fourier_to_hartley(batch.spectrum[:, :n_points].reshape(b, *([1] * len(extra)), -1) * phase)
+    obs = fourier_to_hartley(batch.spectrum[:, :n_points].reshape(b, *ones, -1) * phase)
     return ((model - obs) ** 2).mean(-1)
 
 

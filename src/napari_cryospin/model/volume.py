@@ -6,6 +6,9 @@ Hartley grid at a pose gives the Hartley transform of the projection directly (i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -21,6 +24,7 @@ class HartleyVolume(nn.Module):
         self.box = box
         self.mantissa = nn.Parameter(torch.zeros(copies, box, box, box))
         self.exponent = nn.Parameter(exponent.expand(copies, box, box, box).clone())
+        self._frozen: dict[int, torch.Tensor] | None = None  # detached grids, inside ``frozen()`` only
 
     @property
     def copies(self) -> int:
@@ -38,8 +42,23 @@ class HartleyVolume(nn.Module):
 
         ``detach`` keeps the gradient from reaching the map (it still reaches the rotations).
         """
+        if self._frozen is not None and (detach or not torch.is_grad_enabled()):
+            if copy not in self._frozen:
+                with torch.no_grad():
+                    self._frozen[copy] = self.hartley(copy)
+            return extract_slices(self._frozen[copy], rotations, k2)
         h = self.hartley(copy)
         return extract_slices(h.detach() if detach else h, rotations, k2)
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Within the block the map does not change: detached slices share one Hartley grid per copy
+        (the pose steps between two map steps), instead of recomputing mantissa · exp(exponent) each time."""
+        self._frozen = {}
+        try:
+            yield
+        finally:
+            self._frozen = None
 
     def real_space(self, copy: int | None = None) -> torch.Tensor:
         """The real-space map of one copy, or the mean of all copies when ``copy`` is None."""
