@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"reconstructing with cryoSPIN ({cfg.heads} heads, {cfg.epochs} epochs) into {cfg.out}")
     with StopSignals() as signals:
-        print(consume(Engine(cfg), signals=signals))
+        print(consume(Engine(cfg, views=False), signals=signals))
     run_dir = Path(cfg.out)
     print("\ncryoSPIN against the truth:")
     evaluate.run(

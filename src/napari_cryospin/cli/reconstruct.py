@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         with StopSignals() as signals:
-            engine = Engine(config_from_args(args))
+            engine = Engine(config_from_args(args), views=False)
             if signals.received is not None:
                 raise RunStopped(signals.received, "stopped before training began; nothing was saved")
             message = consume(engine, signals=signals)

@@ -69,8 +69,11 @@ class StopRun(Exception):
 class Engine:
     """One reconstruction run; validates the input when constructed (errors name the file and fix)."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, views: bool = True):
+        """``views``: build the chosen particle's candidates and pose posterior for the snapshots (the dock
+        shows them; a headless run has no use for them, and their cost falls on process 0 alone)."""
         self.config = config
+        self.views = views
         self.device = torch.device(resolve_device(config.device))
         self.dp = distributed.from_env(self.device)  # one process unless started by torchrun
         self.device = self.dp.device
@@ -679,7 +682,7 @@ class Engine:
             voxel_size=self.particles.pixel_size,
             volume=self._volume_array() if full else None,
             head_fractions=self._head_fractions(),
-            particle=self._particle_view(with_posterior) if full else None,
+            particle=self._particle_view(with_posterior) if full and self.views else None,
             resolution=last.get("resolution"),
             fsc=None if fsc is None else (np.asarray(fsc[0]), np.asarray(fsc[1])),
             history=list(self.history),

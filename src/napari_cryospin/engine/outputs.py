@@ -126,7 +126,8 @@ def write_results(engine: Engine) -> str:
     junk = score_junk(engine)
     keep = ~junk.junk if engine.config.junk == "auto" else None
     full, half_a, half_b, rot, shift = _gold_standard(engine, keep=keep)
-    if not engine.dp.main:  # the maps are every process's work; the files are process 0's
+    scores = particle_scores(engine)
+    if not engine.dp.main:  # the maps and scores are every process's work; the files are process 0's
         return ""
     halves = engine.halves.cpu().numpy()
     kept = np.ones(engine.n, bool) if keep is None else keep
@@ -134,7 +135,7 @@ def write_results(engine: Engine) -> str:
         engine, (full, half_a, half_b), [np.flatnonzero((halves == c) & kept) for c in (0, 1)], (rot, shift)
     )
     write_poses_star(
-        out / "poses.star", engine.particles, rot, shift, {**particle_scores(engine), **junk.columns()}
+        out / "poses.star", engine.particles, rot, shift, {**scores, **junk.columns()}
     )
     n_kept = write_kept(out / KEPT_STAR, engine, junk, (rot, shift))
     freq, curve = _masked_fsc(half_a, half_b, voxel)

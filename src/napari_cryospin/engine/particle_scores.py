@@ -45,9 +45,10 @@ def particle_scores(engine: Engine, batch_size: int = 256) -> dict[str, np.ndarr
     stage = Stage.DECODING if engine.stage == Stage.DONE else engine.stage
     n_points = engine.schedule.points(engine.disk, stage, min(engine.epoch, engine.config.epochs - 1))
     engine.encoder.eval()
-    loss, confidence = np.empty(engine.n), np.empty(engine.n)
-    for start in range(0, engine.n, batch_size):
-        idx = np.arange(start, min(engine.n, start + batch_size))
+    scores = torch.zeros(engine.n, 2, dtype=torch.float64)  # (loss, confidence); each process its block
+    block = engine.dp.block(engine.n)
+    for start in range(0, len(block), batch_size):
+        idx = block[start : start + batch_size]
         batch = engine._batch(idx)
         heads_rot, heads_shift = engine.encoder(engine._encoder_input(batch))
         pose_rot = torch.from_numpy(rot[idx]).to(engine.device)[:, None]
@@ -56,10 +57,11 @@ def particle_scores(engine: Engine, batch_size: int = 256) -> dict[str, np.ndarr
         err, _ = engine._score_candidates(batch, cand_rot, torch.cat([pose_shift, heads_shift], 1), n_points)
         err = err.cpu().double().numpy()
         angle = torch.rad2deg(geodesic_distance(pose_rot.expand_as(heads_rot).cpu(), heads_rot.cpu()))
-        loss[idx] = err[:, 0]
-        confidence[idx] = pose_confidence(err, angle.double().numpy(), n_points)
+        scores[idx, 0] = torch.from_numpy(err[:, 0])
+        scores[idx, 1] = torch.from_numpy(pose_confidence(err, angle.double().numpy(), n_points))
+    engine.dp.sync_blocks([scores], engine.n)
     return {
         HEAD_COLUMN: engine.best_head.cpu().numpy().astype(np.int64),
-        LOSS_COLUMN: loss,
-        CONFIDENCE_COLUMN: confidence,
+        LOSS_COLUMN: scores[:, 0].numpy(),
+        CONFIDENCE_COLUMN: scores[:, 1].numpy(),
     }
