@@ -138,3 +138,19 @@ def test_global_research_rescues_poses_in_a_wrong_basin(tiny_dataset, tmp_path):
     assert np.median(error[lost]) < 25.0  # random rotations: ~120°
     assert np.median(error[~lost]) < 5.0  # the right ones stay right (or move to a grid pose next to it)
     assert 0.2 < eng.research_moved < 0.6
+
+
+def test_shift_prior_adds_its_gaussian_term_to_every_candidate(tiny_dataset, tmp_path):
+    eng = _engine(tiny_dataset, tmp_path)
+    batch = eng._batch(np.arange(4))
+    grid, offsets, n = so3_grid(1, 4), shift_grid(2.0), eng.disk.count(6)
+    centres = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, -7.0], [3.0, 3.0]])
+    free = grid_search(eng.volume, batch, grid, centres, offsets, eng.disk, n, top_k=len(grid) * len(offsets))
+    sigma = 2.0
+    held = grid_search(eng.volume, batch, grid, centres, offsets, eng.disk, n, top_k=4, shift_sigma=sigma)
+    power = (batch.spectrum[:, :n].abs() ** 2).sum(-1) / n  # the prior's noise estimate per image
+    expect = free.errors + power[:, None] * (free.shifts**2).sum(-1) / (n * sigma**2)
+    assert torch.allclose(held.errors, expect.sort(dim=1).values[:, :4], rtol=1e-4, atol=1e-6)
+    tight = grid_search(eng.volume, batch, grid, centres, offsets, eng.disk, n, top_k=1, shift_sigma=1e-3)
+    nearest = centres + offsets[((centres[:, None] + offsets[None]) ** 2).sum(-1).argmin(1)]
+    assert torch.equal(tight.shifts[:, 0], nearest)  # a tight prior picks the shift nearest the centre

@@ -340,13 +340,14 @@ class Engine:
                 self.volume,
                 sub,
                 self.grids[sch.explore_grid(self.epoch)],
-                torch.zeros(len(sub.idx), 2, device=self.device),
+                self._explore_centres(sub.idx),
                 self.offsets,
                 self.disk,
                 n_points,
                 sch.explore_top_k,
                 copy=c,
                 temperature=sch.explore_temperature(self.epoch),
+                shift_sigma=sch.shift_prior,
             )
             # Each half remembers its share of ``explore_memory``: the same dynamics as one shared map.
             share = self._copy_size(c) / self.semi.size
@@ -363,6 +364,13 @@ class Engine:
             self.best_head[cpu_idx] = self.config.heads
             errors.append(found.errors[:, 0])
         return float(torch.cat(errors).mean())
+
+    def _explore_centres(self, idx: torch.Tensor) -> torch.Tensor:
+        """Where exploration's shift search is centred for particles ``idx`` (B, 2) px: each particle's last
+        shift when the schedule has a shift prior, else the box centre."""
+        if self.schedule.shift_prior is None:
+            return torch.zeros(len(idx), 2, device=self.device)
+        return self.best_shift[idx.cpu()].to(self.device)
 
     def _copy_size(self, copy: int) -> int:
         """How many particles train map copy ``copy`` (of the explored subset with ``explore_subset``)."""
@@ -520,9 +528,8 @@ class Engine:
 
         def search(sub: ImageBatch, c: int, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
             now = squared_error(self.volume, sub, rot[m], shift[m], self.disk, n_points, c)
-            centres = torch.zeros(len(sub.idx), 2, device=self.device)
-            found = grid_search(
-                self.volume, sub, self.grids[-1], centres, self.offsets, self.disk, n_points, 1, copy=c
+            found = grid_search(  # around the particle's current shift
+                self.volume, sub, self.grids[-1], shift[m], self.offsets, self.disk, n_points, 1, copy=c
             )
             return now, found.errors[:, 0], found.rotations[:, 0], found.shifts[:, 0]
 
@@ -580,12 +587,13 @@ class Engine:
                     self.volume,
                     batch,
                     self.grids[self.schedule.explore_grid(self.epoch)],
-                    torch.zeros(1, 2, device=self.device),
+                    self._explore_centres(batch.idx),
                     self.offsets,
                     self.disk,
                     n_points,
                     self.schedule.explore_top_k,
                     copy=half,
+                    shift_sigma=self.schedule.shift_prior,
                 )
                 rot, shift, err = found.rotations, found.shifts, found.errors[0]
                 labels = [f"grid {j + 1}" for j in range(rot.shape[1])]

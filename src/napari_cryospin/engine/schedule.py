@@ -45,6 +45,10 @@ class Schedule:
     # rate per step even where the likelihood is flat (a globular particle, a weak signal), so full rates
     # to the end make poses wander ~10° an epoch; large early steps still reach the basin.
     pose_rate_final = 0.1
+    # Exploration searches around each particle's last shift under a Gaussian prior of σ = this × box (px)
+    # from the box centre, so it follows picks beyond the search radius without letting shifts float.
+    # None: every search is centred on the box centre, without a prior.
+    shift_prior_fraction: float | None = 1 / 16
 
     def __init__(self, box: int, config: RunConfig, device: str = "cpu", n_particles: int = 4096):
         self.box = box
@@ -54,6 +58,7 @@ class Schedule:
         self.encoder_width = config.encoder_width or (16 if cpu else 32)
         self.max_shift = box / 8
         self.shift_search = box / 16  # pixels searched around each head's shift (1-px grid)
+        self.shift_prior = None if self.shift_prior_fraction is None else box * self.shift_prior_fraction
         self.max_radius = box / 2 - 1
 
         self.explore_epochs = min(config.explore_epochs, config.epochs)

@@ -51,11 +51,16 @@ def grid_search(
     top_k: int,
     copy: int = 0,
     temperature: float = 1.0,
+    shift_sigma: float | None = None,
 ) -> SoftAssignment:
     """Score every grid rotation at shifts ``centres + offsets`` for every image; keep the ``top_k`` best.
 
     Weights are the normalised Gaussian posterior ``exp(−n·(e − e_min) / (2σ²·T))`` with σ² the image's best
-    mean squared residual (the noise estimate under the best pose) and T the ``temperature``.
+    mean squared residual (the noise estimate under the best pose) and T the ``temperature``. With
+    ``shift_sigma`` (px) a Gaussian prior on the shift from the box centre, ``exp(−|s|²/(2·shift_sigma²))``,
+    joins the posterior (as RELION's offset prior): the search can follow a particle far off-centre
+    without every image being free to slide onto noise. Its σ² is the image's power per point (a noise
+    estimate at low SNR). Returned errors include the prior's term.
     """
     k = disk.k[:n_points]
     b, g, s = len(batch.idx), len(grid), len(offsets)
@@ -66,6 +71,9 @@ def grid_search(
     obs = fourier_to_hartley(batch.spectrum[:, None, :n_points] * phase)  # (B, S, P)
     weighted = obs * ctf[:, None, :]
     obs_norm = (obs[:, :1] ** 2).sum(-1, keepdim=True)  # (B, 1, 1): a unitary phase keeps the norm
+    penalty = torch.zeros(b, s, 1, device=k.device)
+    if shift_sigma is not None:
+        penalty = (obs_norm / n_points) * (shifts**2).sum(-1, keepdim=True) / (n_points * shift_sigma**2)
     # Rotations in chunks, so that the (B, S, chunk) error table stays near MAX_TABLE values.
     chunk = max(1, MAX_TABLE // max(1, b * s))
     errors = which = None
@@ -73,7 +81,7 @@ def grid_search(
         slices = volume.slices(grid[start : start + chunk], k, copy)  # (G', P)
         cross = weighted @ slices.T  # (B, S, G')
         model_norm = (ctf * ctf) @ (slices * slices).T  # (B, G')
-        err = (model_norm[:, None, :] - 2 * cross + obs_norm) / n_points
+        err = (model_norm[:, None, :] - 2 * cross + obs_norm) / n_points + penalty
         gc = len(slices)
         flat_idx = torch.arange(s, device=k.device)[:, None] * g + start + torch.arange(gc, device=k.device)
         err, flat_idx = err.reshape(b, -1), flat_idx.reshape(1, -1).expand(b, -1)
