@@ -134,9 +134,7 @@ def write_results(engine: Engine) -> str:
     sizes = write_final_maps(
         engine, (full, half_a, half_b), [np.flatnonzero((halves == c) & kept) for c in (0, 1)], (rot, shift)
     )
-    write_poses_star(
-        out / "poses.star", engine.particles, rot, shift, {**scores, **junk.columns()}
-    )
+    write_poses_star(out / "poses.star", engine.particles, rot, shift, {**scores, **junk.columns()})
     n_kept = write_kept(out / KEPT_STAR, engine, junk, (rot, shift))
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     res = resolution_at(freq, curve, 0.143)
