@@ -71,7 +71,7 @@ def grid_search(
     obs = fourier_to_hartley(batch.spectrum[:, None, :n_points] * phase)  # (B, S, P)
     weighted = obs * ctf[:, None, :]
     obs_norm = (obs[:, :1] ** 2).sum(-1, keepdim=True)  # (B, 1, 1): a unitary phase keeps the norm
-    penalty = torch.zeros(b, s, 1, device=k.device)
+    penalty: torch.Tensor | float = 0.0  # the prior's term (B, S, 1), in the errors' units
     if shift_sigma is not None:
         penalty = (obs_norm / n_points) * (shifts**2).sum(-1, keepdim=True) / (n_points * shift_sigma**2)
     # Rotations in chunks, so that the (B, S, chunk) error table stays near MAX_TABLE values.
