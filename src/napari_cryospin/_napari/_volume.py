@@ -53,6 +53,7 @@ def frame(viewer, layer: Image) -> None:
     own = np.asarray(layer.extent.world)
     shown = list(viewer.dims.displayed)
     spans = (world[1] - world[0])[shown].max(), (own[1] - own[0])[shown].max()
-    viewer.camera.center = tuple(((own[0] + own[1]) / 2)[shown])
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari ≥ 0.9 : older
+    camera.center = tuple(((own[0] + own[1]) / 2)[shown])
     if spans[1] > 0:
-        viewer.camera.zoom = viewer.camera.zoom * spans[0] / spans[1]
+        camera.zoom = camera.zoom * spans[0] / spans[1]
