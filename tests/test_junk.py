@@ -50,15 +50,13 @@ def test_roc_auc_is_the_probability_a_junk_row_scores_higher():
         roc_auc(np.arange(3.0), np.zeros(3, bool))
 
 
-def test_engine_junk_score_separates_junk_against_a_known_map(junk_set, tmp_path):
+def _known_map_engine(junk_set, out) -> tuple[Engine, np.ndarray, torch.Tensor]:
+    """An engine on the junk set, its truth junk rows, and the map (real space) from the true poses."""
     truth = load_particles(junk_set / "truth.star")
     junk = truth_junk(truth.table)
-    assert junk.sum() == 60
-    cfg = RunConfig(particles=str(junk_set / "particles.star"), out=str(tmp_path / "run"), device="cpu")
-    eng = Engine(cfg)
+    eng = Engine(RunConfig(particles=str(junk_set / "particles.star"), out=str(out), device="cpu"))
     eng._build()
     real = np.flatnonzero(~junk)
-    batch = eng._batch(real)
     ones = torch.ones(len(real), 1)
     poses = SoftAssignment(
         torch.as_tensor(truth.rotations[real], dtype=torch.float32)[:, None],
@@ -66,9 +64,15 @@ def test_engine_junk_score_separates_junk_against_a_known_map(junk_set, tmp_path
         ones,
         ones,
     )
-    sums = insert_weighted(batch, poses, eng.disk, eng.disk.count(15))
+    sums = insert_weighted(eng._batch(real), poses, eng.disk, eng.disk.count(15))
+    return eng, junk, torch.from_numpy(solve_map(sums))
+
+
+def test_engine_junk_score_separates_junk_against_a_known_map(junk_set, tmp_path):
+    eng, junk, known = _known_map_engine(junk_set, tmp_path / "run")
+    assert junk.sum() == 60
     for copy in range(eng.volume.copies):
-        eng.volume.set_from_real_space(torch.from_numpy(solve_map(sums)), copy=copy)
+        eng.volume.set_from_real_space(known, copy=copy)
     # Every image (junk too) gets its best fine-grid pose, as a run would give it.
     batch = eng._batch(np.arange(eng.n))
     found = grid_search(
@@ -79,6 +83,25 @@ def test_engine_junk_score_separates_junk_against_a_known_map(junk_set, tmp_path
     assert roc_auc(scores.z, junk) > 0.9
     assert roc_auc(-scores.log_likelihood_ratio, junk) > 0.8
     assert scores.junk[junk].mean() > 0.5 and scores.junk[~junk].mean() < 0.05
+
+
+def test_junk_score_holds_each_particle_against_the_other_half_once_the_halves_share_a_frame(
+    junk_set, tmp_path
+):
+    eng, junk, known = _known_map_engine(junk_set, tmp_path / "run")
+    assert eng.volume.copies == 2
+    eng.volume.set_from_real_space(known, copy=0)
+    eng.volume.set_from_real_space(-known, copy=1)  # half B's map: the same, negated
+    truth = load_particles(junk_set / "truth.star")
+    eng.best_rot = torch.as_tensor(truth.rotations, dtype=torch.float32)
+    eng.best_shift = torch.as_tensor(truth.shifts, dtype=torch.float32)
+    eng.offsets = torch.zeros(1, 2)  # keep the true shifts (a search on the negated map would move them)
+    half = eng.halves.numpy()
+    for aligned, sign_a in ((True, -1), (False, 1)):  # aligned: half A's particles meet half B's map
+        eng.halves_aligned = aligned
+        corr = score_junk(eng).correlation
+        assert np.mean(np.sign(corr[~junk & (half == 0)]) == sign_a) > 0.9, aligned
+        assert np.mean(np.sign(corr[~junk & (half == 1)]) == -sign_a) > 0.9, aligned
 
 
 def test_evaluate_scores_particles_only_and_reports_the_junk_auc(junk_set, tmp_path, capsys):

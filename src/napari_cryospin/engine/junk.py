@@ -1,7 +1,11 @@
 """Per-particle junk scores: how well each image is explained by the map at its pose, under the noise model.
 
-At the end of a run every particle is compared with its own half map at its final pose (the shift searched
-again on the 1-px grid), in the whitened units of the likelihood (``model/noise.py``), out to exploration's
+At the end of a run every particle is compared, at its final pose (the shift searched again on the 1-px
+grid against its own half map), with the *other* half's map once the halves share a frame: a particle's
+own half has fit its noise, which lifts junk and particles alike (on the realistic set, the map's
+correlation with particles stays at 0.17 in shells with no signal), so the held-out half separates them
+better (ROC AUC 0.904 against 0.897 on the same run). Before alignment, or with one map, the own map is
+used. Comparisons are in the whitened units of the likelihood (``model/noise.py``), out to exploration's
 top radius (cycles per box, so the same detail at any pixel size). With ``y`` the image and
 ``m = CTF · slice`` the model there:
 
@@ -66,8 +70,10 @@ class FitTerms:
 
 @torch.no_grad()
 def fit_terms(engine: Engine, n_points: int) -> FitTerms:
-    """:class:`FitTerms` of every particle at its current pose against its own map, on ``n_points`` points."""
+    """:class:`FitTerms` of every particle at its current pose on ``n_points`` points, against the other
+    half's map when the halves share a frame, else its own (see the module doc)."""
     rot_all, shift_all = engine.current_poses()
+    held_out = engine.volume.copies == 2 and engine.halves_aligned
     k = engine.disk.k[:n_points]
     cross, model_sq, obs_sq = (np.empty(engine.n) for _ in range(3))
     step = engine.schedule.explore_batch
@@ -81,7 +87,7 @@ def fit_terms(engine: Engine, n_points: int) -> FitTerms:
             _, best = searched_error(
                 engine.volume, sub, rot[mask], shift[mask], engine.offsets, engine.disk, n_points, c
             )
-            m = engine.volume.slices(rot[mask], k, c) * sub.ctf[:, :n_points]
+            m = engine.volume.slices(rot[mask], k, 1 - c if held_out else c) * sub.ctf[:, :n_points]
             y = fourier_to_hartley(sub.spectrum[:, :n_points] * centering_phase(k / engine.disk.box, best))
             rows = idx[mask.cpu().numpy()]
             cross[rows] = (m * y).sum(-1).cpu().numpy()
@@ -137,7 +143,7 @@ def write_kept(path, engine: Engine, scores: JunkScores, poses: tuple[np.ndarray
 
 
 def score_junk(engine: Engine) -> JunkScores:
-    """Score every particle at its final pose against its own map (see the module doc)."""
+    """Score every particle at its final pose against the held-out half's map (see the module doc)."""
     sch = engine.schedule
     radius = min(max(sch.explore_radii), 0.8 * sch.max_radius)  # exploration's top radius
     terms = fit_terms(engine, engine.disk.count(radius))
