@@ -154,3 +154,17 @@ def test_shift_prior_adds_its_gaussian_term_to_every_candidate(tiny_dataset, tmp
     tight = grid_search(eng.volume, batch, grid, centres, offsets, eng.disk, n, top_k=1, shift_sigma=1e-3)
     nearest = centres + offsets[((centres[:, None] + offsets[None]) ** 2).sum(-1).argmin(1)]
     assert torch.equal(tight.shifts[:, 0], nearest)  # a tight prior picks the shift nearest the centre
+
+
+def test_exploration_follows_each_last_shift_but_keeps_the_box_centre_in_its_window(tiny_dataset, tmp_path):
+    eng = _engine(tiny_dataset, tmp_path)
+    radius = eng.schedule.shift_search
+    last = torch.tensor([[1.0, -1.0], [3 * radius, 0.0], [0.0, -2 * radius], [radius, radius]])
+    eng.best_shift[:4] = last
+    centres = eng._explore_centres(torch.arange(4))
+    assert torch.equal(centres[0], last[0])  # inside the radius: followed as it is
+    lengths = centres.norm(dim=-1)
+    assert torch.all(lengths <= radius + 1e-5)  # so the box centre is always in the search window
+    torch.testing.assert_close(lengths[1:], torch.full((3,), radius))  # pulled in along its own direction
+    cosine = (centres * last).sum(-1) / (lengths * last.norm(dim=-1))
+    torch.testing.assert_close(cosine, torch.ones(4))
