@@ -75,10 +75,11 @@ def fit_terms(engine: Engine, n_points: int) -> FitTerms:
     rot_all, shift_all = engine.current_poses()
     held_out = engine.volume.copies == 2 and engine.halves_aligned
     k = engine.disk.k[:n_points]
-    cross, model_sq, obs_sq = (np.empty(engine.n) for _ in range(3))
+    terms = torch.zeros(engine.n, 3, dtype=torch.float64)  # (cross, model, obs); each process its block
+    block = engine.dp.block(engine.n)
     step = engine.schedule.explore_batch
-    for start in range(0, engine.n, step):
-        idx = np.arange(start, min(engine.n, start + step))
+    for start in range(0, len(block), step):
+        idx = block[start : start + step]
         batch = engine._batch(idx)
         rot = torch.as_tensor(rot_all[idx], dtype=torch.float32, device=engine.device)
         shift = torch.as_tensor(shift_all[idx], dtype=torch.float32, device=engine.device)
@@ -89,10 +90,10 @@ def fit_terms(engine: Engine, n_points: int) -> FitTerms:
             )
             m = engine.volume.slices(rot[mask], k, 1 - c if held_out else c) * sub.ctf[:, :n_points]
             y = fourier_to_hartley(sub.spectrum[:, :n_points] * centering_phase(k / engine.disk.box, best))
-            rows = idx[mask.cpu().numpy()]
-            cross[rows] = (m * y).sum(-1).cpu().numpy()
-            model_sq[rows] = (m * m).sum(-1).cpu().numpy()
-            obs_sq[rows] = (y * y).sum(-1).cpu().numpy()
+            rows = torch.from_numpy(idx[mask.cpu().numpy()])
+            terms[rows] = torch.stack([(m * y).sum(-1), (m * m).sum(-1), (y * y).sum(-1)], 1).cpu().double()
+    engine.dp.sync_blocks([terms], engine.n)
+    cross, model_sq, obs_sq = terms.numpy().T
     return FitTerms(cross, model_sq, obs_sq, n_points)
 
 
