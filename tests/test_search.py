@@ -168,3 +168,26 @@ def test_exploration_follows_each_last_shift_but_keeps_the_box_centre_in_its_win
     torch.testing.assert_close(lengths[1:], torch.full((3,), radius))  # pulled in along its own direction
     cosine = (centres * last).sum(-1) / (lengths * last.norm(dim=-1))
     torch.testing.assert_close(cosine, torch.ones(4))
+
+
+def test_aligning_the_halves_is_not_counted_as_a_pose_change(tiny_dataset, tmp_path):
+    from napari_cryospin.data.mrc import read_volume
+    from napari_cryospin.data.particles import load_particles
+    from napari_cryospin.geometry.rotations import geodesic_distance
+    from napari_cryospin.resources import bundled_map_path
+
+    eng = _engine(tiny_dataset, tmp_path)
+    assert eng.volume.copies == 2 and not eng.halves_aligned
+    truth = load_particles(tiny_dataset / "truth.star")
+    volume = torch.from_numpy(np.ascontiguousarray(read_volume(bundled_map_path(32))[0]))
+    eng.volume.set_from_real_space(volume, copy=0)
+    eng.volume.set_from_real_space(torch.rot90(volume, 1, (0, 2)).contiguous(), copy=1)  # B: 90° off
+    eng.best_rot = torch.as_tensor(truth.rotations, dtype=torch.float32)
+    eng.prev_rot = eng.best_rot.clone()  # the poses at the last exploration epoch's end
+    before = eng.best_rot.clone()
+    eng._align_halves()
+    in_b = eng.halves.numpy() == 1
+    moved = np.degrees(geodesic_distance(before.double(), eng.best_rot.double()).numpy())
+    assert np.median(moved[in_b]) > 60 and np.all(moved[~in_b] < 1e-3)  # half B's frame did change
+    change = np.degrees(geodesic_distance(eng.prev_rot.double(), eng.best_rot.double()).numpy())
+    assert np.all(change < 1e-3)  # but no particle's pose did, as the auto-switch measures it

@@ -51,7 +51,7 @@ from .config import RunConfig
 from .device import resolve_device
 from .events import Command, ParticleView, Snapshot, Stage
 from .inputs import check_enough_particles, input_identity
-from .optimizers import adam
+from .optimizers import RowAdam, adam
 from .outputs import write_epoch_record, write_results
 from .run_folder import write_run_record
 from .schedule import Schedule
@@ -283,7 +283,7 @@ class Engine:
 
     def _pose_optimizer(self) -> torch.optim.Optimizer:
         assert self.poses is not None
-        return torch.optim.SparseAdam(
+        return RowAdam(
             [
                 {"params": [self.poses.omega.weight], "lr": self.schedule.rotation_lr},
                 {"params": [self.poses.shift.weight], "lr": self.schedule.shift_lr},
@@ -301,14 +301,19 @@ class Engine:
         halves = self.halves[idx]
         return [(c, halves == c) for c in (0, 1) if bool((halves == c).any())]
 
-    def _by_copy(self, batch: ImageBatch, fn) -> list[torch.Tensor]:
-        """``fn(sub_batch, copy, mask)`` on each map copy's particles, results scattered back to (B, …).
+    def _copy_parts(self, batch: ImageBatch) -> list[tuple[int, torch.Tensor, ImageBatch]]:
+        """(map copy, mask, sub-batch) for each copy with particles in ``batch``."""
+        return [(c, mask, batch.select(mask)) for c, mask in self._copy_masks(batch.idx)]
+
+    def _by_copy(self, batch: ImageBatch, fn, parts: list | None = None) -> list[torch.Tensor]:
+        """``fn(sub_batch, copy, mask)`` on each map copy's particles, results scattered back to (B, …);
+        ``parts``: the batch's :meth:`_copy_parts` when the caller reuses them (auto-decoding's steps).
 
         Every particle is scored against its own half's map only: the gold standard depends on it.
         """
         results: list[torch.Tensor] = []
-        for c, mask in self._copy_masks(batch.idx):
-            out = fn(batch.select(mask), c, mask)
+        for c, mask, sub in self._copy_parts(batch) if parts is None else parts:
+            out = fn(sub, c, mask)
             out = out if isinstance(out, tuple) else (out,)
             if not results:
                 results = [t.new_empty((len(mask), *t.shape[1:])) for t in out]
@@ -403,6 +408,8 @@ class Engine:
         rot, shift = change.poses(self.best_rot[members].double().numpy(), self.best_shift[members].numpy())
         self.best_rot[members] = torch.from_numpy(rot).float()
         self.best_shift[members] = torch.from_numpy(shift).float()
+        if self.prev_rot is not None:  # a change of frame is not a change of pose (auto-switch's measure)
+            self.prev_rot[members] = self.best_rot[members].clone()
         self.agreement = half_agreement(a, change.aligned, self.schedule.explored_radius(self.epoch))
         self.explore_sums = [None, None]
         self.halves_aligned = True
@@ -462,32 +469,40 @@ class Engine:
         return float(map_loss.detach())
 
     def _squared_error(
-        self, batch: ImageBatch, rot: torch.Tensor, shift: torch.Tensor, n_points: int, detach: bool = False
+        self,
+        batch: ImageBatch,
+        rot: torch.Tensor,
+        shift: torch.Tensor,
+        n_points: int,
+        detach: bool = False,
+        parts: list | None = None,
     ) -> torch.Tensor:
         """Each particle's mean squared residual (B,) at one pose, against its own map (``detach``: the
-        gradient reaches the poses only)."""
+        gradient reaches the poses only; ``parts`` as in :meth:`_by_copy`)."""
         return self._by_copy(
             batch,
             lambda sub, c, m: squared_error(
                 self.volume, sub, rot[m], shift[m], self.disk, n_points, c, detach
             ),
+            parts,
         )[0]
 
     def _decoding_step(self, idx: np.ndarray, n_points: int) -> float:
         assert self.poses is not None and self.pose_opt is not None
         batch = self._batch(idx)
         t_idx = batch.idx
+        parts = self._copy_parts(batch)  # the same sub-batches for all six steps
         with self.volume.frozen():  # the map is fixed during the pose steps
             for _ in range(self.schedule.pose_steps):
                 rot, shift = self.poses(t_idx)
-                loss = self._squared_error(batch, rot, shift, n_points, detach=True).mean()
+                loss = self._squared_error(batch, rot, shift, n_points, detach=True, parts=parts).mean()
                 self.pose_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.dp.scale_local_gradients(self.poses)
                 self.pose_opt.step()
         with torch.no_grad():
             rot, shift = self.poses(t_idx)
-        loss = self._squared_error(batch, rot, shift, n_points).mean()
+        loss = self._squared_error(batch, rot, shift, n_points, parts=parts).mean()
         self.vol_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.dp.average_gradients(self.volume)
