@@ -1,4 +1,5 @@
-"""The Hartley volume decoder: a frozen map shares one grid between pose steps, and only inside the block."""
+"""The Hartley volume decoder: a frozen map shares one grid between pose steps, and only inside the block; a
+shared block gives every copy the same values and gradients as indexing one copy at a time."""
 
 import torch
 
@@ -41,6 +42,28 @@ def test_a_map_changed_after_the_frozen_block_is_seen():
         after = v.slices(rot, k, 0, detach=True)
     assert not torch.allclose(before, after)
     assert torch.allclose(after, v.slices(rot, k, 0).detach())
+
+
+def test_shared_grids_give_the_same_slices_and_gradients_as_one_copy_at_a_time():
+    k = frequency_grid_2d(8).reshape(-1, 2)[:20]
+    rot = torch.linalg.matrix_exp(torch.tensor([[[0.0, -0.3, 0.2], [0.3, 0.0, -0.1], [-0.2, 0.1, 0.0]]]))
+    results = []
+    for shared in (False, True):
+        v = _volume()
+        if shared:
+            with v.shared():
+                out = [v.slices(rot, k, c) for c in (0, 1)]
+        else:
+            out = [v.slices(rot, k, c) for c in (0, 1)]
+        (out[0].pow(2).sum() + 3 * out[1].sum()).backward()
+        results.append((out, v.mantissa.grad, v.exponent.grad))
+        assert v._shared is None  # only inside the block
+    (one, m1, e1), (both, m2, e2) = results
+    for a, b in zip(one, both, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(m1, m2)
+    torch.testing.assert_close(e1, e2)
+    assert m1[1].abs().sum() > 0 and e1[0].abs().sum() > 0
 
 
 def test_row_adam_follows_sparse_adam_row_for_row():

@@ -455,7 +455,8 @@ class Engine:
         encoder_loss = err[:, :heads].min(dim=1).values.mean()
         ar = torch.arange(len(idx), device=self.device)
         win_rot, win_shift = cand_rot[ar, win], cand_shift[ar, win]
-        map_loss = self._squared_error(batch, win_rot, win_shift, n_points).mean()
+        with self.volume.shared():
+            map_loss = self._squared_error(batch, win_rot, win_shift, n_points).mean()
         self.enc_opt.zero_grad(set_to_none=True)
         self.vol_opt.zero_grad(set_to_none=True)
         (encoder_loss + map_loss).backward()
@@ -502,7 +503,8 @@ class Engine:
                 self.pose_opt.step()
         with torch.no_grad():
             rot, shift = self.poses(t_idx)
-        loss = self._squared_error(batch, rot, shift, n_points, parts=parts).mean()
+        with self.volume.shared():
+            loss = self._squared_error(batch, rot, shift, n_points, parts=parts).mean()
         self.vol_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.dp.average_gradients(self.volume)

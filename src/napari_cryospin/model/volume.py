@@ -25,6 +25,7 @@ class HartleyVolume(nn.Module):
         self.mantissa = nn.Parameter(torch.zeros(copies, box, box, box))
         self.exponent = nn.Parameter(exponent.expand(copies, box, box, box).clone())
         self._frozen: dict[int, torch.Tensor] | None = None  # detached grids, inside ``frozen()`` only
+        self._shared: tuple[torch.Tensor, ...] | None = None  # every copy's grid, inside ``shared()`` only
 
     @property
     def copies(self) -> int:
@@ -33,6 +34,8 @@ class HartleyVolume(nn.Module):
 
     def hartley(self, copy: int = 0) -> torch.Tensor:
         """The Hartley grid of one copy."""
+        if self._shared is not None:
+            return self._shared[copy]
         return self.mantissa[copy] * torch.exp(self.exponent[copy])
 
     def slices(
@@ -59,6 +62,17 @@ class HartleyVolume(nn.Module):
             yield
         finally:
             self._frozen = None
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        """Within the block (one map step) every copy's grid comes from one product over all copies, split
+        with ``unbind``: its backward stacks the copies' gradients, where indexing one copy's grid costs a
+        zero-filled gradient of the whole parameter per copy and parameter (~5 ms a step at box 64)."""
+        self._shared = (self.mantissa * torch.exp(self.exponent)).unbind(0)
+        try:
+            yield
+        finally:
+            self._shared = None
 
     def real_space(self, copy: int | None = None) -> torch.Tensor:
         """The real-space map of one copy, or the mean of all copies when ``copy`` is None."""
