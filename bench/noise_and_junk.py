@@ -21,7 +21,7 @@ import torch
 from napari_cryospin.data.particles import load_particles
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
-from napari_cryospin.engine.junk import fit_terms, robust_z
+from napari_cryospin.engine.junk import correlation_z, fit_terms
 from napari_cryospin.metrics.junk_auc import roc_auc, truth_junk
 from napari_cryospin.model.search import SoftAssignment, grid_search, insert_weighted
 from napari_cryospin.reconstruction import solve_map
@@ -85,7 +85,7 @@ def main() -> None:
         )
         if junk is not None and junk[test].any():
             terms = fit_terms(eng, n)  # every image; only the searched ones have a pose that means anything
-            z = robust_z(terms.correlation()[test])
+            z = correlation_z(terms.correlation()[test])
             line += f"; junk AUC {roc_auc(z, junk[test]):.3f} (z > 2: junk {np.mean(z[junk[test]] > 2):.2f}"
             line += f", particles {np.mean(z[~junk[test]] > 2):.3f})"
         print(line, flush=True)

@@ -9,7 +9,7 @@ import torch
 from napari_cryospin.data.particles import load_particles
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
-from napari_cryospin.engine.junk import Z_JUNK, robust_z, score_junk
+from napari_cryospin.engine.junk import Z_JUNK, correlation_z, robust_z, score_junk
 from napari_cryospin.metrics.junk_auc import JUNK_COLUMN, roc_auc, truth_junk
 from napari_cryospin.model.search import SoftAssignment, grid_search, insert_weighted
 from napari_cryospin.reconstruction import solve_map
@@ -37,6 +37,16 @@ def test_robust_z_flags_the_low_tail_whatever_the_junk_share():
     z = robust_z(np.concatenate([particles, junk]))
     assert np.mean(z[800:] > Z_JUNK) > 0.8 and np.mean(z[:800] > Z_JUNK) < 0.05
     assert np.mean(robust_z(particles) > Z_JUNK) < 0.05  # no junk: almost nothing flagged
+
+
+def test_junk_z_keeps_clean_particles_whose_correlations_crowd_towards_one():
+    rng = np.random.default_rng(4)
+    clean = np.tanh(rng.normal(1.9, 0.2, 2000))  # high SNR, no junk: median 0.956, skewed low
+    assert np.mean(correlation_z(clean) > Z_JUNK) < 0.04  # about the normal tail (2.3 %)
+    assert np.mean(robust_z(clean) > Z_JUNK) > 0.04  # the raw correlation's z flags more
+    junk = np.tanh(rng.normal(0.8, 0.3, 200))
+    z = correlation_z(np.concatenate([clean, junk]))
+    assert np.mean(z[2000:] > Z_JUNK) > 0.9 and np.mean(z[:2000] > Z_JUNK) < 0.05
 
 
 def test_roc_auc_is_the_probability_a_junk_row_scores_higher():

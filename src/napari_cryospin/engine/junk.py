@@ -13,9 +13,12 @@ top radius (cycles per box, so the same detail at any pixel size). With ``y`` th
   correlate less with the map than particles do (ROC AUC 0.96 against a known-pose map at SNR 0.05 with
   coloured noise, against 0.94 for the log-likelihood ratio and 0.62 for the residual's excess power;
   docs/method.md);
-- ``z = (median − correlation) / s`` with ``s`` the spread of the upper side (84th percentile − median):
-  junk lies on the low side, so the upper side measures the particles' own spread whatever the junk
-  share (below one half); written as ``rlnParticleSelectZScore`` (RELION: high = likely junk);
+- ``z = (median − f) / s`` on Fisher's ``f = artanh(correlation)`` (the transform that makes sample
+  correlations near-normal with a spread that does not shrink towards 1), with ``s`` the spread of the
+  upper side (84th percentile − median): junk lies on the low side, so the upper side measures the
+  particles' own spread whatever the junk share (below one half); written as ``rlnParticleSelectZScore``
+  (RELION: high = likely junk). On the raw correlation a junk-free stack at high SNR (median 0.95) had
+  8.5 % flagged, 1.4 % with the transform;
 - with ``--junk auto`` the particles with ``z > Z_JUNK`` are left out of the final maps (measured: 59 %
   of junk, 0.6 % of particles against the known-pose map);
 - ``log_likelihood_ratio = (⟨y, m⟩ − ‖m‖²/2) / σ²`` (nats): the Gaussian log-likelihood at the pose minus
@@ -124,6 +127,11 @@ class JunkScores:
         }
 
 
+def correlation_z(correlation: np.ndarray) -> np.ndarray:
+    """:func:`robust_z` of Fisher's ``artanh(correlation)`` (n,): the junk z-score (high = worse)."""
+    return robust_z(np.arctanh(np.clip(correlation, -1 + 1e-6, 1 - 1e-6)))
+
+
 def robust_z(correlation: np.ndarray) -> np.ndarray:
     """(median − correlation) / (84th percentile − median): junk-proof standard scores (high = worse)."""
     median = float(np.median(correlation))
@@ -149,5 +157,5 @@ def score_junk(engine: Engine) -> JunkScores:
     radius = min(max(sch.explore_radii), 0.8 * sch.max_radius)  # exploration's top radius
     terms = fit_terms(engine, engine.disk.count(radius))
     corr = terms.correlation()
-    z = robust_z(corr)
+    z = correlation_z(corr)
     return JunkScores(corr, z, terms.log_likelihood_ratio(), z > Z_JUNK, radius)
