@@ -1,6 +1,6 @@
 """Photograph the Run explorer on a finished run folder (under `xvfb-run -a` on a machine without display).
 
-    python docs/images/make_explorer_screenshots.py RUN_FOLDER [PARTICLE]
+python docs/images/make_explorer_screenshots.py RUN_FOLDER [PARTICLE]
 """
 
 from __future__ import annotations
