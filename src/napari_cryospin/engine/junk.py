@@ -132,11 +132,11 @@ def correlation_z(correlation: np.ndarray) -> np.ndarray:
     return robust_z(np.arctanh(np.clip(correlation, -1 + 1e-6, 1 - 1e-6)))
 
 
-def robust_z(correlation: np.ndarray) -> np.ndarray:
-    """(median − correlation) / (84th percentile − median): junk-proof standard scores (high = worse)."""
-    median = float(np.median(correlation))
-    spread = max(float(np.percentile(correlation, 84.13)) - median, 1e-12)
-    return (median - correlation) / spread
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(median − values) / (84th percentile − median) (n,): junk-proof standard scores (high = worse)."""
+    median = float(np.median(values))
+    spread = max(float(np.percentile(values, 84.13)) - median, 1e-12)
+    return (median - values) / spread
 
 
 def write_kept(path, engine: Engine, scores: JunkScores, poses: tuple[np.ndarray, np.ndarray]) -> int:

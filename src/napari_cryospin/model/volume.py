@@ -38,6 +38,10 @@ class HartleyVolume(nn.Module):
             return self._shared[copy]
         return self.mantissa[copy] * torch.exp(self.exponent[copy])
 
+    def _all_grids(self) -> torch.Tensor:
+        """Every copy's Hartley grid (copies, D, D, D), from one product."""
+        return self.mantissa * torch.exp(self.exponent)
+
     def slices(
         self, rotations: torch.Tensor, k2: torch.Tensor, copy: int = 0, detach: bool = False
     ) -> torch.Tensor:
@@ -68,7 +72,7 @@ class HartleyVolume(nn.Module):
         """Within the block (one map step) every copy's grid comes from one product over all copies, split
         with ``unbind``: its backward stacks the copies' gradients, where indexing one copy's grid costs a
         zero-filled gradient of the whole parameter per copy and parameter (~5 ms a step at box 64)."""
-        self._shared = (self.mantissa * torch.exp(self.exponent)).unbind(0)
+        self._shared = self._all_grids().unbind(0)
         try:
             yield
         finally:
@@ -77,7 +81,7 @@ class HartleyVolume(nn.Module):
     def real_space(self, copy: int | None = None) -> torch.Tensor:
         """The real-space map of one copy, or the mean of all copies when ``copy`` is None."""
         with torch.no_grad():
-            h = self.hartley(copy) if copy is not None else (self.mantissa * torch.exp(self.exponent)).mean(0)
+            h = self.hartley(copy) if copy is not None else self._all_grids().mean(0)
             return ihartley_centered(h, 3)
 
     @torch.no_grad()
