@@ -22,9 +22,9 @@ from tiny_run import TINY_RUN
 
 SETTINGS = dict(**TINY_RUN, seed=5, max_particles=120)
 FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in SETTINGS.items()]
-STOP_AT = 7
-"""The snapshot (one a step, one an epoch end) at which both processes ask to stop: inside auto-encoding
-(120 particles: 4 exploration steps of 32, then steps of 50)."""
+STOPS = {"auto-encoding": 7, "auto-decoding": 11}
+"""The snapshot (one a step, one an epoch end) at which both processes ask to stop, in each stage (120
+particles: 4 exploration steps of 32 and their epoch's end, then 3 steps of 50 and an epoch end a stage)."""
 
 
 def _finish(engine: Engine, stop_at: int | None = None) -> str:
@@ -76,25 +76,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop_worker(rank: int, world: int, port: int, particles: str, out: str) -> None:
+def _stop_worker(rank: int, world: int, port: int, particles: str, out: str, stop_at: int) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world),
     )  # fmt: skip
     engine = Engine(RunConfig(particles=particles, out=out, snapshot_interval_s=0.0, **SETTINGS))
     assert engine.dp.world == world
-    message = _finish(engine, stop_at=STOP_AT)
+    message = _finish(engine, stop_at=stop_at)
     assert "stopped" in message
     distributed.shutdown()
 
 
-def test_a_run_stopped_in_two_processes_resumes_in_one(tiny_dataset, one_process, tmp_path):
+@pytest.mark.parametrize("stage", STOPS)
+def test_a_run_stopped_in_two_processes_resumes_in_one(tiny_dataset, one_process, tmp_path, stage):
     out = tmp_path / "stopped"
     particles = str(tiny_dataset / "particles.star")
-    mp.spawn(_stop_worker, args=(2, _free_port(), particles, str(out)), nprocs=2)
+    mp.spawn(_stop_worker, args=(2, _free_port(), particles, str(out), STOPS[stage]), nprocs=2)
     assert (out / "checkpoint.pt").exists() and not (out / "run.json").exists()
     engine = Engine(RunConfig(particles=particles, out=str(out), resume=True, **SETTINGS))
-    assert engine.dp.world == 1 and engine._resume_state["stage"] == "auto-encoding"
+    assert engine.dp.world == 1 and engine._resume_state["stage"] == stage
     assert "done" in _finish(engine)
     lowest, median = _agree(one_process, out)
     assert lowest >= 0.99

@@ -6,10 +6,14 @@ torchrun's environment (NCCL on CUDA, gloo otherwise). Every process walks the s
 permutation depends on the seed only), takes its share of each one (balanced within each half, so every
 process holds members of every half the batch holds) and weights its gradients and sums so that they add
 up to the one-process ones: the run follows the one-process run up to the order of floating-point sums,
-for any number of processes. After each step the rows of the batch's per-particle state (best poses,
-pose parameters and their Adam moments) are copied from the process that computed them to all others, so
-every process holds the whole (n × small) state; checkpoints hold it in input order and resume in any
-number of processes. In one process every method is a no-op.
+for any number of processes. In auto-decoding the two gold-standard halves share no parameter, so with an
+even number of processes each half's map belongs to half the processes (rank % 2 = half): they take only
+that half's particles, reduce its gradients among themselves alone (not at all with 2 processes), and
+every process takes each half's map and Adam moments from its owners at the epoch's end. After each step
+the rows of the batch's per-particle state (best poses, pose parameters and their Adam moments) are copied
+from the process that computed them to all others, so every process holds the whole (n × small) state;
+checkpoints hold it in input order and resume in any number of processes.
+In one process every method is a no-op.
 """
 
 from __future__ import annotations
@@ -46,23 +50,48 @@ class DataParallel:
         self.sum_weight = 1.0  # the factor on its share of the batch's sums
         self.local_share = 1.0  # len(local) / len(batch): rescales per-particle (not reduced) gradients
         self._owner: np.ndarray | None = None  # which process computed each position of the batch
+        self.by_half = False  # the last split gave this process particles of its own half only
+        self._half_groups: list[Any] = []  # each half's owners' process group (with 4 or more processes)
 
     @property
     def active(self) -> bool:
         """True when more than one process takes part."""
         return self.world > 1
 
+    @property
+    def owns_halves(self) -> bool:
+        """True when the halves can be owned by disjoint sets of processes (an even number of them)."""
+        return self.active and self.world % 2 == 0
+
+    def join_half_groups(self) -> None:
+        """Create each half's owners' process group; every process calls it once, right after joining."""
+        if self.owns_halves and self.world > 2:
+            self._half_groups = [dist.new_group(list(range(h, self.world, 2))) for h in (0, 1)]
+
     # ---------------------------------------------------------------------------------------- batches
-    def split(self, idx: np.ndarray, halves: np.ndarray) -> np.ndarray:
+    def split(self, idx: np.ndarray, halves: np.ndarray, by_half: bool = False) -> np.ndarray:
         """This process's particles of the global batch ``idx`` (positions kept in batch order).
 
         Within each half the members are dealt out in turn, so every process holds members of every half
         the batch holds; a batch with a half of fewer members than processes is computed whole by every
-        process (weights 1/world), so no process ever has an empty share.
+        process (weights 1/world), so no process ever has an empty share. ``by_half`` (two map copies, an
+        even number of processes): the members of half h are dealt out among its owners only, and a share
+        may be empty.
         """
+        self.by_half = by_half and self.owns_halves
         if not self.active:
             return idx
         groups = np.asarray(halves)[idx]
+        if self.by_half:
+            owner = np.empty(len(idx), np.int64)
+            for half in (0, 1):
+                where = np.flatnonzero(groups == half)
+                owner[where] = half + 2 * (np.arange(len(where)) % (self.world // 2))
+            self._owner = owner
+            local = idx[owner == self.rank]
+            self.grad_weight = self.local_share = len(local) / len(idx)
+            self.sum_weight = 1.0
+            return local
         owner = np.empty(len(idx), np.int64)
         for half in np.unique(groups):
             where = np.flatnonzero(groups == half)
@@ -84,21 +113,22 @@ class DataParallel:
         return np.array_split(np.arange(n), self.world)[self.rank]
 
     # ---------------------------------------------------------------------------------- collectives
-    def _all_reduce(self, tensor: torch.Tensor, op: Any = None) -> torch.Tensor:
-        """Sum (or ``op``) of ``tensor`` over the processes, on the tensor's own device.
+    def _all_reduce(self, tensor: torch.Tensor, op: Any = None, group: Any = None) -> torch.Tensor:
+        """Sum (or ``op``) of ``tensor`` over the processes (of ``group``), on the tensor's own device.
 
         Over gloo a small tensor is all-gathered and reduced in rank order: gloo's all-reduce costs a
         fixed ~2 ms per call on a 2-core machine against ~1 ms for the gather, and the engine makes
         dozens of small ones per step (BatchNorm statistics, gradients, per-particle rows).
         """
         op = dist.ReduceOp.SUM if op is None else op
+        size = self.world if group is None else dist.get_world_size(group)
         comm = tensor.to(self.device) if self.device.type == "cuda" else tensor.cpu()
-        if comm.device.type == "cpu" and comm.numel() * self.world <= _GATHER_MAX and op in _REDUCERS:
-            parts = comm.new_empty(self.world * comm.numel())
-            dist.all_gather_into_tensor(parts, comm.contiguous().reshape(-1))
-            comm = _REDUCERS[op](parts.view(self.world, *comm.shape))
+        if comm.device.type == "cpu" and comm.numel() * size <= _GATHER_MAX and op in _REDUCERS:
+            parts = comm.new_empty(size * comm.numel())
+            dist.all_gather_into_tensor(parts, comm.contiguous().reshape(-1), group=group)
+            comm = _REDUCERS[op](parts.view(size, *comm.shape))
         else:
-            dist.all_reduce(comm, op=op)
+            dist.all_reduce(comm, op=op, group=group)
         return comm.to(tensor.device)
 
     def sum_accumulator(self, acc: Any, count: int) -> tuple[Any, float]:
@@ -134,10 +164,20 @@ class DataParallel:
         return tuple(bool(v) for v in got)
 
     def average_gradients(self, *modules: nn.Module) -> None:
-        """Make each dense gradient the batch's: Σ over processes of ``grad_weight`` × local gradient."""
+        """Make each dense gradient the batch's: Σ over processes of ``grad_weight`` × local gradient.
+
+        After a ``by_half`` split the sum runs over this half's owners only: the gradient of its own map
+        copy is then the batch's, and that of the other copy (zero here) is never used.
+        """
         if not self.active:
             return
         params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        if self.by_half and not self._half_groups:  # one owner per half: nothing to add
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(self.grad_weight)
+            return
+        group = self._half_groups[self.rank % 2] if self.by_half else None
         has = [float(p.grad is not None) for p in params]  # summed with the gradients: one collective
         flat = torch.cat(
             [
@@ -146,7 +186,7 @@ class DataParallel:
             ]
             + [torch.tensor(has)]
         )
-        flat = self._all_reduce(flat)
+        flat = self._all_reduce(flat, group=group)
         start = 0
         for p, h in zip(params, flat[len(flat) - len(params) :].tolist(), strict=True):
             size = p.numel()
@@ -172,6 +212,26 @@ class DataParallel:
                 comm = t.data.to(self.device) if self.device.type == "cuda" else t.data.cpu()
                 dist.broadcast(comm, src=0)
                 t.data.copy_(comm.to(t.device))
+
+    def sync_copies(self, volume: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Give every process each half's map copy and its Adam moments from the half's first owner
+        (process h for half h): after ``by_half`` steps each process has moved its own copy only."""
+        if not self.owns_halves:
+            return
+        tensors = list(volume.parameters())
+        for p in list(tensors):
+            state = optimizer.state.get(p, {})
+            tensors += [m for m in state.values() if torch.is_tensor(m) and m.shape == p.shape]
+        for half in (0, 1):
+            parts = [t.detach()[half] for t in tensors]
+            flat = torch.cat([t.reshape(-1) for t in parts])
+            comm = flat.to(self.device) if self.device.type == "cuda" else flat.cpu()
+            dist.broadcast(comm, src=half)
+            start = 0
+            with torch.no_grad():
+                for t in parts:
+                    t.copy_(comm[start : start + t.numel()].view_as(t).to(t.device))
+                    start += t.numel()
 
     def sync_rows(self, tensors: Iterable[torch.Tensor], idx: np.ndarray) -> None:
         """Copy rows ``idx`` of each per-particle tensor from the process that computed them (last batch)."""
@@ -311,7 +371,19 @@ def from_env(device: torch.device) -> DataParallel:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DataParallel(dist.get_rank(), dist.get_world_size(), device)
+    dp = DataParallel(dist.get_rank(), dist.get_world_size(), device)
+    dp.join_half_groups()
+    return dp
+
+
+def balanced_order(perm: np.ndarray, halves: np.ndarray) -> np.ndarray:
+    """``perm`` with the two halves interleaved in proportion to their sizes (each half's order kept):
+    every batch then holds both halves in the same ratio, so the processes that own one half each (in
+    auto-decoding) get equal work at every step."""
+    h = np.asarray(halves)[perm]
+    first, second = perm[h == 0], perm[h == 1]
+    key = np.concatenate([(np.arange(len(p)) + 0.5) / max(len(p), 1) for p in (first, second)])
+    return np.concatenate([first, second])[np.argsort(key, kind="stable")]
 
 
 def shutdown() -> None:

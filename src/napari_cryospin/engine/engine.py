@@ -490,6 +490,12 @@ class Engine:
 
     def _decoding_step(self, idx: np.ndarray, n_points: int) -> float:
         assert self.poses is not None and self.pose_opt is not None
+        if len(idx) == 0:  # this process's half has no particle in the batch: its map still takes Adam's step
+            for p in self.volume.parameters():
+                p.grad = torch.zeros_like(p)
+            self.dp.average_gradients(self.volume)
+            self.vol_opt.step()
+            return 0.0
         batch = self._batch(idx)
         t_idx = batch.idx
         parts = self._copy_parts(batch)  # the same sub-batches for all six steps
@@ -776,6 +782,8 @@ class Engine:
                     gen = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
                     self.perm = torch.randperm(self.n, generator=gen).numpy()
                     self.perm = self.semi.order(self.perm, self.stage)  # the explored subset (pre-switch)
+                    if self.stage == Stage.DECODING and self.volume.copies == 2:  # in any number of processes
+                        self.perm = distributed.balanced_order(self.perm, self.halves_np)
                     self.pos = 0
                     if self.stage == Stage.DECODING and self.epoch == self.schedule.research_epoch():
                         self._research_poses()
@@ -785,7 +793,7 @@ class Engine:
                         for group, rate in zip(self.pose_opt.param_groups, rates, strict=True):
                             group["lr"] = rate * scale
                 t_epoch = time.perf_counter()
-                seen, loss_sum = 0, 0.0
+                seen, loss_sum, local_seen, local_sum = 0, 0.0, 0, 0.0
                 while self.pos < len(self.perm):
                     stop, switch = self.dp.agree(  # every process stops or switches at the same step
                         *(any(c.kind == kind for c in self._commands) for kind in ("stop", "switch"))
@@ -798,7 +806,7 @@ class Engine:
                     exploring = self.stage == Stage.EXPLORING
                     bs = self.schedule.explore_batch if exploring else self.config.batch_size
                     idx = self.perm[self.pos : self.pos + bs]
-                    part = self.dp.split(idx, self.halves_np)  # this process's share (all of it in one)
+                    part = self.dp.split(idx, self.halves_np, self._halves_owned())  # this process's share
                     t0 = time.perf_counter()
                     n_points = self.schedule.points(self.disk, self.stage, self.epoch)
                     if self.stage == Stage.EXPLORING:
@@ -815,6 +823,8 @@ class Engine:
                     self.pos += len(idx)
                     seen += len(idx)
                     loss_sum += loss * len(idx)
+                    local_seen += len(part)
+                    local_sum += loss * len(part)
                     now = time.perf_counter()
                     if now - last_yield >= self.config.snapshot_interval_s:
                         ips = seen / max(now - t_epoch, 1e-9)
@@ -824,12 +834,14 @@ class Engine:
                         last_yield = time.perf_counter()
                         self._handle((yield snap))
                 ips = seen / max(time.perf_counter() - t_epoch, 1e-9)
-                loss_sum = self.dp.sum_scalar(loss_sum) / self.dp.world  # each process's loss is the batch's
-                self._end_epoch(loss_sum / max(seen, 1), ips, auto)
-                snap = self._snapshot(loss_sum / max(seen, 1), ips, True, True)
+                loss = self.dp.sum_scalar(local_sum) / max(self.dp.sum_scalar(local_seen), 1)  # every image's
+                self._sync_halves()
+                self._end_epoch(loss, ips, auto)
+                snap = self._snapshot(loss, ips, True, True)
                 last_yield = time.perf_counter()
                 self._handle((yield snap))
         except StopRun:
+            self._sync_halves()
             if self.dp.main:
                 save_checkpoint(self.out, self._state())
             snap = self._snapshot(float("nan"), 0.0, True)
@@ -844,6 +856,16 @@ class Engine:
         snap.stage = Stage.DONE
         snap.message = results
         yield snap
+
+    def _halves_owned(self) -> bool:
+        """Whether this stage's steps are split by half (auto-decoding with two map copies, processes even):
+        the processes of half h then move map copy h alone (see ``distributed``)."""
+        return self.stage == Stage.DECODING and self.volume.copies == 2 and self.dp.owns_halves
+
+    def _sync_halves(self) -> None:
+        """Every process takes each half's map and Adam moments from the half's owners (epoch end, stop)."""
+        if self._halves_owned():
+            self.dp.sync_copies(self.volume, self.vol_opt)
 
     def _record_path(self) -> None:
         assert self.poses is not None
