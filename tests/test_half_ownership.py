@@ -1,5 +1,6 @@
 """Auto-decoding split by half: balanced batches, each half's particles dealt to its owners only, its
-gradients reduced among them alone, and each half's map and Adam moments handed to every process."""
+gradients reduced among them alone, and each half's map and Adam moments handed to every process; and
+work shared out one item per process (``DataParallel.map``)."""
 
 import os
 import socket
@@ -78,8 +79,9 @@ def _owner_worker(rank: int, world: int, port: int) -> None:
                 torch.distributed.all_gather(everyone, got)
                 assert all(torch.equal(got, other) for other in everyone)
     assert (volume.mantissa[1 - half] > -100).all()  # taken from the owner, which never wrote -100
+    assert dp.map(lambda x: (x * x, rank), range(6)) == [(x * x, x % world) for x in range(6)]  # one each
     distributed.shutdown()
 
 
-def test_four_processes_reduce_each_half_among_its_owners_and_share_both_maps():
+def test_four_processes_reduce_each_half_among_its_owners_and_share_both_maps_and_work():
     mp.spawn(_owner_worker, args=(4, _free_port()), nprocs=4)

@@ -213,6 +213,17 @@ class DataParallel:
                 dist.broadcast(comm, src=0)
                 t.data.copy_(comm.to(t.device))
 
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """``[fn(x) for x in items]``, each item computed by one process (in turn) and the results shared;
+        ``fn`` must not call collectives, and its results must pickle."""
+        items = list(items)
+        if not self.active:
+            return [fn(x) for x in items]
+        mine = {i: fn(x) for i, x in enumerate(items) if i % self.world == self.rank}
+        everyone: list[Any] = [None] * self.world
+        dist.all_gather_object(everyone, mine)
+        return [everyone[i % self.world][i] for i in range(len(items))]
+
     def sync_copies(self, volume: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Give every process each half's map copy and its Adam moments from the half's first owner
         (process h for half h): after ``by_half`` steps each process has moved its own copy only."""

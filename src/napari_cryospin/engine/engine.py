@@ -402,7 +402,7 @@ class Engine:
             return
         a = self.volume.real_space(0).cpu().numpy()
         b = self.volume.real_space(1).cpu().numpy()
-        change = align_maps(b, a, seed=self.config.seed)
+        change = align_maps(b, a, seed=self.config.seed, map_fn=self.dp.map)  # a hand per process
         self.volume.set_from_real_space(torch.from_numpy(change.aligned).to(self.device), copy=1)
         members = (self.halves == 1).cpu()
         rot, shift = change.poses(self.best_rot[members].double().numpy(), self.best_shift[members].numpy())

@@ -7,6 +7,7 @@ A reconstruction is defined only up to a global rotation A and a mirror ``F = di
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,9 +166,10 @@ class FrameChange:
         return rot, np.asarray(shifts_px, np.float64) + moved
 
 
-def align_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0) -> FrameChange:
-    """The global rotation, hand and sub-voxel translation that best bring ``vol`` onto ``ref``."""
-    rotation, flip = search_alignment(vol, ref, seed=seed)
+def align_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0, map_fn: Callable = map) -> FrameChange:
+    """The global rotation, hand and sub-voxel translation that best bring ``vol`` onto ``ref`` (``map_fn``
+    as in :func:`search_alignment`)."""
+    rotation, flip = search_alignment(vol, ref, seed=seed, map_fn=map_fn)
     matrix = rotation @ MIRROR if flip else rotation
     rotated = rotate_volume(vol, matrix)
     t_xyz = best_translation(rotated, np.asarray(ref))
@@ -214,36 +216,42 @@ def _scores(vol: torch.Tensor, ref_f: torch.Tensor, matrices: torch.Tensor, batc
     return torch.cat(out)
 
 
-def search_alignment(
-    vol: np.ndarray, ref: np.ndarray, n_coarse: int = 2000, seed: int = 0
-) -> tuple[np.ndarray, bool]:
-    """(A, flip) maximising the correlation of low-passed maps over rotations, both hands and translations.
+def search_hand(
+    vol: np.ndarray, ref: np.ndarray, flip: bool, n_coarse: int = 2000, seed: int = 0
+) -> tuple[float, torch.Tensor]:
+    """(correlation, A) of the rotation A that best brings ``vol`` (mirrored when ``flip``) onto ``ref``.
 
     ``n_coarse`` uniform random rotations (about 19° apart at 2000) on strongly low-passed 24³ maps, then
-    local searches of shrinking spread on 32³ maps with more detail.
+    local searches of shrinking spread on 32³ maps with more detail. Each hand draws from its own random
+    stream, so the two hands can be searched apart (one per process) with the same result.
     """
     vol = np.asarray(vol, np.float64)
     ref = np.asarray(ref, np.float64)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(2 * seed + int(flip))
     mirror = torch.as_tensor(MIRROR, dtype=torch.float32)
     stages = [(24, 0.25, None), (24, 0.25, 0.12), (32, 0.5, 0.06), (32, 0.5, 0.03), (32, 0.5, 0.015)]
-    best = (-np.inf, torch.eye(3), False)
-    for flip in (False, True):
-        top = None
-        for box, sigma, spread in stages:
-            small = _lowpass_crop(vol, box, sigma)
-            ref_f = torch.fft.rfftn(_lowpass_crop(ref, box, sigma))
-            if top is None:
-                cands = random_rotations(n_coarse, generator=gen)
-            else:
-                cands = torch.cat(
-                    [top[None], axis_angle_to_matrix(torch.randn(150, 3, generator=gen) * spread) @ top]
-                )
-            scores = _scores(small, ref_f, cands @ mirror if flip else cands)
-            top = cands[int(scores.argmax())]
-        if float(scores.max()) > best[0]:
-            best = (float(scores.max()), top, flip)
-    return project_to_so3(best[1].double().numpy()), best[2]
+    top = None
+    for box, sigma, spread in stages:
+        small = _lowpass_crop(vol, box, sigma)
+        ref_f = torch.fft.rfftn(_lowpass_crop(ref, box, sigma))
+        if top is None:
+            cands = random_rotations(n_coarse, generator=gen)
+        else:
+            near = axis_angle_to_matrix(torch.randn(150, 3, generator=gen) * spread) @ top
+            cands = torch.cat([top[None], near])
+        scores = _scores(small, ref_f, cands @ mirror if flip else cands)
+        top = cands[int(scores.argmax())]
+    return float(scores.max()), top
+
+
+def search_alignment(
+    vol: np.ndarray, ref: np.ndarray, n_coarse: int = 2000, seed: int = 0, map_fn: Callable = map
+) -> tuple[np.ndarray, bool]:
+    """(A, flip) maximising the correlation of low-passed maps over rotations, both hands and translations
+    (:func:`search_hand` for each hand; ``map_fn`` maps it over the two hands, e.g. one per process)."""
+    found = list(map_fn(lambda flip: search_hand(vol, ref, flip, n_coarse, seed), (False, True)))
+    flip = found[1][0] > found[0][0]
+    return project_to_so3(found[int(flip)][1].double().numpy()), flip
 
 
 @dataclass
