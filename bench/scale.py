@@ -106,7 +106,7 @@ def measure(args: argparse.Namespace) -> None:
     engine._build()
     build_s = time.perf_counter() - t0
     dp, sch, n = engine.dp, engine.schedule, engine.n
-    perm = np.random.default_rng(0).permutation(n)
+    perm = distributed.balanced_order(np.random.default_rng(0).permutation(n), engine.halves_np)
     pos = 0
 
     def timed(step, batch: int, sync: bool = True) -> float:
@@ -117,7 +117,7 @@ def measure(args: argparse.Namespace) -> None:
             pos += len(idx)
             dp.sum_scalar(0.0)  # all processes start together
             t = time.perf_counter()
-            part = dp.split(idx, engine.halves_np)
+            part = dp.split(idx, engine.halves_np, engine._halves_owned())  # decoding: by half, as in a run
             step(part)
             if sync:
                 dp.sync_rows(distributed.particle_state(engine), idx)
