@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torch.multiprocessing as mp
 
 from napari_cryospin.data.mrc import read_volume
@@ -100,3 +101,45 @@ def test_a_run_stopped_in_two_processes_resumes_in_one(tiny_dataset, one_process
     lowest, median = _agree(one_process, out)
     assert lowest >= 0.99
     assert median < 0.1
+
+
+def _batch_norm_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    dp = distributed.from_env(torch.device("cpu"))
+    x, target = _batch_norm_case()
+    local = dp.split(np.arange(12), np.array([0] * 7 + [1] * 5))  # uneven shares: 7 of the 12 and 5
+    layer = dp.share_batch_statistics(torch.nn.Sequential(torch.nn.BatchNorm2d(3)))
+    layer[0].weight.data.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
+    xl = x[local].clone().requires_grad_(True)
+    ((layer(xl) - target[local]) ** 2).mean().backward()
+    dp.average_gradients(layer)
+    grads = torch.zeros_like(x)
+    grads[local] = xl.grad * dp.grad_weight  # each process's rows of the batch's input gradient
+    grads = dp._all_reduce(grads)
+    if dp.main:
+        bn = layer[0]
+        torch.save([grads, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var], out)
+    distributed.shutdown()
+
+
+def _batch_norm_case() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(12, 3, 5, 5, generator=gen) * 2 + 1, torch.randn(12, 3, 5, 5, generator=gen)
+
+
+def test_batch_norm_over_processes_gives_the_whole_batch_statistics_and_gradients(tmp_path):
+    out = tmp_path / "two.pt"
+    mp.spawn(_batch_norm_worker, args=(2, _free_port(), str(out)), nprocs=2)
+    x, target = _batch_norm_case()
+    bn = torch.nn.BatchNorm2d(3)
+    bn.weight.data.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
+    x = x.clone().requires_grad_(True)
+    ((bn(x) - target) ** 2).mean().backward()
+    got = torch.load(out, weights_only=True)
+    expected = [x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var]
+    for a, b in zip(got, expected, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)

@@ -312,18 +312,38 @@ class DataParallel:
         return module
 
 
-class _WeightedAllReduce(torch.autograd.Function):
-    """Sum over processes; the backward sums the gradients weighted by each process's share of the batch."""
+class _GlobalBatchNorm(torch.autograd.Function):
+    """Batch normalisation of (B, C, H, W) by the statistics of the whole batch over all processes: one
+    collective forward (the sums), one backward (the gradient's sums, weighted by each process's share of
+    the batch), and the fused native kernel for the normalisation itself."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, dp: DataParallel) -> torch.Tensor:
-        ctx.dp = dp
-        return dp._all_reduce(tensor.clone())
+    def forward(ctx, x, weight, bias, dp: DataParallel, eps: float):
+        c = x.shape[1]
+        count = x.numel() // c
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        stats = dp._all_reduce(torch.cat([mean * count, (var + mean * mean) * count, x.new_tensor([count])]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
+        invstd = torch.rsqrt(var + eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.dp, ctx.n = dp, n
+        ctx.mark_non_differentiable(mean, var, n)
+        y = nn.functional.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)
+        return y, mean, var, n
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx, dy, *_):
+        x, weight, mean, invstd = ctx.saved_tensors
+        c = x.shape[1]
         w = ctx.dp.grad_weight
-        return ctx.dp._all_reduce(grad * w) / w, None
+        x_hat = (x - mean[None, :, None, None]) * invstd[None, :, None, None]
+        sum_dy, sum_dy_xhat = dy.sum((0, 2, 3)), (dy * x_hat).sum((0, 2, 3))
+        total = ctx.dp._all_reduce(torch.cat([sum_dy, sum_dy_xhat]) * w) / (w * ctx.n)
+        scale = (weight * invstd)[None, :, None, None]
+        dx = (dy - total[:c][None, :, None, None] - x_hat * total[c:][None, :, None, None]) * scale
+        return dx, sum_dy_xhat, sum_dy, None, None
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -341,21 +361,13 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         """Normalise (B, C, H, W) by the global batch statistics when training, else as BatchNorm2d."""
         if not self.training:
             return super().forward(x)
-        count = torch.full((1,), float(x.shape[0] * x.shape[2] * x.shape[3]), device=x.device)
-        stats = _WeightedAllReduce.apply(
-            torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]), self.dp
-        )
-        c = self.num_features
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
+        y, mean, var, n = _GlobalBatchNorm.apply(x, self.weight, self.bias, self.dp, self.eps)
         with torch.no_grad():
             self.num_batches_tracked += 1
             m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.mul_(1 - m).add_(m * mean.detach())
-            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
-        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+            self.running_mean.mul_(1 - m).add_(m * mean)
+            self.running_var.mul_(1 - m).add_(m * var * n / (n - 1).clamp_min(1))
+        return y
 
 
 def particle_state(engine: Any) -> list[torch.Tensor]:
