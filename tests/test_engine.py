@@ -160,6 +160,9 @@ def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):
         assert not np.allclose(written, other, atol=1e-3 * np.abs(other).max())
     assert snaps[-1].head_fractions.sum() == pytest.approx(1.0)
     assert snaps[-1].resolution is not None
+    last = eng.config.epochs
+    assert f"epoch {last}/{last} ·" in snaps[-2].message  # the last epoch's end counts no epoch beyond it
+    assert all(f"epoch {last + 1}/" not in s.message for s in snaps)
 
 
 def test_deterministic_under_seed(tiny_dataset, tmp_path):

@@ -735,7 +735,7 @@ class Engine:
         r = f", {res:.1f} Å" if res else ""
         halves = f" · {self._halves_status()}" if self.agreement is not None else ""
         return (
-            f"epoch {self.epoch + 1}/{self.config.epochs} · {self.stage.value} · "
+            f"epoch {min(self.epoch + 1, self.config.epochs)}/{self.config.epochs} · {self.stage.value} · "
             f"{ips:.0f} img/s · loss {loss:.4f}{r}{halves} · {self.polarity.summary()}"
         )
 
