@@ -2,7 +2,6 @@
 poses the rest, and the audit subset and the unsure particles (a cut learnt from the audit) are searched."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -18,7 +17,8 @@ from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
 from napari_cryospin.reconstruction import split_halves
-from test_distributed import _agree, _free_port
+from process_group import free_port, join_as
+from test_distributed import _agree
 from tiny_run import TINY_RUN
 
 SETTINGS = dict(**TINY_RUN, explore_subset=100)
@@ -173,10 +173,7 @@ def test_a_stopped_run_resumes_before_and_after_the_switch(tiny_dataset, semi_ru
 
 
 def _worker(rank: int, world: int, port: int, particles: str, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-    )  # fmt: skip
+    join_as(rank, world, port)
     engine = Engine(RunConfig(particles=particles, out=out, snapshot_interval_s=5.0, **SETTINGS))
     assert engine.dp.world == world
     for _ in engine.run():
@@ -187,7 +184,7 @@ def _worker(rank: int, world: int, port: int, particles: str, out: str) -> None:
 def test_two_processes_pose_the_rest_as_one_does(tiny_dataset, semi_run, tmp_path):
     _, one, _ = semi_run
     out = tmp_path / "two"
-    mp.spawn(_worker, args=(2, _free_port(), str(tiny_dataset / "particles.star"), str(out)), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(tiny_dataset / "particles.star"), str(out)), nprocs=2)
     reports = [json.loads((d / "metrics.json").read_text())["final"]["semi_amortized"] for d in (one, out)]
     for key in ("explored", "audit", "grid_searched", "unsure_share"):
         assert reports[1][key] == reports[0][key], key

@@ -2,7 +2,6 @@
 stopped in two processes resumes in one."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
 from napari_cryospin.metrics.fsc import fsc
+from process_group import free_port, join_as
 from tiny_run import TINY_RUN
 
 SETTINGS = dict(**TINY_RUN, seed=5, max_particles=120)
@@ -71,17 +71,8 @@ def test_torchrun_two_gloo_processes_match_one_process(tiny_dataset, one_process
     assert median < 0.1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop_worker(rank: int, world: int, port: int, particles: str, out: str, stop_at: int) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-    )  # fmt: skip
+    join_as(rank, world, port)
     engine = Engine(RunConfig(particles=particles, out=out, snapshot_interval_s=0.0, **SETTINGS))
     assert engine.dp.world == world
     message = _finish(engine, stop_at=stop_at)
@@ -93,7 +84,7 @@ def _stop_worker(rank: int, world: int, port: int, particles: str, out: str, sto
 def test_a_run_stopped_in_two_processes_resumes_in_one(tiny_dataset, one_process, tmp_path, stage):
     out = tmp_path / "stopped"
     particles = str(tiny_dataset / "particles.star")
-    mp.spawn(_stop_worker, args=(2, _free_port(), particles, str(out), STOPS[stage]), nprocs=2)
+    mp.spawn(_stop_worker, args=(2, free_port(), particles, str(out), STOPS[stage]), nprocs=2)
     assert (out / "checkpoint.pt").exists() and not (out / "run.json").exists()
     engine = Engine(RunConfig(particles=particles, out=str(out), resume=True, **SETTINGS))
     assert engine.dp.world == 1 and engine._resume_state["stage"] == stage
@@ -104,10 +95,7 @@ def test_a_run_stopped_in_two_processes_resumes_in_one(tiny_dataset, one_process
 
 
 def _batch_norm_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-    )  # fmt: skip
+    join_as(rank, world, port)
     torch.set_num_threads(1)
     dp = distributed.from_env(torch.device("cpu"))
     x, target = _batch_norm_case()
@@ -133,7 +121,7 @@ def _batch_norm_case() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_batch_norm_over_processes_gives_the_whole_batch_statistics_and_gradients(tmp_path):
     out = tmp_path / "two.pt"
-    mp.spawn(_batch_norm_worker, args=(2, _free_port(), str(out)), nprocs=2)
+    mp.spawn(_batch_norm_worker, args=(2, free_port(), str(out)), nprocs=2)
     x, target = _batch_norm_case()
     bn = torch.nn.BatchNorm2d(3)
     bn.weight.data.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))

@@ -2,9 +2,6 @@
 gradients reduced among them alone, and each half's map and Adam moments handed to every process; and
 work shared out one item per process (``DataParallel.map``)."""
 
-import os
-import socket
-
 import numpy as np
 import torch
 import torch.multiprocessing as mp
@@ -13,6 +10,7 @@ from napari_cryospin.engine import distributed
 from napari_cryospin.engine.distributed import DataParallel, balanced_order
 from napari_cryospin.engine.optimizers import adam
 from napari_cryospin.model.volume import HartleyVolume
+from process_group import free_port, join_as
 
 
 def test_balanced_order_interleaves_the_halves_in_every_batch():
@@ -42,17 +40,8 @@ def test_a_split_by_half_deals_each_half_to_its_owners_only():
     assert not dp.owns_halves and (halves[dp.split(idx, halves, by_half=True)] == 1).any()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _owner_worker(rank: int, world: int, port: int) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-    )  # fmt: skip
+    join_as(rank, world, port)
     torch.set_num_threads(1)
     dp = distributed.from_env(torch.device("cpu"))
     halves = np.array([0, 1] * 8)
@@ -84,4 +73,4 @@ def _owner_worker(rank: int, world: int, port: int) -> None:
 
 
 def test_four_processes_reduce_each_half_among_its_owners_and_share_both_maps_and_work():
-    mp.spawn(_owner_worker, args=(4, _free_port()), nprocs=4)
+    mp.spawn(_owner_worker, args=(4, free_port()), nprocs=4)
