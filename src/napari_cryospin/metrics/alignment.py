@@ -216,32 +216,52 @@ def _scores(vol: torch.Tensor, ref_f: torch.Tensor, matrices: torch.Tensor, batc
     return torch.cat(out)
 
 
+def _distinct_best(cands: torch.Tensor, scores: torch.Tensor, count: int, min_angle_deg: float) -> list[torch.Tensor]:
+    """The ``count`` best-scoring rotations of ``cands`` (n, 3, 3), each ``min_angle_deg`` from the better ones."""
+    min_angle = float(np.deg2rad(min_angle_deg))
+    picked: list[torch.Tensor] = []
+    for i in torch.argsort(scores, descending=True).tolist():
+        if all(float(geodesic_distance(cands[i][None], p[None])[0]) > min_angle for p in picked):
+            picked.append(cands[i])
+            if len(picked) == count:
+                break
+    return picked
+
+
 def search_hand(
-    vol: np.ndarray, ref: np.ndarray, flip: bool, n_coarse: int = 2000, seed: int = 0
+    vol: np.ndarray, ref: np.ndarray, flip: bool, n_coarse: int = 2000, seed: int = 0, basins: int = 6
 ) -> tuple[float, torch.Tensor]:
     """(correlation, A) of the rotation A that best brings ``vol`` (mirrored when ``flip``) onto ``ref``.
 
-    ``n_coarse`` uniform random rotations (about 19° apart at 2000) on strongly low-passed 24³ maps, then
-    local searches of shrinking spread on 32³ maps with more detail. Each hand draws from its own random
-    stream, so the two hands can be searched apart (one per process) with the same result.
+    ``n_coarse`` uniform random rotations (about 19° apart at 2000) on strongly low-passed 24³ maps; the
+    ``basins`` best of them at least 25° apart are each refined by local searches of shrinking spread on
+    32³ maps with more detail, and the best refined one wins. One basin is not enough: at the coarse
+    stage a pseudo-symmetric particle's mates (a ring's 60° step) score alike, and the right one is told
+    apart only with the detail of the later stages. Each hand draws from its own random stream, so the two
+    hands can be searched apart (one per process) with the same result.
     """
     vol = np.asarray(vol, np.float64)
     ref = np.asarray(ref, np.float64)
     gen = torch.Generator().manual_seed(2 * seed + int(flip))
     mirror = torch.as_tensor(MIRROR, dtype=torch.float32)
-    stages = [(24, 0.25, None), (24, 0.25, 0.12), (32, 0.5, 0.06), (32, 0.5, 0.03), (32, 0.5, 0.015)]
-    top = None
-    for box, sigma, spread in stages:
+
+    def scored(box: int, sigma: float, cands: torch.Tensor) -> torch.Tensor:
         small = _lowpass_crop(vol, box, sigma)
         ref_f = torch.fft.rfftn(_lowpass_crop(ref, box, sigma))
-        if top is None:
-            cands = random_rotations(n_coarse, generator=gen)
-        else:
-            near = axis_angle_to_matrix(torch.randn(150, 3, generator=gen) * spread) @ top
-            cands = torch.cat([top[None], near])
-        scores = _scores(small, ref_f, cands @ mirror if flip else cands)
-        top = cands[int(scores.argmax())]
-    return float(scores.max()), top
+        return _scores(small, ref_f, cands @ mirror if flip else cands)
+
+    cands = random_rotations(n_coarse, generator=gen)
+    starts = _distinct_best(cands, scored(24, 0.25, cands), basins, 25.0)
+    best, best_score = starts[0], -np.inf
+    for top in starts:
+        for box, sigma, spread in ((24, 0.25, 0.12), (32, 0.5, 0.06), (32, 0.5, 0.03), (32, 0.5, 0.015)):
+            near = axis_angle_to_matrix(torch.randn(100, 3, generator=gen) * spread) @ top
+            local = torch.cat([top[None], near])
+            scores = scored(box, sigma, local)
+            top = local[int(scores.argmax())]
+        if float(scores.max()) > best_score:
+            best, best_score = top, float(scores.max())
+    return best_score, best
 
 
 def search_alignment(
