@@ -216,8 +216,10 @@ def _scores(vol: torch.Tensor, ref_f: torch.Tensor, matrices: torch.Tensor, batc
     return torch.cat(out)
 
 
-def _distinct_best(cands: torch.Tensor, scores: torch.Tensor, count: int, min_angle_deg: float) -> list[torch.Tensor]:
-    """The ``count`` best-scoring rotations of ``cands`` (n, 3, 3), each ``min_angle_deg`` from the better ones."""
+def _distinct_best(
+    cands: torch.Tensor, scores: torch.Tensor, count: int, min_angle_deg: float
+) -> list[torch.Tensor]:
+    """The ``count`` best rotations of ``cands`` (n, 3, 3), each ``min_angle_deg`` from the better ones."""
     min_angle = float(np.deg2rad(min_angle_deg))
     picked: list[torch.Tensor] = []
     for i in torch.argsort(scores, descending=True).tolist():
