@@ -236,10 +236,10 @@ def search_hand(
     """(correlation, A) of the rotation A that best brings ``vol`` (mirrored when ``flip``) onto ``ref``.
 
     ``n_coarse`` uniform random rotations (about 19° apart at 2000) on strongly low-passed 24³ maps; the
-    ``basins`` best of them at least 25° apart are each refined by local searches of shrinking spread on
-    32³ maps with more detail, and the best refined one wins. One basin is not enough: at the coarse
-    stage a pseudo-symmetric particle's mates (a ring's 60° step) score alike, and the right one is told
-    apart only with the detail of the later stages. Each hand draws from its own random stream, so the two
+    ``basins`` best of them at least 25° apart are each refined locally there, the two that fit best on
+    32³ maps with more detail are refined further on those, and the better one wins. One basin is not
+    enough: at the coarse stage a pseudo-symmetric particle's mates (a ring's 60° step) score alike, and
+    the right one is told apart only with more detail. Each hand draws from its own random stream, so the two
     hands can be searched apart (one per process) with the same result.
     """
     vol = np.asarray(vol, np.float64)
@@ -252,17 +252,23 @@ def search_hand(
         ref_f = torch.fft.rfftn(_lowpass_crop(ref, box, sigma))
         return _scores(small, ref_f, cands @ mirror if flip else cands)
 
-    cands = random_rotations(n_coarse, generator=gen)
-    starts = _distinct_best(cands, scored(24, 0.25, cands), basins, 25.0)
-    best, best_score = starts[0], -np.inf
-    for top in starts:
-        for box, sigma, spread in ((24, 0.25, 0.12), (32, 0.5, 0.06), (32, 0.5, 0.03), (32, 0.5, 0.015)):
+    def refined(top: torch.Tensor, stages: tuple) -> tuple[float, torch.Tensor]:
+        for box, sigma, spread in stages:
             near = axis_angle_to_matrix(torch.randn(100, 3, generator=gen) * spread) @ top
             local = torch.cat([top[None], near])
             scores = scored(box, sigma, local)
             top = local[int(scores.argmax())]
-        if float(scores.max()) > best_score:
-            best, best_score = top, float(scores.max())
+        return float(scores.max()), top
+
+    cands = random_rotations(n_coarse, generator=gen)
+    starts = _distinct_best(cands, scored(24, 0.25, cands), basins, 25.0)
+    starts = [refined(top, ((24, 0.25, 0.12),))[1] for top in starts]
+    detail = scored(32, 0.5, torch.stack(starts))  # the basins told apart with detail; the best two go on
+    fine = ((32, 0.5, 0.06), (32, 0.5, 0.03), (32, 0.5, 0.015))
+    best_score, best = max(
+        (refined(starts[i], fine) for i in detail.argsort(descending=True)[:2].tolist()),
+        key=lambda found: found[0],
+    )
     return best_score, best
 
 
