@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.poses_out import write_poses_star
+from ..metrics.alignment import register_maps
 from ..metrics.fsc import resolution_at
-from ..metrics.translation import best_translation
 from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
 from .full_size import write_final_maps
@@ -40,8 +40,9 @@ def _gold_standard(
     never mix the halves the engine kept apart; and the poses (n, 3, 3) and shifts (n, 2) px they used.
 
     Independent halves are brought into one frame at the end of exploration and each half refines its own
-    map's origin afterwards; half B's shifts are moved by the sub-voxel translation that registers its map
-    onto half A's before the two are combined, so the full map is not blurred by it.
+    map's origin and orientation afterwards; half B's poses are moved by the small rotation and sub-voxel
+    translation that register its map onto half A's before the two are combined, so the full map and
+    the written poses are not blurred or offset by it.
     """
     rot, shift = engine.current_poses()
     halves = engine.halves.cpu().numpy()
@@ -53,18 +54,20 @@ def _gold_standard(
             m = np.sort(rng.choice(m, limit // 2, replace=False))
         members.append(m)
 
-    def gridded(m: np.ndarray, shifts: np.ndarray):
+    def gridded(m: np.ndarray, rots: np.ndarray, shifts: np.ndarray):
         part = m[engine.dp.block(len(m))]  # each process grids its block; the sums are added
-        return engine.dp.sum_blocks(accumulate(engine.particles, rot, shifts, part, device=engine.device))
+        return engine.dp.sum_blocks(accumulate(engine.particles, rots, shifts, part, device=engine.device))
 
-    acc = [gridded(m, shift) for m in members]
+    acc = [gridded(m, rot, shift) for m in members]
     if engine.halves_aligned:
-        t_xyz = best_translation(solve_map(acc[1]), solve_map(acc[0]))
-        if np.linalg.norm(t_xyz) > REGISTER_MIN_VOXELS:
+        ref = solve_map(acc[0])
+        change = register_maps(solve_map(acc[1]), ref, seed=engine.config.seed)
+        angle = np.arccos(np.clip((np.trace(change.rotation) - 1) / 2, -1.0, 1.0))  # radians
+        if np.linalg.norm(change.translation) + angle * ref.shape[0] / 2 > REGISTER_MIN_VOXELS:
             in_b = halves == 1
-            shift = shift.copy()
-            shift[in_b] += np.einsum("nji,j->ni", rot[in_b].astype(np.float64), t_xyz)[:, :2]
-            acc[1] = gridded(members[1], shift)
+            rot, shift = rot.copy(), shift.copy()
+            rot[in_b], shift[in_b] = change.poses(rot[in_b], shift[in_b])
+            acc[1] = gridded(members[1], rot, shift)
     return solve_map(acc[0] + acc[1]), solve_map(acc[0]), solve_map(acc[1]), rot, shift
 
 

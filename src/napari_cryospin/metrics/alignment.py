@@ -282,6 +282,28 @@ def search_alignment(
     return project_to_so3(found[int(flip)][1].double().numpy()), flip
 
 
+def register_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0) -> FrameChange:
+    """The small rotation and sub-voxel translation that bring ``vol`` onto ``ref`` (same hand, no flip).
+
+    For two maps already in one frame that drift apart by a degree or so (each half of a gold-standard
+    run refines its own map, and a global rotation costs nothing): local searches around the identity of
+    shrinking spread (3.4° down to 0.4°) on 32³ maps, then the translation.
+    """
+    vol = np.asarray(vol, np.float64)
+    small = _lowpass_crop(vol, 32, 0.5)
+    ref_f = torch.fft.rfftn(_lowpass_crop(np.asarray(ref, np.float64), 32, 0.5))
+    gen = torch.Generator().manual_seed(seed)
+    top = torch.eye(3)
+    for spread in (0.06, 0.03, 0.015, 0.0075):
+        near = axis_angle_to_matrix(torch.randn(100, 3, generator=gen) * spread) @ top
+        local = torch.cat([top[None], near])
+        top = local[int(_scores(small, ref_f, local).argmax())]
+    rotation = project_to_so3(top.double().numpy())
+    rotated = rotate_volume(vol, rotation)
+    t_xyz = best_translation(rotated, np.asarray(ref))
+    return FrameChange(rotation, False, t_xyz, translate(rotated, t_xyz))
+
+
 @dataclass
 class MapComparison:
     """FSC of a map against the truth after alignment, with the alignment used and the aligned map."""
