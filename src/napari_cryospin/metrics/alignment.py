@@ -170,8 +170,12 @@ def align_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0, map_fn: Callable
     """The global rotation, hand and sub-voxel translation that best bring ``vol`` onto ``ref`` (``map_fn``
     as in :func:`search_alignment`)."""
     rotation, flip = search_alignment(vol, ref, seed=seed, map_fn=map_fn)
-    matrix = rotation @ MIRROR if flip else rotation
-    rotated = rotate_volume(vol, matrix)
+    return _frame_change(vol, ref, rotation, flip)
+
+
+def _frame_change(vol: np.ndarray, ref: np.ndarray, rotation: np.ndarray, flip: bool) -> FrameChange:
+    """``vol`` turned by ``rotation`` (and mirrored when ``flip``), then moved onto ``ref`` by translation."""
+    rotated = rotate_volume(vol, rotation @ MIRROR if flip else rotation)
     t_xyz = best_translation(rotated, np.asarray(ref))
     return FrameChange(rotation, flip, t_xyz, translate(rotated, t_xyz))
 
@@ -247,9 +251,15 @@ def search_hand(
     gen = torch.Generator().manual_seed(2 * seed + int(flip))
     mirror = torch.as_tensor(MIRROR, dtype=torch.float32)
 
+    crops: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}  # each crop made once
+
     def scored(box: int, sigma: float, cands: torch.Tensor) -> torch.Tensor:
-        small = _lowpass_crop(vol, box, sigma)
-        ref_f = torch.fft.rfftn(_lowpass_crop(ref, box, sigma))
+        if (box, sigma) not in crops:
+            crops[box, sigma] = (
+                _lowpass_crop(vol, box, sigma),
+                torch.fft.rfftn(_lowpass_crop(ref, box, sigma)),
+            )
+        small, ref_f = crops[box, sigma]
         return _scores(small, ref_f, cands @ mirror if flip else cands)
 
     def refined(top: torch.Tensor, stages: tuple) -> tuple[float, torch.Tensor]:
@@ -298,10 +308,7 @@ def register_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0) -> FrameChang
         near = axis_angle_to_matrix(torch.randn(100, 3, generator=gen) * spread) @ top
         local = torch.cat([top[None], near])
         top = local[int(_scores(small, ref_f, local).argmax())]
-    rotation = project_to_so3(top.double().numpy())
-    rotated = rotate_volume(vol, rotation)
-    t_xyz = best_translation(rotated, np.asarray(ref))
-    return FrameChange(rotation, False, t_xyz, translate(rotated, t_xyz))
+    return _frame_change(vol, ref, project_to_so3(top.double().numpy()), False)
 
 
 @dataclass
