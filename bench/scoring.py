@@ -91,7 +91,7 @@ def score_poses(
     t = truth.particles
     n = len(rotations)
     al = align_rotations_symmetric(rotations, t.rotations[rows], operators)
-    rot, shifts = poses_in_truth_frame(al, rotations, shifts_px, t.rotations[rows], t.shifts[rows])
+    rot, shifts = poses_in_truth_frame(al, rotations, shifts_px, t.shifts[rows])
     sh = shift_errors(shifts, t.shifts[rows])  # after the map's origin offset, a gauge freedom like A
     subset = t if n == len(t) else t.subset(rows)
     res05, res0143 = fsc_resolutions(backproject(subset, rot, shifts), truth)

@@ -16,6 +16,7 @@ from napari_cryospin.metrics.alignment import (
     shift_errors,
 )
 from napari_cryospin.metrics.fsc import fsc, resolution_at, soft_mask
+from napari_cryospin.metrics.symmetry import align_rotations_symmetric
 from napari_cryospin.metrics.translation import best_translation, translate, whole_voxel_translation
 
 
@@ -125,8 +126,26 @@ def test_poses_in_truth_frame_undo_global_rotation_hand_and_offset(flip):
     moved = FrameChange(np.eye(3), False, offset, np.zeros((2, 2, 2)))
     _, shifts = moved.poses(r_gt, true_shifts)
     result = align_rotations(a @ g, r_gt)
-    rot, back = poses_in_truth_frame(result, a @ g, shifts, r_gt, true_shifts)
+    rot, back = poses_in_truth_frame(result, a @ g, shifts, true_shifts)
     np.testing.assert_allclose(rot, r_gt, atol=1e-8)
+    np.testing.assert_allclose(back, true_shifts, atol=1e-8)
+
+
+def test_poses_in_truth_frame_offset_follows_each_particles_mate():
+    """Half the particles posed at the C2 mate S·R: a map offset moves their images by (S·R)ᵀ·t, not Rᵀ·t."""
+    n = 300
+    r_gt = _rotations(n, 11)
+    a = _rotations(1, 12)[0]
+    s = axis_angle_to_matrix(torch.tensor([[0.0, np.pi, 0.0]], dtype=torch.float64)).numpy()[0]
+    at_mate = np.arange(n) % 2 == 1
+    posed = np.where(at_mate[:, None, None], s @ r_gt, r_gt)
+    true_shifts = np.random.default_rng(13).uniform(-3, 3, (n, 2))
+    offset = np.array([1.5, -0.8, 1.1])
+    _, shifts = FrameChange(np.eye(3), False, offset, np.zeros((2, 2, 2))).poses(posed, true_shifts)
+    result = align_rotations_symmetric(a @ posed, r_gt, s[None])
+    assert result.median < 1e-4
+    rot, back = poses_in_truth_frame(result, a @ posed, shifts, true_shifts)
+    np.testing.assert_allclose(rot, posed, atol=1e-8)
     np.testing.assert_allclose(back, true_shifts, atol=1e-8)
 
 

@@ -87,7 +87,6 @@ def poses_in_truth_frame(
     alignment: AlignmentResult,
     rotations: np.ndarray,
     shifts: np.ndarray,
-    true_rotations: np.ndarray,
     true_shifts: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Estimated poses (n, 3, 3), shifts (n, 2) px re-expressed in the truth's frame.
@@ -95,14 +94,15 @@ def poses_in_truth_frame(
     Rotations become ``Aᵀ·R`` (mirrored back when the hand differs); shifts lose the projection of the
     least-squares 3D offset between the two maps' origins. Backprojecting these scores a map against the
     truth without interpolating it (``fsc_to_truth`` rotates the map by interpolation, which costs
-    resolution that the poses did not lose).
+    resolution that the poses did not lose). The offset is projected along each particle's own re-expressed
+    rotation, so a particle posed at a symmetry mate ``S·R`` of its true pose sees it as ``(S·R)ᵀ·t``.
     """
     rot = np.einsum("ji,njk->nik", alignment.rotation, np.asarray(rotations, np.float64))
     if alignment.flip:
         rot = MIRROR @ rot @ MIRROR
     diff = np.asarray(shifts, np.float64) - np.asarray(true_shifts, np.float64)
     # A map offset t moves each projection by (Rᵀ·t)[:2] (``FrameChange.poses``): rows of Rᵀ.
-    design = np.asarray(true_rotations, np.float64).transpose(0, 2, 1)[:, :2, :].reshape(-1, 3)
+    design = rot.transpose(0, 2, 1)[:, :2, :].reshape(-1, 3)
     offset, *_ = np.linalg.lstsq(design, diff.reshape(-1), rcond=None)
     return rot, np.asarray(shifts, np.float64) - (design @ offset).reshape(-1, 2)
 
