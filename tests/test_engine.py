@@ -130,6 +130,25 @@ def test_stop_saves_checkpoint_and_resume_continues(tiny_dataset, tmp_path):
     assert [h["stage"] for h in history] == ["exploring", "auto-encoding", "auto-decoding"]
 
 
+def test_decoding_filters_the_pose_map_by_the_last_fsc_and_resume_keeps_it(tiny_dataset, tmp_path):
+    cfg = _config(tiny_dataset, tmp_path, epochs=4, switch=2)
+    engine = Engine(cfg)
+    gen = engine.run()
+    snap = next(gen)
+    while snap.epoch < 3:
+        snap = gen.send(None)
+    decoded = [h for h in engine.history if h["stage"] == "auto-decoding" and h["fsc"] is not None]
+    assert decoded, "no FSC was measured while decoding"
+    assert engine.schedule.reference_fsc == [float(v) for v in decoded[-1]["fsc"][1]]
+    weight = engine.schedule.reference_weight(engine.box, "cpu")
+    assert weight.max() <= 1.0 and weight.min() >= 0.0 and weight[-1, -1, -1] < weight[16, 16, 16]
+    gen.send(Command("stop"))
+    cfg.resume = True
+    resumed = Engine(cfg)
+    next(resumed.run())
+    assert resumed.schedule.reference_fsc == engine.schedule.reference_fsc
+
+
 def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):
     from napari_cryospin.data.mrc import read_volume
     from napari_cryospin.data.particles import load_particles

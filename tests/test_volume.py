@@ -64,3 +64,19 @@ def test_shared_grids_give_the_same_slices_and_gradients_as_one_copy_at_a_time()
     torch.testing.assert_close(m1, m2)
     torch.testing.assert_close(e1, e2)
     assert m1[1].abs().sum() > 0 and e1[0].abs().sum() > 0
+
+
+def test_a_weighted_frozen_block_filters_the_pose_slices_and_not_the_map_step():
+    v = _volume()
+    k = frequency_grid_2d(8).reshape(-1, 2)[:20]
+    rot = torch.linalg.matrix_exp(torch.tensor([[[0.0, 0.2, -0.1], [-0.2, 0.0, 0.3], [0.1, -0.3, 0.0]]]))
+    weight = torch.rand(8, 8, 8, generator=torch.Generator().manual_seed(1))
+    filtered = HartleyVolume(8, torch.zeros(8, 8, 8))
+    with torch.no_grad():
+        filtered.mantissa[0] = v.hartley(0) * weight
+    with v.frozen(weight):
+        posed = v.slices(rot, k, 0, detach=True)
+        live = v.slices(rot, k, 0)
+    assert torch.allclose(posed, filtered.slices(rot, k, 0), atol=1e-5)
+    assert torch.allclose(live, v.slices(rot, k, 0))
+    assert not torch.allclose(posed, live, atol=1e-3)

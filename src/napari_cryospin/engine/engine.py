@@ -100,6 +100,7 @@ class Engine:
         )
         self._selected = 0
         self._commands: list[Command] = []
+        self._reference_weight: torch.Tensor | None = None  # from schedule.reference_weight, cached
 
     # ----------------------------------------------------------------------------------------- setup
     def _image_scale(self) -> float:
@@ -218,6 +219,7 @@ class Engine:
             "pos": self.pos,
             "switch_epoch": self.schedule.switch_epoch,
             "radius_cap": self.schedule.radius_cap,
+            "reference_fsc": self.schedule.reference_fsc,
             "explore_sums": self.explore_sums,
             "perm": self.perm,
             "step": self.step,
@@ -247,6 +249,7 @@ class Engine:
         self.stage = Stage(st["stage"])
         self.epoch, self.pos, self.perm = st["epoch"], st["pos"], st["perm"]
         self.schedule.switch_epoch, self.schedule.radius_cap = st["switch_epoch"], st["radius_cap"]
+        self.schedule.reference_fsc, self._reference_weight = st.get("reference_fsc"), None
         self.explore_sums = [
             None if acc is None else Accumulator(acc.num.to(self.device), acc.den.to(self.device))
             for acc in st["explore_sums"]
@@ -499,7 +502,9 @@ class Engine:
         batch = self._batch(idx)
         t_idx = batch.idx
         parts = self._copy_parts(batch)  # the same sub-batches for all six steps
-        with self.volume.frozen():  # the map is fixed during the pose steps
+        if self._reference_weight is None and self.schedule.reference_fsc is not None:
+            self._reference_weight = self.schedule.reference_weight(self.box, self.device)
+        with self.volume.frozen(self._reference_weight):  # the map is fixed (and filtered) for the poses
             for _ in range(self.schedule.pose_steps):
                 rot, shift = self.poses(t_idx)
                 loss = self._squared_error(batch, rot, shift, n_points, detach=True, parts=parts).mean()
@@ -888,6 +893,8 @@ class Engine:
         record["radius"] = self.schedule.radius(self.stage, self.epoch)
         if self.stage == Stage.DECODING and record["fsc"] is not None:
             self.schedule.cap_from_fsc(radius_at(np.asarray(record["fsc"][1]), 0.143))
+            self.schedule.reference_fsc = [float(v) for v in record["fsc"][1]]
+            self._reference_weight = None
             record["radius_cap"] = self.schedule.radius_cap
         if self.epoch == self.schedule.research_epoch():
             record["research_moved"] = self.research_moved

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..physics.fourier import radial_shells
 from .config import RunConfig
 from .events import Stage
 
@@ -66,11 +67,24 @@ class Schedule:
         self.explore_batch = int(min(256, max(32, n_particles // 16)))
         self.switch_epoch: int | None = None  # set by the engine when auto-decoding starts
         self.radius_cap: float | None = None  # set by the engine from the half maps' FSC while decoding
+        self.reference_fsc: list[float] | None = None  # the halves' last FSC per shell, while decoding
 
     def cap_from_fsc(self, radius_fsc0143: float) -> None:
         """Limit auto-decoding's radius to the half maps' FSC-0.143 radius (cycles per box) plus a margin."""
         factor, shells = self.resolution_margin
         self.radius_cap = factor * radius_fsc0143 + shells
+
+    def reference_weight(self, box: int, device: torch.device | str) -> torch.Tensor | None:
+        """The filter (D, D, D) the pose steps see each half map through, or None before any FSC.
+
+        Per shell, the halves' last FSC clipped to [0, 1]: the share of a half map's power there that is
+        signal, so the filtered map is its Wiener estimate (as RELION weights its references). Unfiltered,
+        the shells where the halves barely agree add the map's noise to every pose's score.
+        """
+        if self.reference_fsc is None:
+            return None
+        values = torch.tensor(self.reference_fsc, dtype=torch.float32, device=device).clamp(0.0, 1.0)
+        return values[radial_shells(box, 3, device).clamp_max(len(values) - 1)]
 
     def radius(self, stage: Stage, epoch: int) -> float:
         """Low-pass radius in cycles per box of the likelihood at ``epoch``."""

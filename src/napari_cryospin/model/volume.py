@@ -25,6 +25,7 @@ class HartleyVolume(nn.Module):
         self.mantissa = nn.Parameter(torch.zeros(copies, box, box, box))
         self.exponent = nn.Parameter(exponent.expand(copies, box, box, box).clone())
         self._frozen: dict[int, torch.Tensor] | None = None  # detached grids, inside ``frozen()`` only
+        self._frozen_weight: torch.Tensor | None = None  # what ``frozen()`` multiplies them by
         self._shared: tuple[torch.Tensor, ...] | None = None  # every copy's grid, inside ``shared()`` only
 
     @property
@@ -52,20 +53,25 @@ class HartleyVolume(nn.Module):
         if self._frozen is not None and (detach or not torch.is_grad_enabled()):
             if copy not in self._frozen:
                 with torch.no_grad():
-                    self._frozen[copy] = self.hartley(copy)
+                    grid = self.hartley(copy)
+                    self._frozen[copy] = grid if self._frozen_weight is None else grid * self._frozen_weight
             return extract_slices(self._frozen[copy], rotations, k2)
         h = self.hartley(copy)
         return extract_slices(h.detach() if detach else h, rotations, k2)
 
     @contextmanager
-    def frozen(self) -> Iterator[None]:
+    def frozen(self, weight: torch.Tensor | None = None) -> Iterator[None]:
         """Within the block the map does not change: detached slices share one Hartley grid per copy
-        (the pose steps between two map steps), instead of recomputing mantissa · exp(exponent) each time."""
-        self._frozen = {}
+        (the pose steps between two map steps), instead of recomputing mantissa · exp(exponent) each time.
+
+        ``weight`` (D, D, D), e.g. a radial filter, multiplies those detached grids only: the poses see the
+        filtered map while the map's own step still fits the unfiltered one.
+        """
+        self._frozen, self._frozen_weight = {}, weight
         try:
             yield
         finally:
-            self._frozen = None
+            self._frozen, self._frozen_weight = None, None
 
     @contextmanager
     def shared(self) -> Iterator[None]:
