@@ -18,6 +18,7 @@ from napari_cryospin.data.particles import ParticleSet, load_particles
 from napari_cryospin.metrics.alignment import AlignmentResult, poses_in_truth_frame, shift_errors
 from napari_cryospin.metrics.fsc import fsc, resolution_at
 from napari_cryospin.metrics.symmetry import align_rotations_symmetric
+from napari_cryospin.polarity import choose_polarity
 from napari_cryospin.reconstruction import backproject
 
 
@@ -45,7 +46,9 @@ def load_truth(folder: Path) -> Truth:
     """The truth of a dataset folder (see :func:`truth_paths`)."""
     star, vol = truth_paths(folder)
     volume, voxel = read_volume(vol)
-    return Truth(load_particles(star), volume, voxel)
+    particles = load_particles(star)
+    particles.stack.sign = choose_polarity(particles).sign  # protein-white stacks are backprojected inverted
+    return Truth(particles, volume, voxel)
 
 
 def fsc_resolutions(volume: np.ndarray, truth: Truth) -> tuple[float, float]:
