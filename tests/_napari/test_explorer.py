@@ -132,6 +132,21 @@ def test_map_display_iso_slices_and_updates(qtbot, ui_viewer):
     assert layer.visible and layer.rendering == "mip" and not ui_viewer.layers[names[0]].visible
 
 
+def test_a_level_change_pending_when_the_form_is_deleted_is_harmless(qtbot, ui_viewer):
+    """The slider's throttled update fires 100 ms later; by then a closed dock's Qt widgets may be gone."""
+    from qtpy import sip
+
+    volume = np.zeros((16, 16, 16), np.float32)
+    volume[6:10, 6:10, 6:10] = 1.0
+    layer = ui_viewer.add_image(volume, name="map")
+    display = MapDisplay(ui_viewer, "map")
+    display.rendering.value = "iso-surface"
+    display.iso_level.value = 0.25
+    sip.delete(display.native)  # what Qt does to a closed dock's children
+    qtbot.wait(300)  # an exception in the pending update would fail the test here (pytest-qt)
+    assert layer.iso_threshold == 0.25
+
+
 def test_explorer_import_does_not_load_torch():
     code = "import sys, napari_cryospin._napari._explorer; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0

@@ -41,6 +41,7 @@ class MapDisplay(Container):
         self.iso_level.visible = False
         self._watched = None
         self._auto_level: float | None = None  # the default last set (None once the user chose a level)
+        self._mode = self.rendering.value  # for the throttled level, which may fire after Qt deleted the form
         self.rendering.changed.connect(self.apply)
         self._throttled_level = qthrottled(self._set_level, 100)  # held: the signal keeps a weak reference
         self.iso_level.changed.connect(self._throttled_level)
@@ -89,13 +90,13 @@ class MapDisplay(Container):
 
     def _set_level(self, value: float) -> None:
         layer = self.layer
-        if layer is not None and self.rendering.value == "iso-surface":
+        if layer is not None and self._mode == "iso-surface":
             layer.iso_threshold = float(value)
 
     def apply(self, _value=None) -> None:
         """Draw the map the chosen way (slices: three plane layers through the centre of the box)."""
         layer = self.layer
-        mode = self.rendering.value
+        mode = self._mode = self.rendering.value
         self.iso_level.visible = mode == "iso-surface"
         if layer is None:
             return
