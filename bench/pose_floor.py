@@ -17,15 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_cryospin.data.mrc import read_volume
-from napari_cryospin.data.particles import load_particles
 from napari_cryospin.geometry.rotations import axis_angle_to_matrix
 from napari_cryospin.model.likelihood import FrequencyDisk, prepare_batch
 from napari_cryospin.model.volume import HartleyVolume
 from napari_cryospin.physics.fourier import fourier_to_hartley
 from napari_cryospin.physics.shifts import centering_phase
-from napari_cryospin.polarity import choose_polarity
-from scoring import truth_paths
+from scoring import load_truth
 
 
 def perturbations(n: int, ball_deg: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,10 +38,8 @@ def perturbations(n: int, ball_deg: float, seed: int = 0) -> tuple[torch.Tensor,
 def pose_floor(folder: Path, n: int, ball_deg: float, candidates: int, batch: int = 16) -> dict:
     """Median / mean angle (°) of each particle's best-correlating rotation near the truth, the share within
     3°, the angle of the candidate nearest to the truth (the grid's resolution) and the share at the edge."""
-    star, volume_path = truth_paths(folder)
-    particles = load_particles(star)
-    particles.stack.sign = choose_polarity(particles).sign  # protein-white stacks are read inverted
-    volume, _ = read_volume(volume_path)
+    truth = load_truth(folder)  # the stack read with its detected polarity
+    particles, volume = truth.particles, truth.volume
     box = particles.box
     disk = FrequencyDisk(box, particles.pixel_size, torch.device("cpu"))
     k = disk.k

@@ -100,7 +100,7 @@ class Engine:
         )
         self._selected = 0
         self._commands: list[Command] = []
-        self._reference_weight: torch.Tensor | None = None  # from schedule.reference_weight, cached
+        self._reference_weight: torch.Tensor | None = None  # the pose steps' map filter (_follow_fsc)
 
     # ----------------------------------------------------------------------------------------- setup
     def _image_scale(self) -> float:
@@ -249,7 +249,7 @@ class Engine:
         self.stage = Stage(st["stage"])
         self.epoch, self.pos, self.perm = st["epoch"], st["pos"], st["perm"]
         self.schedule.switch_epoch, self.schedule.radius_cap = st["switch_epoch"], st["radius_cap"]
-        self.schedule.reference_fsc, self._reference_weight = st.get("reference_fsc"), None
+        self._follow_fsc(st.get("reference_fsc"))
         self.explore_sums = [
             None if acc is None else Accumulator(acc.num.to(self.device), acc.den.to(self.device))
             for acc in st["explore_sums"]
@@ -502,8 +502,6 @@ class Engine:
         batch = self._batch(idx)
         t_idx = batch.idx
         parts = self._copy_parts(batch)  # the same sub-batches for all six steps
-        if self._reference_weight is None and self.schedule.reference_fsc is not None:
-            self._reference_weight = self.schedule.reference_weight(self.box, self.device)
         with self.volume.frozen(self._reference_weight):  # the map is fixed (and filtered) for the poses
             for _ in range(self.schedule.pose_steps):
                 rot, shift = self.poses(t_idx)
@@ -878,6 +876,11 @@ class Engine:
             r, _ = self.poses(torch.tensor([self._selected], device=self.device))
         self._paths.setdefault(self._selected, []).append(r[0].cpu().numpy())
 
+    def _follow_fsc(self, fsc: list[float] | None) -> None:
+        """Keep the halves' FSC per shell (None: not measured while decoding) and the pose filter it makes."""
+        self.schedule.reference_fsc = fsc
+        self._reference_weight = self.schedule.reference_weight(self.box, self.device)
+
     def _end_epoch(self, loss: float, ips: float, auto: AutoSwitch) -> None:
         rot, _ = self.current_poses()
         rot_t = torch.from_numpy(rot)
@@ -893,8 +896,7 @@ class Engine:
         record["radius"] = self.schedule.radius(self.stage, self.epoch)
         if self.stage == Stage.DECODING and record["fsc"] is not None:
             self.schedule.cap_from_fsc(radius_at(np.asarray(record["fsc"][1]), 0.143))
-            self.schedule.reference_fsc = [float(v) for v in record["fsc"][1]]
-            self._reference_weight = None
+            self._follow_fsc([float(v) for v in record["fsc"][1]])
             record["radius_cap"] = self.schedule.radius_cap
         if self.epoch == self.schedule.research_epoch():
             record["research_moved"] = self.research_moved

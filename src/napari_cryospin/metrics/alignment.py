@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -220,6 +221,20 @@ def _scores(vol: torch.Tensor, ref_f: torch.Tensor, matrices: torch.Tensor, batc
     return torch.cat(out)
 
 
+def _local_search(
+    top: torch.Tensor, steps: list[tuple[Callable, float]], gen: torch.Generator
+) -> tuple[float, torch.Tensor]:
+    """(score, rotation) after local searches around ``top`` (3, 3): at each step, ``top`` and 100 rotations
+    ``exp(ω)·top`` (ω ~ N(0, spread²) rad per axis) are scored by that step's function of the candidates
+    (n, 3, 3), and the best becomes ``top``."""
+    for score, spread in steps:
+        near = axis_angle_to_matrix(torch.randn(100, 3, generator=gen) * spread) @ top
+        local = torch.cat([top[None], near])
+        scores = score(local)
+        top = local[int(scores.argmax())]
+    return float(scores.max()), top
+
+
 def _distinct_best(
     cands: torch.Tensor, scores: torch.Tensor, count: int, min_angle_deg: float
 ) -> list[torch.Tensor]:
@@ -263,12 +278,8 @@ def search_hand(
         return _scores(small, ref_f, cands @ mirror if flip else cands)
 
     def refined(top: torch.Tensor, stages: tuple) -> tuple[float, torch.Tensor]:
-        for box, sigma, spread in stages:
-            near = axis_angle_to_matrix(torch.randn(100, 3, generator=gen) * spread) @ top
-            local = torch.cat([top[None], near])
-            scores = scored(box, sigma, local)
-            top = local[int(scores.argmax())]
-        return float(scores.max()), top
+        steps = [(partial(scored, box, sigma), spread) for box, sigma, spread in stages]
+        return _local_search(top, steps, gen)
 
     cands = random_rotations(n_coarse, generator=gen)
     starts = _distinct_best(cands, scored(24, 0.25, cands), basins, 25.0)
@@ -303,11 +314,8 @@ def register_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0) -> FrameChang
     small = _lowpass_crop(vol, 32, 0.5)
     ref_f = torch.fft.rfftn(_lowpass_crop(np.asarray(ref, np.float64), 32, 0.5))
     gen = torch.Generator().manual_seed(seed)
-    top = torch.eye(3)
-    for spread in (0.06, 0.03, 0.015, 0.0075):
-        near = axis_angle_to_matrix(torch.randn(100, 3, generator=gen) * spread) @ top
-        local = torch.cat([top[None], near])
-        top = local[int(_scores(small, ref_f, local).argmax())]
+    steps = [(partial(_scores, small, ref_f), spread) for spread in (0.06, 0.03, 0.015, 0.0075)]
+    _, top = _local_search(torch.eye(3), steps, gen)
     return _frame_change(vol, ref, project_to_so3(top.double().numpy()), False)
 
 
