@@ -24,6 +24,7 @@ from napari_cryospin import safe_write
 from napari_cryospin.cli import main
 from napari_cryospin.data.mrc import read_volume
 from napari_cryospin.data.particles import load_particles
+from napari_cryospin.engine import distributed
 from napari_cryospin.engine.checkpoint import load_checkpoint
 
 TINY = [
@@ -156,6 +157,8 @@ def test_full_disk_is_one_line_and_keeps_the_previous_results(
         raise OSError(errno.ENOSPC, "No space left on device", str(src))
 
     monkeypatch.setattr(safe_write.os, "replace", no_space)
+    left = []  # how the run left its process group: an error must not wait at a barrier for the others
+    monkeypatch.setattr(distributed, "shutdown", lambda together=True: left.append(together))
     code = main(["reconstruct", str(tiny_dataset / "particles.star"), "--out", str(out), *TINY, "--resume"])
     err = _stderr_lines(capsys.readouterr().err)
     assert code == 1 and "Traceback" not in "".join(err)
@@ -163,6 +166,7 @@ def test_full_disk_is_one_line_and_keeps_the_previous_results(
     assert "Fix: free space" in err[-1]
     assert {name: (out / name).read_bytes() for name in before} == before
     assert _temporaries(out) == []
+    assert left == [False]
 
 
 def _without_root_file_powers() -> None:

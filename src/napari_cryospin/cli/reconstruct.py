@@ -160,14 +160,20 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import shutdown
     from ..engine.engine import Engine
 
+    together = False  # did every process end at the same step (a finished or an agreed stop)?
     try:
         with StopSignals() as signals:
             engine = Engine(config_from_args(args), views=False)
             if signals.received is not None:
                 raise RunStopped(signals.received, "stopped before training began; nothing was saved")
-            message = consume(engine, signals=signals)
+            try:
+                message = consume(engine, signals=signals)
+            except RunStopped:
+                together = True  # the engine agrees a stop across processes
+                raise
+            together = True
     finally:
-        shutdown()
+        shutdown(together)
     if engine.dp.main:
         print(message)
     return 0

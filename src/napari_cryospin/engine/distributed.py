@@ -409,7 +409,16 @@ def balanced_order(perm: np.ndarray, halves: np.ndarray) -> np.ndarray:
     return np.concatenate([first, second])[np.argsort(key, kind="stable")]
 
 
-def shutdown() -> None:
-    """Leave the process group (at the end of a torchrun process)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(together: bool = True) -> None:
+    """Leave the process group (at the end of a torchrun process).
+
+    ``together``: every process ended the run at the same step, so all first meet at a barrier. Without
+    it a gloo worker thread can still be freeing the last collective's tensors when the interpreter exits,
+    and the process aborts (SIGABRT) after a finished run. After an error in one process the others may
+    never arrive, so it then leaves at once.
+    """
+    if not dist.is_initialized():
+        return
+    if together:
+        dist.barrier()
+    dist.destroy_process_group()
