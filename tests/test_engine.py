@@ -11,7 +11,9 @@ from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
 from napari_cryospin.engine.junk import Z_JUNK
 from napari_cryospin.engine.switch import AutoSwitch
+from napari_cryospin.engine.validity import half_map_mask
 from napari_cryospin.model.likelihood import FrequencyDisk, searched_error, shift_grid, squared_error
+from napari_cryospin.model.volume import HartleyVolume
 from tiny_run import TINY_RUN
 
 
@@ -130,7 +132,16 @@ def test_stop_saves_checkpoint_and_resume_continues(tiny_dataset, tmp_path):
     assert [h["stage"] for h in history] == ["exploring", "auto-encoding", "auto-decoding"]
 
 
-def test_decoding_filters_the_pose_map_by_the_last_fsc_and_resume_keeps_it(tiny_dataset, tmp_path):
+def test_decoding_filters_the_pose_map_by_the_last_fsc_and_resume_keeps_it(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    masks = []  # what each pose block masks the map with: the sphere the halves' FSC is measured under
+    frozen = HartleyVolume.frozen
+    monkeypatch.setattr(
+        HartleyVolume,
+        "frozen",
+        lambda v, weight=None, mask=None: masks.append(mask) or frozen(v, weight, mask),
+    )
     cfg = _config(tiny_dataset, tmp_path, epochs=4, switch=2)
     engine = Engine(cfg)
     gen = engine.run()
@@ -142,6 +153,7 @@ def test_decoding_filters_the_pose_map_by_the_last_fsc_and_resume_keeps_it(tiny_
     assert engine.schedule.reference_fsc == [float(v) for v in decoded[-1]["fsc"][1]]
     weight = engine.schedule.reference_weight(engine.box, "cpu")
     assert weight.max() <= 1.0 and weight.min() >= 0.0 and weight[-1, -1, -1] < weight[16, 16, 16]
+    assert masks and all(np.array_equal(m.cpu().numpy(), half_map_mask(engine.box)) for m in masks)
     gen.send(Command("stop"))
     cfg.resume = True
     resumed = Engine(cfg)

@@ -4,7 +4,7 @@ shared block gives every copy the same values and gradients as indexing one copy
 import torch
 
 from napari_cryospin.model.volume import HartleyVolume
-from napari_cryospin.physics.fourier import frequency_grid_2d
+from napari_cryospin.physics.fourier import frequency_grid_2d, hartley_centered, ihartley_centered
 
 
 def _volume() -> HartleyVolume:
@@ -80,3 +80,23 @@ def test_a_weighted_frozen_block_filters_the_pose_slices_and_not_the_map_step():
     assert torch.allclose(posed, filtered.slices(rot, k, 0), atol=1e-5)
     assert torch.allclose(live, v.slices(rot, k, 0))
     assert not torch.allclose(posed, live, atol=1e-3)
+
+
+def test_a_masked_frozen_block_shows_the_poses_the_masked_map_and_the_map_step_the_whole():
+    v = _volume()
+    k = frequency_grid_2d(8).reshape(-1, 2)[:20]
+    rot = torch.linalg.matrix_exp(torch.tensor([[[0.0, 0.1, 0.3], [-0.1, 0.0, -0.2], [-0.3, 0.2, 0.0]]]))
+    mask = torch.zeros(8, 8, 8)
+    mask[2:6, 2:6, 2:6] = 1.0  # keeps the centre, drops the rest
+    weight = torch.rand(8, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected = HartleyVolume(8, torch.zeros(8, 8, 8))
+    with torch.no_grad():
+        expected.mantissa[0] = hartley_centered(ihartley_centered(v.hartley(1), 3) * mask, 3) * weight
+    with v.frozen(weight, mask):
+        posed = v.slices(rot, k, 1, detach=True)
+        live = v.slices(rot, k, 1)
+    assert torch.allclose(posed, expected.slices(rot, k, 0), atol=1e-5)
+    assert torch.allclose(live, v.slices(rot, k, 1))
+    with v.frozen(weight):
+        unmasked = v.slices(rot, k, 1, detach=True)
+    assert not torch.allclose(posed, unmasked, atol=1e-3)

@@ -56,7 +56,7 @@ from .outputs import write_epoch_record, write_results
 from .run_folder import write_run_record
 from .schedule import Schedule
 from .switch import AutoSwitch
-from .validity import half_agreement, radius_at
+from .validity import half_agreement, half_map_mask, radius_at
 from .working_box import working_box
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class Engine:
         self._selected = 0
         self._commands: list[Command] = []
         self._reference_weight: torch.Tensor | None = None  # the pose steps' map filter (_follow_fsc)
+        self._reference_mask = torch.from_numpy(half_map_mask(self.box)).to(self.device)  # and their mask
 
     # ----------------------------------------------------------------------------------------- setup
     def _image_scale(self) -> float:
@@ -502,7 +503,7 @@ class Engine:
         batch = self._batch(idx)
         t_idx = batch.idx
         parts = self._copy_parts(batch)  # the same sub-batches for all six steps
-        with self.volume.frozen(self._reference_weight):  # the map is fixed (and filtered) for the poses
+        with self.volume.frozen(self._reference_weight, self._reference_mask):  # fixed, masked, filtered
             for _ in range(self.schedule.pose_steps):
                 rot, shift = self.poses(t_idx)
                 loss = self._squared_error(batch, rot, shift, n_points, detach=True, parts=parts).mean()

@@ -16,10 +16,15 @@ AGREE_FRACTION = 0.5
 """The halves agree when their FSC stays ≥ 0.5 out to this fraction of exploration's top radius."""
 
 
+def half_map_mask(box: int) -> np.ndarray:
+    """The soft sphere (D, D, D: radius 0.4·D, cosine edge 0.05·D) the half maps are compared under, and
+    through which the pose steps see them: the FSC per shell then weighs the very map the poses use."""
+    return soft_mask(box, 0.4 * box, 0.05 * box)
+
+
 def masked_fsc(map_a: np.ndarray, map_b: np.ndarray) -> np.ndarray:
-    """FSC per shell (0 … D/2) of two (D, D, D) maps under a soft sphere mask of radius 0.4·D."""
-    box = map_a.shape[0]
-    mask = soft_mask(box, 0.4 * box, 0.05 * box)
+    """FSC per shell (0 … D/2) of two (D, D, D) maps under :func:`half_map_mask`."""
+    mask = half_map_mask(map_a.shape[0])
     return fsc(map_a * mask, map_b * mask, 1.0)[1]
 
 

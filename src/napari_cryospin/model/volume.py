@@ -26,6 +26,7 @@ class HartleyVolume(nn.Module):
         self.exponent = nn.Parameter(exponent.expand(copies, box, box, box).clone())
         self._frozen: dict[int, torch.Tensor] | None = None  # detached grids, inside ``frozen()`` only
         self._frozen_weight: torch.Tensor | None = None  # what ``frozen()`` multiplies them by
+        self._frozen_mask: torch.Tensor | None = None  # the real-space mask ``frozen()`` applies first
         self._shared: tuple[torch.Tensor, ...] | None = None  # every copy's grid, inside ``shared()`` only
 
     @property
@@ -54,24 +55,27 @@ class HartleyVolume(nn.Module):
             if copy not in self._frozen:
                 with torch.no_grad():
                     grid = self.hartley(copy)
+                    if self._frozen_mask is not None:
+                        grid = hartley_centered(ihartley_centered(grid, 3) * self._frozen_mask, 3)
                     self._frozen[copy] = grid if self._frozen_weight is None else grid * self._frozen_weight
             return extract_slices(self._frozen[copy], rotations, k2)
         h = self.hartley(copy)
         return extract_slices(h.detach() if detach else h, rotations, k2)
 
     @contextmanager
-    def frozen(self, weight: torch.Tensor | None = None) -> Iterator[None]:
+    def frozen(self, weight: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> Iterator[None]:
         """Within the block the map does not change: detached slices share one Hartley grid per copy
         (the pose steps between two map steps), instead of recomputing mantissa · exp(exponent) each time.
 
-        ``weight`` (D, D, D), e.g. a radial filter, multiplies those detached grids only: the poses see the
-        filtered map while the map's own step still fits the unfiltered one.
+        ``mask`` (D, D, D, real space) and then ``weight`` (D, D, D, Hartley space, e.g. a radial filter)
+        act on those detached grids only: the poses see the masked, filtered map while the map's own step
+        still fits the whole, unfiltered one.
         """
-        self._frozen, self._frozen_weight = {}, weight
+        self._frozen, self._frozen_weight, self._frozen_mask = {}, weight, mask
         try:
             yield
         finally:
-            self._frozen, self._frozen_weight = None, None
+            self._frozen, self._frozen_weight, self._frozen_mask = None, None, None
 
     @contextmanager
     def shared(self) -> Iterator[None]:
