@@ -16,18 +16,11 @@ from napari_cryospin.engine.amortized import SemiAmortized, stratified_choice, u
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
-from napari_cryospin.reconstruction import split_halves
 from process_group import free_port, join_as
-from test_distributed import _agree
+from test_distributed import _agree, _halves
 from tiny_run import TINY_RUN
 
 SETTINGS = dict(**TINY_RUN, explore_subset=100)
-
-
-def _halves(n: int, seed: int = 0) -> np.ndarray:
-    halves = np.zeros(n, np.int64)
-    halves[split_halves(n, seed)[1]] = 1
-    return halves
 
 
 # ------------------------------------------------------------------------------------------- units

@@ -45,6 +45,13 @@ def _map_and_poses(out: Path) -> tuple[np.ndarray, np.ndarray]:
     return volume, load_particles(out / "poses.star").rotations
 
 
+def _halves(n: int, seed: int = 0) -> np.ndarray:
+    """Each particle's gold-standard half (0 or 1), as the engine splits ``n`` particles with ``seed``."""
+    halves = np.zeros(n, np.int64)
+    halves[split_halves(n, seed)[1]] = 1
+    return halves
+
+
 def _agree(a: Path, b: Path) -> tuple[float, float]:
     """(lowest FSC between the two runs' maps, median angle in degrees between their poses).
 
@@ -56,8 +63,7 @@ def _agree(a: Path, b: Path) -> tuple[float, float]:
     (va, ra), (vb, rb) = _map_and_poses(a), _map_and_poses(b)
     curve = fsc(va, vb, 1.0)[1]
     config = json.loads((a / "metrics.json").read_text())["config"]
-    halves = np.zeros(len(ra), np.int64)
-    halves[split_halves(len(ra), config["seed"])[1]] = 1
+    halves = _halves(len(ra), config["seed"])
     errors = []
     for half in (0, 1):
         rows = halves == half
