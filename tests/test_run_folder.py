@@ -167,3 +167,21 @@ def test_resume_removes_only_the_temporaries_of_dead_writers(tmp_path):
     begin_resume(tmp_path)
     assert not any(p.exists() for p in stale)
     assert live.exists()
+
+
+def test_overwrite_never_deletes_through_a_symbolic_link(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    theirs = ["epoch_000.npz", "epoch_001.npz", "volume.mrc"]
+    for name in theirs:
+        (elsewhere / name).write_text("not this run's")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("old")
+    (out / "epochs").symlink_to(elsewhere, target_is_directory=True)
+    (out / "half_a.mrc").symlink_to(elsewhere / "volume.mrc")
+    assert "epochs/" in results_in(out)
+    prepare_output(out, overwrite=True)
+    assert sorted(p.name for p in elsewhere.iterdir()) == theirs
+    assert all((elsewhere / name).read_text() == "not this run's" for name in theirs)
+    assert list(out.iterdir()) == []  # the links themselves went, with the run's own file

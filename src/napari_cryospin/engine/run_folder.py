@@ -69,8 +69,14 @@ def results_in(out: str | os.PathLike) -> list[str]:
 
 
 def remove_results(out: str | os.PathLike) -> None:
-    """Delete the run results in ``out`` (see :func:`results_in`) and ``epochs/`` once it is empty."""
+    """Delete the run results in ``out`` (see :func:`results_in`) and ``epochs/`` once it is empty.
+
+    Nothing is deleted through a symbolic link: a linked ``epochs`` (or result file) loses the link alone,
+    and the files it points to stay where they are.
+    """
     out = Path(out)
+    if (out / EPOCHS_DIR).is_symlink():
+        (out / EPOCHS_DIR).unlink()
     for path in _epoch_files(out):
         path.unlink()
     with contextlib.suppress(OSError):  # kept when it holds files that are not ours
