@@ -129,3 +129,13 @@ def test_cs_different_pixel_sizes_are_refused(io_write_stack, tmp_path):
         np.save(fh, data)
     with pytest.raises(ParticleFileError, match=r"different pixel sizes: 1\.25 and 1\.6 Å .* rows 1 and 3"):
         load_particles(tmp_path / "p.cs")
+
+
+def test_repeated_blobs_are_used_once(io_write_stack, tmp_path):
+    _, stack_data = io_write_stack("J3/extract/parts.mrcs", n=5, box=16)
+    blobs = [b">J3/extract/parts.mrcs", b"J3/extract/parts.mrcs", b"J3/extract/parts.mrcs"]
+    data = _cs(tmp_path / "J3" / "particles.cs", blobs, [4, 4, 2])
+    ps = load_particles(tmp_path / "J3" / "particles.cs")
+    assert len(ps) == 2 and ps.repeats_dropped == 1
+    np.testing.assert_array_equal(ps.stack[:], stack_data[[4, 2]])
+    np.testing.assert_allclose(ps.ctf.defocus_u, data["ctf/df1_A"][[0, 2]])

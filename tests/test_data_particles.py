@@ -29,3 +29,38 @@ def test_odd_box_is_refused(io_write_stack):
     path, _ = io_write_stack("parts.mrcs", n=2, box=16)
     with pytest.raises(ParticleFileError, match=r"parts\.mrcs: cannot serve images at box 7"):
         load_particles(path, box=7)
+
+
+def _star(path, names, **columns):
+    import pandas as pd
+    import starfile
+
+    n = len(names)
+    table = pd.DataFrame({"rlnImageName": names, "rlnDefocusU": 1e4 + np.arange(n), **columns})
+    starfile.write(table.assign(rlnVoltage=300.0, rlnSphericalAberration=2.7, rlnAmplitudeContrast=0.1), path)
+    return path
+
+
+def test_repeated_images_are_used_once_with_one_warning(io_write_stack, tmp_path, caplog):
+    _, data = io_write_stack("parts.mrcs", n=4, box=16)
+    names = ["1@parts.mrcs", "2@parts.mrcs", "1@./parts.mrcs", "3@parts.mrcs", "2@parts.mrcs"]
+    ps = load_particles(_star(tmp_path / "p.star", names))
+    assert len(ps) == 3 and ps.repeats_dropped == 2
+    assert list(ps.table["rlnImageName"]) == ["1@parts.mrcs", "2@parts.mrcs", "3@parts.mrcs"]
+    np.testing.assert_array_equal(ps.ctf.defocus_u, [1e4, 1e4 + 1, 1e4 + 3])  # the first rows kept
+    np.testing.assert_array_equal(ps.stack[:], data[:3])
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert record.getMessage().startswith(
+        "p.star: 2 of 5 rows repeat an image listed earlier (e.g. row 3, 1@./parts.mrcs, as row 1); "
+        "each image is used once (its first row), so the run has 3 particles"
+    )
+
+
+def test_one_image_repeated_is_one_particle_and_refused(io_write_stack, tmp_path):
+    from napari_cryospin.engine.inputs import check_enough_particles
+
+    io_write_stack("parts.mrcs", n=2, box=16)
+    ps = load_particles(_star(tmp_path / "p.star", ["1@parts.mrcs"] * 300))
+    assert len(ps) == 1 and ps.repeats_dropped == 299
+    with pytest.raises(ParticleFileError, match=r"1 particle \(299 rows repeated an image\), but a mean"):
+        check_enough_particles(ps)

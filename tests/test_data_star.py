@@ -197,3 +197,35 @@ def test_shared_ribosome_true_poses(io_ribosome):
     truth = np.load(io_ribosome / "truth" / "gt_poses.npy")
     np.testing.assert_allclose(ps.rotations, truth["R"], atol=1e-5)
     np.testing.assert_allclose(ps.shifts, truth["shift_px"], atol=1e-5)
+
+
+def test_stack_missing_beside_the_star_is_not_taken_from_a_parent_folder(io_write_stack, tmp_path):
+    io_write_stack("particles.mrcs", n=2, box=16)  # another data set's stack, one folder up
+    (tmp_path / "A").mkdir()
+    _write_31(tmp_path / "A" / "p.star", _particles(["1@particles.mrcs"], 1))
+    with pytest.raises(ParticleFileError, match=r"p\.star: particle stack 'particles\.mrcs' not found"):
+        load_particles(tmp_path / "A" / "p.star")
+
+
+def test_project_relative_stack_found_in_a_parent_folder_is_named(io_write_stack, tmp_path, caplog):
+    path, data = io_write_stack("Extract/job3/a.mrcs", n=2, box=16)
+    (tmp_path / "Refine").mkdir()
+    _write_31(tmp_path / "Refine" / "run.star", _particles(["2@Extract/job3/a.mrcs"], 1))
+    ps = load_particles(tmp_path / "Refine" / "run.star")
+    np.testing.assert_array_equal(ps.stack[:], data[[1]])
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "run.star: 1 stack not found where named" in record.getMessage()
+    assert f"'Extract/job3/a.mrcs' → {path}" in record.getMessage()
+
+
+def test_two_different_stacks_of_one_name_are_refused(io_write_stack, tmp_path, monkeypatch):
+    io_write_stack("A/parts.mrcs", n=2, box=16, seed=1)
+    io_write_stack("B/parts.mrcs", n=2, box=16, seed=2)
+    _write_31(tmp_path / "A" / "p.star", _particles(["1@parts.mrcs"], 1))
+    monkeypatch.chdir(tmp_path / "B")  # RELION reads names relative to the current (project) folder
+    with pytest.raises(
+        ParticleFileError, match=r"p\.star: 'parts\.mrcs' names two different files: .*A/parts"
+    ):
+        load_particles(tmp_path / "A" / "p.star")
+    monkeypatch.chdir(tmp_path / "A")  # the same file both ways: no doubt
+    assert len(load_particles(tmp_path / "A" / "p.star")) == 1

@@ -83,3 +83,48 @@ def test_written_maps_are_full_size_and_the_working_map_is_kept(box96, tmp_path)
     vol, voxel = read_volume(tmp_path / WORKING_MAP)
     assert vol.shape == (32, 32, 32) and voxel == pytest.approx(working.pixel_size, rel=1e-4)
     assert info["box"] == 96 and info["working_box"] == 32 and info["resolution"] > 0
+
+
+@pytest.fixture(scope="module")
+def odd_stack(tiny_dataset, tmp_path_factory):
+    """The tiny data set's 200 images cropped to 31 px (an odd box), with its particles.star."""
+    import shutil
+
+    import mrcfile
+
+    out = tmp_path_factory.mktemp("odd")
+    data = mrcfile.read(tiny_dataset / "particles.mrcs")
+    with mrcfile.new(out / "particles.mrcs") as mrc:
+        mrc.set_data(np.ascontiguousarray(data[:, :31, :31]))
+        mrc.voxel_size = 1.0
+    shutil.copy(tiny_dataset / "particles.star", out / "particles.star")
+    return out, data
+
+
+def test_an_odd_stack_is_served_at_the_even_box_below_with_its_pixel_size(odd_stack, tiny_dataset, caplog):
+    folder, data = odd_stack
+    odd = load_particles(folder / "particles.star")
+    even = load_particles(tiny_dataset / "particles.star")
+    assert odd.stack.stored_box == 31 and odd.box == odd.stack.original_box == 30
+    assert odd.pixel_size == pytest.approx(even.pixel_size)  # rows dropped, not resampled
+    np.testing.assert_array_equal(odd.stack[[0, 5]], data[[0, 5], :30, :30])
+    assert "the images are 31 pixels (odd); they are used at 30" in caplog.text
+    assert odd.at_box(16).stack[[0]].shape == (1, 16, 16)
+    with pytest.raises(ValueError, match=r"box 32: the images are 31 pixels \(odd, so served at 30\)\. Fix"):
+        load_particles(folder / "particles.star", box=32)
+
+
+def test_a_run_on_an_odd_stack_writes_its_maps_at_the_even_box(odd_stack, tmp_path):
+    from tiny_run import TINY_RUN
+
+    folder, _ = odd_stack
+    out = tmp_path / "run"
+    settings = {**TINY_RUN, "box": 16, "max_particles": 100}
+    for _ in Engine(RunConfig(particles=str(folder / "particles.star"), out=str(out), **settings)).run():
+        pass
+    vol, voxel = read_volume(out / "volume.mrc")
+    assert vol.shape == (30, 30, 30) and voxel == pytest.approx(
+        load_particles(folder / "particles.star").pixel_size
+    )
+    assert read_volume(out / WORKING_MAP)[0].shape == (16, 16, 16)
+    assert len(load_particles(out / "poses.star")) == 100

@@ -18,8 +18,8 @@ from scipy.spatial.transform import Rotation
 from .checks import check_values
 from .downsample import ParticleStack
 from .errors import ParticleFileError
-from .mrc import find_stack
 from .particles import CTFParams, ParticleSet
+from .stack_paths import find_stacks
 
 
 def _load(path: Path) -> np.ndarray:
@@ -81,7 +81,7 @@ def _stack_refs(path: Path, data: np.ndarray) -> tuple[list[Path], np.ndarray, n
             )
     raw = [p.decode() if isinstance(p, bytes) else str(p) for p in data["blob/path"]]
     names, file_index = np.unique([p.removeprefix(">") for p in raw], return_inverse=True)
-    files = [find_stack(str(name), path.resolve().parent, path) for name in names]
+    files = find_stacks([str(name) for name in names], path, [path.resolve().parent.parent])
     return files, file_index, np.asarray(data["blob/idx"], dtype=np.int64)
 
 

@@ -35,9 +35,12 @@ class ParticleStack:
     """Particle images referenced as (stack file, image index), served as float32 (k, box, box).
 
     Stacks are opened once (memory-mapped) and cached per file; `box` smaller than the stored box
-    Fourier-crops on the fly. `source` is the metadata file named in error messages. Served images are
-    multiplied by `sign` (−1 turns protein-white images into the project's dark-protein convention; see
-    `napari_cryospin.polarity`), so every reader of the stack sees one polarity.
+    Fourier-crops on the fly. Images of an odd box L (``stored_box``) are served at the even
+    ``original_box`` L − 1 by dropping their last row and column: the centre (index L // 2) and the pixel
+    size stay, and the engine's Fourier grids need an even box (RELION's too). `source` is the metadata
+    file named in error messages. Served images are multiplied by `sign` (−1 turns protein-white images
+    into the project's dark-protein convention; see `napari_cryospin.polarity`), so every reader of the
+    stack sees one polarity.
     """
 
     def __init__(
@@ -64,12 +67,14 @@ class ParticleStack:
             raise ParticleFileError(
                 f"{self._source_name}: no particles. Fix: choose a file that lists particles."
             )
-        self.original_box = self._validate()
+        self.stored_box = self._validate()
+        self.original_box = self.stored_box - self.stored_box % 2
         self.box = self.original_box if box is None else int(box)
         if self.box > self.original_box or self.box < 2 or self.box % 2:
+            odd = f" (odd, so served at {self.original_box})" if self.stored_box % 2 else ""
             raise ParticleFileError(
-                f"{self._source_name}: cannot serve images at box {self.box} from images of box "
-                f"{self.original_box}. Fix: choose an even box between 2 and {self.original_box}."
+                f"{self._source_name}: cannot serve images at box {self.box}: the images are "
+                f"{self.stored_box} pixels{odd}. Fix: choose an even box between 2 and {self.original_box}."
             )
 
     @property
@@ -138,7 +143,7 @@ class ParticleStack:
 
     def __getitem__(self, indices: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
         pick = np.atleast_1d(np.arange(len(self))[indices])
-        out = np.empty((len(pick), self.original_box, self.original_box), dtype=np.float32)
+        out = np.empty((len(pick), self.stored_box, self.stored_box), dtype=np.float32)
         files = self.file_index[pick]
         for number in np.unique(files):
             where = np.flatnonzero(files == number)
@@ -149,7 +154,9 @@ class ParticleStack:
             self._check_finite(out, pick)
         if self.sign != 1.0:
             out *= np.float32(self.sign)
-        return fourier_crop(out, self.box) if self.box != self.original_box else out
+        if self.stored_box != self.original_box:  # odd: drop the last row and column, centre kept
+            out = out[:, : self.original_box, : self.original_box]
+        return fourier_crop(out, self.box) if self.box != self.original_box else np.ascontiguousarray(out)
 
     def _check_finite(self, images: np.ndarray, pick: np.ndarray) -> None:
         finite = np.isfinite(images).all(axis=(1, 2))

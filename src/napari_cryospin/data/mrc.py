@@ -193,25 +193,3 @@ class MrcStack:
 def open_stack(path: str | os.PathLike) -> MrcStack:
     """Open an MRC image stack (or a single 2D image, a stack of 1) without reading it into memory."""
     return MrcStack(path)
-
-
-def find_stack(name: str, base_dir: Path, source: Path) -> Path:
-    """Locate a stack named in `source`: absolute, else relative to `base_dir` or its parents, else cwd.
-
-    The parents cover RELION's and cryoSPARC's paths relative to the project folder; the basename in
-    `base_dir` covers stacks copied next to their metadata file.
-    """
-    rel = Path(name)
-    if rel.is_absolute():
-        tried = [rel, base_dir / rel.name]
-    else:
-        tried = [base_dir / rel, *(parent / rel for parent in base_dir.parents), Path.cwd() / rel]
-        tried.append(base_dir / rel.name)
-    for candidate in tried:
-        if candidate.is_file():
-            return candidate
-    listing = ", ".join(str(p) for p in dict.fromkeys(tried))
-    raise ParticleFileError(
-        f"{source.name}: particle stack '{name}' not found; tried {listing}. Fix: keep the stacks "
-        f"where the metadata file says, or edit the image paths to point at them."
-    )

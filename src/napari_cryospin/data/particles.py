@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -12,6 +13,8 @@ import pandas as pd
 from .downsample import ParticleStack
 from .errors import ParticleFileError
 from .mrc import open_stack
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class ParticleSet:
 
     `ctf` is None only for a bare MRC stack, which carries no CTF; the engine decides what to do.
     `shifts` are in pixels of the images as served (`pixel_size`), with RELION's origin sign.
+    `repeats_dropped` counts the rows of the file left out because they repeated an image listed earlier.
     """
 
     path: Path
@@ -51,6 +55,7 @@ class ParticleSet:
     shifts: np.ndarray | None
     table: pd.DataFrame | None
     optics: pd.DataFrame | None
+    repeats_dropped: int = 0
 
     def __len__(self) -> int:
         return len(self.stack)
@@ -82,7 +87,23 @@ class ParticleSet:
             shifts=None if self.shifts is None else self.shifts * ratio,
             table=self.table,
             optics=self.optics,
+            repeats_dropped=self.repeats_dropped,
         )
+
+    def image_keys(self) -> np.ndarray:
+        """One string per particle naming its image: ``index@stack`` with the stack's resolved path."""
+        stack = self.stack
+        files = [str(f.resolve()) for f in stack.files]
+        return np.array(
+            [f"{i + 1}@{files[f]}" for f, i in zip(stack.file_index, stack.image_index, strict=True)]
+        )
+
+    def image_name(self, row: int) -> str:
+        """Particle ``row``'s image as the file wrote it (rlnImageName), else ``index@stack``."""
+        if self.table is not None and "rlnImageName" in self.table.columns:
+            return str(self.table["rlnImageName"].iloc[row])
+        stack = self.stack
+        return f"{stack.image_index[row] + 1}@{stack.files[stack.file_index[row]].name}"
 
     def subset(self, indices: np.ndarray | slice) -> ParticleSet:
         """The chosen particles, in the given order (table rows follow)."""
@@ -96,7 +117,37 @@ class ParticleSet:
             shifts=None if self.shifts is None else self.shifts[pick],
             table=None if self.table is None else self.table.iloc[pick].reset_index(drop=True),
             optics=self.optics,
+            repeats_dropped=self.repeats_dropped,
         )
+
+
+def drop_repeated_images(particles: ParticleSet) -> ParticleSet:
+    """Each image once (its first row), with one warning naming how many rows repeated one and an example.
+
+    A particle listed twice is no more data: with a copy in each half map, the halves would agree on its
+    noise and the FSC would report a resolution the data do not have.
+    """
+    keys = particles.image_keys()
+    _, first = np.unique(keys, return_index=True)
+    if len(first) == len(keys):
+        return particles
+    keep = np.sort(first)
+    repeat = int(np.flatnonzero(~np.isin(np.arange(len(keys)), keep))[0])
+    original = int(np.flatnonzero(keys == keys[repeat])[0])
+    unique = particles.subset(keep)
+    unique.repeats_dropped = len(keys) - len(keep)
+    log.warning(
+        "%s: %d of %d rows repeat an image listed earlier (e.g. row %d, %s, as row %d); each image is used "
+        "once (its first row), so the run has %d particles and poses.star lists those rows.",
+        particles.path.name,
+        unique.repeats_dropped,
+        len(keys),
+        repeat + 1,
+        particles.image_name(repeat),
+        original + 1,
+        len(unique),
+    )
+    return unique
 
 
 def _load_bare_stack(path: Path, box: int | None) -> ParticleSet:
@@ -130,12 +181,24 @@ def load_particles(path: str | os.PathLike, box: int | None = None) -> ParticleS
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".star":
-        return read_star(path, box=box)
-    if suffix == ".cs":
-        return read_cs(path, box=box)
-    if suffix in (".mrcs", ".mrc", ".st"):
-        return _load_bare_stack(path, box)
-    raise ParticleFileError(
-        f"{path.name}: unknown particle file type '{path.suffix}'. Fix: open a RELION .star, a "
-        f"cryoSPARC .cs or an .mrcs stack."
-    )
+        particles = drop_repeated_images(read_star(path, box=box))
+    elif suffix == ".cs":
+        particles = drop_repeated_images(read_cs(path, box=box))
+    elif suffix in (".mrcs", ".mrc", ".st"):
+        particles = _load_bare_stack(path, box)
+    else:
+        raise ParticleFileError(
+            f"{path.name}: unknown particle file type '{path.suffix}'. Fix: open a RELION .star, a "
+            f"cryoSPARC .cs or an .mrcs stack."
+        )
+    stack = particles.stack
+    if stack.stored_box != stack.original_box:
+        log.warning(
+            "%s: the images are %d pixels (odd); they are used at %d (last row and column left out, pixel "
+            "size kept), so the full-size maps are %d³.",
+            path.name,
+            stack.stored_box,
+            stack.original_box,
+            stack.original_box,
+        )
+    return particles

@@ -50,7 +50,7 @@ def _base_tables(particles: ParticleSet) -> tuple[pd.DataFrame, pd.DataFrame]:
         rlnOpticsGroup=np.arange(1, len(groups) + 1),
         rlnOpticsGroupName=[f"opticsGroup{i}" for i in range(1, len(groups) + 1)],
         rlnImagePixelSize=particles.original_pixel_size,
-        rlnImageSize=particles.stack.original_box,
+        rlnImageSize=particles.stack.stored_box,
         rlnImageDimensionality=2,
     )
     group_of = keys.merge(optics, on=_OPTICS_COLUMNS, how="left")["rlnOpticsGroup"].to_numpy()

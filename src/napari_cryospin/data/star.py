@@ -13,8 +13,8 @@ from scipy.spatial.transform import Rotation
 from .checks import check_values
 from .downsample import ParticleStack
 from .errors import ParticleFileError
-from .mrc import find_stack
 from .particles import CTFParams, ParticleSet
+from .stack_paths import find_stacks
 
 _FIX_REEXPORT = "Fix: re-export the particles from RELION or cryoSPARC (csparc2star)"
 _CTF_COLUMNS = {
@@ -113,7 +113,7 @@ def _image_refs(path: Path, names: pd.Series) -> tuple[list[Path], np.ndarray, n
             f"image number. Fix: write image names as image-number@stack-path."
         )
     stack_names, file_index = np.unique(split[1].to_numpy(), return_inverse=True)
-    files = [find_stack(name, path.resolve().parent, path) for name in stack_names]
+    files = find_stacks(stack_names, path)
     return files, file_index, numbers.to_numpy(np.int64) - 1
 
 

@@ -26,8 +26,9 @@ def check_enough_particles(particles, limited: bool = False) -> None:
     if n >= MIN_PARTICLES:
         return
     fix = "raise --max-particles" if limited else "use a file with more particles"
+    repeated = f" ({particles.repeats_dropped} rows repeated an image)" if particles.repeats_dropped else ""
     raise ParticleFileError(
-        f"{particles.path}: {n} particle{'s' * (n != 1)}, but a meaningful map needs at least "
+        f"{particles.path}: {n} particle{'s' * (n != 1)}{repeated}, but a meaningful map needs at least "
         f"{MIN_PARTICLES} (two half maps of ≥ 50 images). Fix: {fix}."
     )
 

@@ -161,6 +161,7 @@ def write_results(engine: Engine) -> str:
                 "maps": sizes,
                 "noise": engine.noise.to_dict(),
                 "semi_amortized": engine.semi.report,
+                "repeated_images_dropped": engine.particles.repeats_dropped,
             },
         },
     )
