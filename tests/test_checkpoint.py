@@ -1,6 +1,8 @@
 """Checkpoints hold only tensors and plain values, run no code when read, and refuse a mismatched resume."""
 
+import errno
 import pickle
+import resource
 import shutil
 from pathlib import Path
 
@@ -76,6 +78,22 @@ def test_state_round_trips_through_a_checkpoint(tmp_path):
     back = load_checkpoint(tmp_path)
     np.testing.assert_array_equal(back["perm"], state["perm"])
     assert torch.equal(back["sums"].num, state["sums"].num) and back["history"] == state["history"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_full_disk_while_checkpointing_is_the_os_error_and_keeps_the_last_checkpoint(tmp_path):
+    """torch.save's own writer hides the OS error; written through our file object, EFBIG comes out."""
+    save_checkpoint(tmp_path, {"epoch": 0, "volume": torch.zeros(10)})
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # as `ulimit -f 64`
+    try:
+        with pytest.raises(OSError) as err:
+            save_checkpoint(tmp_path, {"epoch": 1, "volume": torch.zeros(100_000)})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert err.value.errno == errno.EFBIG and err.value.filename == str(tmp_path / "checkpoint.pt")
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 

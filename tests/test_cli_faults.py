@@ -9,6 +9,7 @@ import errno
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from napari_cryospin.data.mrc import read_volume
 from napari_cryospin.data.particles import load_particles
 from napari_cryospin.engine import distributed
 from napari_cryospin.engine.checkpoint import load_checkpoint
+from napari_cryospin.error_funnel import explain
 
 TINY = [
     "--heads", "2", "--epochs", "2", "--explore-epochs", "0", "--switch", "1", "--device", "cpu",
@@ -167,6 +169,86 @@ def test_full_disk_is_one_line_and_keeps_the_previous_results(
     assert {name: (out / name).read_bytes() for name in before} == before
     assert _temporaries(out) == []
     assert left == [False]
+
+
+def _file_size_limit(limit_bytes: int):
+    """For a child process, before exec: files may grow to ``limit_bytes`` (as after ``ulimit -f``)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    return limit
+
+
+def test_a_file_size_limit_at_the_checkpoint_is_one_line_naming_it(tiny_dataset, tmp_path):
+    """1 MiB holds every output but the checkpoint (~4 MB): the OS error is named, not torch's own."""
+    out = tmp_path / "run"
+    args = ("reconstruct", tiny_dataset / "particles.star", "--out", out, *TINY)
+    done = _run_cli(*args, preexec_fn=_file_size_limit(1 << 20))
+    lines = _stderr_lines(done.stderr)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert lines[-1] == (
+        f"cryospin reconstruct: error: {out / 'checkpoint.pt'}: File too large "
+        "(the file passed a size limit: the shell's `ulimit -f` or the file system's largest file). "
+        "Fix: raise the limit (`ulimit -f unlimited`) or choose --out on another disk; "
+        "files already there were left as they were."
+    )
+    assert not (out / "checkpoint.pt").exists() and _temporaries(out) == []
+
+
+def _write_each_output(kind: str, path: Path, particles_star: Path) -> None:
+    from matplotlib.figure import Figure
+    from scipy.spatial.transform import Rotation
+
+    from napari_cryospin.data.mrc import write_volume
+    from napari_cryospin.data.poses_out import write_poses_star
+
+    if kind == "mrc":
+        write_volume(path, np.random.default_rng(0).random((32, 32, 32), np.float32), 1.0)
+    elif kind == "npz":
+        safe_write.save_npz(path, volume=np.random.default_rng(0).random(10_000))
+    elif kind == "json":
+        safe_write.write_json(path, {"fsc": list(range(10_000))})
+    elif kind == "png":
+        figure = Figure()
+        figure.add_subplot().imshow(np.random.default_rng(0).random((300, 300)))
+        safe_write.save_figure(figure, path)
+    else:
+        particles = load_particles(particles_star)
+        n = len(particles)
+        write_poses_star(path, particles, Rotation.random(n, random_state=0).as_matrix(), np.zeros((n, 2)))
+
+
+@pytest.mark.parametrize("kind", ["mrc", "npz", "json", "png", "star"])
+def test_every_writer_lets_the_os_error_through_naming_its_file(tiny_dataset, tmp_path, kind):
+    """Each output format, written under a 4 kB file-size limit: the funnel sees EFBIG and the file."""
+    path = tmp_path / f"output.{kind}"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError) as err:
+            _write_each_output(kind, path, tiny_dataset / "particles.star")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert err.value.errno == errno.EFBIG
+    assert explain(err.value).startswith(f"{path}: File too large (the file passed a size limit")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "says"),
+    [
+        (errno.ENOSPC, "(the disk is full). Fix: free space or choose --out on another disk;"),
+        (errno.EDQUOT, "(your disk quota is used up). Fix: free space within your quota"),
+        (errno.EFBIG, "(the file passed a size limit"),
+        (errno.EACCES, ". Fix: choose a folder you can write to (--out), or change its permissions."),
+        (errno.EROFS, ". Fix: choose a folder you can write to (--out), or change its permissions."),
+    ],
+)
+def test_the_funnel_names_each_os_error_with_the_file(code, says):
+    line = explain(OSError(code, os.strerror(code), "/x/.checkpoint.pt.123.tmp"))  # the temporary file
+    assert line.startswith(f"/x/checkpoint.pt: {os.strerror(code)}") and says in line
+    assert line.count("Fix:") == 1 and "report it" not in line
 
 
 def _without_root_file_powers() -> None:

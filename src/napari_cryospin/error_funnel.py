@@ -16,6 +16,17 @@ EXIT_INTERRUPTED = 130
 
 _DEBUG_FIX = "Fix: run again with --debug to see where it happened, and report it if it is a bug."
 _MEMORY_FIX = "Fix: lower --batch-size or --box (or use --max-particles), or run with --device cpu."
+_NO_ROOM = {  # errno: (what happened in plain words, the fix) for a write that found no room
+    errno.ENOSPC: ("the disk is full", "free space or choose --out on another disk"),
+    errno.EDQUOT: (
+        "your disk quota is used up",
+        "free space within your quota or choose --out on another disk",
+    ),
+    errno.EFBIG: (
+        "the file passed a size limit: the shell's `ulimit -f` or the file system's largest file",
+        "raise the limit (`ulimit -f unlimited`) or choose --out on another disk",
+    ),
+}
 
 
 def _first_line(text: str) -> str:
@@ -31,11 +42,9 @@ def _os_line(exc: OSError) -> str:
     where = str(target_of(name)) if isinstance(name, str) else str(name)
     cause = exc.strerror or _first_line(str(exc))
     code = exc.errno
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return (
-            f"{where}: {cause} (the disk is full). Fix: free space or choose --out on another disk; "
-            "files already there were left as they were."
-        )
+    if code in _NO_ROOM:
+        what, fix = _NO_ROOM[code]
+        return f"{where}: {cause} ({what}). Fix: {fix}; files already there were left as they were."
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"{where}: {cause}. Fix: choose a folder you can write to (--out), or change its permissions."
     if code == errno.ENOENT:

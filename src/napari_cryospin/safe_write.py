@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 
@@ -57,14 +57,51 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() names no file: name the one being written
+            exc.filename = str(path)
+        raise
     finally:
         with contextlib.suppress(OSError):  # never mask the error that brought us here
             tmp.unlink(missing_ok=True)
 
 
+class _Remembering:
+    """A binary file whose ``write`` remembers the OS error it raised: libraries that write through a file
+    object (``torch.save``) turn that error into their own, which would hide a full disk."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+@contextlib.contextmanager
+def open_replacing(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Yield an open binary file that atomically replaces ``path`` on success; a failed write surfaces as
+    its OSError naming ``path`` (ENOSPC, EFBIG, …) even when the writing library reported another error."""
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        remembering = _Remembering(fh)
+        try:
+            yield remembering
+        except Exception as exc:
+            if remembering.error is not None and exc is not remembering.error:
+                raise remembering.error from exc
+            raise
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with replacing(path) as tmp, open(tmp, "wb") as fh:
+    with open_replacing(path) as fh:
         fh.write(data)
 
 
@@ -82,12 +119,12 @@ def save_npz(path: str | os.PathLike, **arrays: Any) -> None:
     """``numpy.savez_compressed`` to ``path`` atomically."""
     import numpy as np
 
-    with replacing(path) as tmp, open(tmp, "wb") as fh:
+    with open_replacing(path) as fh:
         np.savez_compressed(fh, **arrays)
 
 
 def save_figure(figure: Any, path: str | os.PathLike, **kwargs: Any) -> None:
     """Save a matplotlib figure atomically; the format follows the suffix of ``path``."""
     fmt = Path(path).suffix.lstrip(".") or "png"
-    with replacing(path) as tmp, open(tmp, "wb") as fh:
+    with open_replacing(path) as fh:
         figure.savefig(fh, format=fmt, **kwargs)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from ..reconstruction import Accumulator
-from ..safe_write import replacing
+from ..safe_write import open_replacing
 from .config import config_defaults
-from .run_folder import begin_resume, prepare_output
+from .folder_lock import FolderLock
+from .run_folder import begin_resume, claim_output
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -79,11 +80,12 @@ def _decode(obj: Any) -> Any:
 
 
 def save_checkpoint(out_dir: Path, state: dict) -> Path:
-    """Write ``state`` to ``out_dir/checkpoint.pt`` atomically; returns the path."""
+    """Write ``state`` to ``out_dir/checkpoint.pt`` atomically; returns the path. Written through a Python
+    file object, so a full disk is the OSError naming the file (torch's own writer hides it)."""
     path = Path(out_dir) / CHECKPOINT_NAME
     encoded = _encode(state)
-    with replacing(path) as tmp:
-        torch.save(encoded, tmp)
+    with open_replacing(path) as fh:
+        torch.save(encoded, fh)
     return path
 
 
@@ -173,18 +175,23 @@ def check_resumable(path: Path, state: dict, config: Any, identity: dict) -> Non
         )
 
 
-def open_run_folder(config: Any, identity: dict) -> dict | None:
-    """Ready ``config.out`` for the run before any work; when resuming, the checked checkpoint state.
+def open_run_folder(config: Any, identity: dict) -> tuple[FolderLock, dict | None]:
+    """Lock and ready ``config.out`` for the run before any work: the folder's lock (release it when the
+    run ends) and, when resuming, the checked checkpoint state.
 
-    Refuses another run's folder (unless ``overwrite``), an unreadable checkpoint, and a resume whose
-    settings or input differ from its checkpoint.
+    Refuses a folder another run is using, another run's folder (unless ``overwrite``), an unreadable
+    checkpoint, and a resume whose settings or input differ from its checkpoint.
     """
     out = Path(config.out)
-    prepare_output(out, resume=config.resume, overwrite=config.overwrite)
-    state = read_resume_state(config, identity)
-    if state is not None:
-        begin_resume(out)
-    return state
+    lock = claim_output(out, resume=config.resume, overwrite=config.overwrite)
+    try:
+        state = read_resume_state(config, identity)
+        if state is not None:
+            begin_resume(out)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, state
 
 
 def read_resume_state(config: Any, identity: dict) -> dict | None:
