@@ -17,8 +17,7 @@ import torch
 from ..reconstruction import Accumulator
 from ..safe_write import open_replacing
 from .config import config_defaults
-from .folder_lock import FolderLock
-from .run_folder import begin_resume, claim_output
+from .run_folder import begin_resume, prepare_output
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -175,23 +174,18 @@ def check_resumable(path: Path, state: dict, config: Any, identity: dict) -> Non
         )
 
 
-def open_run_folder(config: Any, identity: dict) -> tuple[FolderLock, dict | None]:
-    """Lock and ready ``config.out`` for the run before any work: the folder's lock (release it when the
-    run ends) and, when resuming, the checked checkpoint state.
+def open_run_folder(config: Any, identity: dict) -> dict | None:
+    """Ready ``config.out`` for the run before any work; when resuming, the checked checkpoint state.
 
-    Refuses a folder another run is using, another run's folder (unless ``overwrite``), an unreadable
-    checkpoint, and a resume whose settings or input differ from its checkpoint.
+    Refuses another run's folder (unless ``overwrite``), an unreadable checkpoint, and a resume whose
+    settings or input differ from its checkpoint.
     """
     out = Path(config.out)
-    lock = claim_output(out, resume=config.resume, overwrite=config.overwrite)
-    try:
-        state = read_resume_state(config, identity)
-        if state is not None:
-            begin_resume(out)
-    except BaseException:
-        lock.release()
-        raise
-    return lock, state
+    prepare_output(out, resume=config.resume, overwrite=config.overwrite)
+    state = read_resume_state(config, identity)
+    if state is not None:
+        begin_resume(out)
+    return state
 
 
 def read_resume_state(config: Any, identity: dict) -> dict | None:
