@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.particles import load_particles
     from ..engine.device import resolve_device
     from ..engine.inputs import input_identity
-    from ..engine.run_folder import prepare_output, write_run_record
+    from ..engine.run_folder import claim_output, write_run_record
     from ..polarity import choose_polarity
     from ..reconstruction import half_maps
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         )
     polarity = choose_polarity(particles, args.polarity, args.seed, device)
     particles.stack.sign = polarity.sign
-    prepare_output(args.out, overwrite=args.overwrite)
+    lock = claim_output(args.out, overwrite=args.overwrite)  # one run per folder, until run.json is written
     full, half_a, half_b = half_maps(
         particles,
         particles.rotations,
@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     _plot_fsc(args.out / "fsc.png", freq, values, res_0143)
     settings = {"box": args.box, "batch_size": args.batch_size, "device": device, "seed": args.seed}
     write_run_record(args.out, "backproject", settings, input_identity(particles))
+    lock.release()
     print(f"{len(particles)} particles, box {particles.box}, {apix:.3f} Å/px -> {args.out}")
     print(f"polarity: {polarity.summary()}")
     print(f"half-map FSC 0.143: {res_0143:.2f} Å")

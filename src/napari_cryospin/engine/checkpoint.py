@@ -8,6 +8,9 @@ and the input's identity; :func:`check_resumable` refuses a resume whose setting
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,8 @@ import torch
 from ..reconstruction import Accumulator
 from ..safe_write import open_replacing
 from .config import config_defaults
-from .run_folder import begin_resume, prepare_output
+from .folder_lock import FolderLock
+from .run_folder import begin_resume, claim_output
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -93,15 +97,10 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _unpickler_reason(exc: BaseException) -> str:
-    """The useful part of a torch.load error: the weights-only unpickler's own reason when it gives one."""
-    text = str(exc)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        rest = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
-        if rest:
-            return rest[0].split(". ")[0]
-    return _first_line(exc)
+def _refused_global(exc: BaseException) -> str:
+    """The function or class a refused pickle asked for (``posix.system``), as torch's message names it."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return f" ({found[1]})" if found else ""
 
 
 def load_checkpoint(out_dir: Path, required: tuple[str, ...] = REQUIRED_KEYS) -> dict:
@@ -116,15 +115,17 @@ def load_checkpoint(out_dir: Path, required: tuple[str, ...] = REQUIRED_KEYS) ->
     fix = "Fix: start the run again with --overwrite, or restore a good checkpoint.pt."
     with open(path, "rb") as fh:  # failing to open it is an OS error; failing to parse it is the file's
         try:
-            raw = torch.load(fh, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's advice on pickle protocols is not for our users
+                warnings.simplefilter("ignore")
+                raw = torch.load(fh, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never repeat it
+            raise CheckpointError(
+                f"{path}: not a checkpoint this program wrote, or a damaged one: it holds objects other "
+                f"than tensors and plain values{_refused_global(exc)}, so it was refused for safety (nothing "
+                "in it was run). Fix: start the run again with --overwrite, or choose a new --out."
+            ) from None
         except Exception as exc:  # a data file must never crash us: every parse failure is the file's
-            reason = _unpickler_reason(exc)
-            if reason.startswith("Unsupported global"):
-                raise CheckpointError(
-                    f"{path}: holds objects other than tensors and plain values, so it was not loaded "
-                    f"(nothing in it was run). {fix}"
-                ) from exc
-            raise CheckpointError(f"{path}: damaged or not a checkpoint ({reason}). {fix}") from exc
+            raise CheckpointError(f"{path}: damaged or not a checkpoint ({_first_line(exc)}). {fix}") from exc
     missing = [key for key in required if not isinstance(raw, dict) or key not in raw]
     if missing:
         raise CheckpointError(
@@ -174,18 +175,23 @@ def check_resumable(path: Path, state: dict, config: Any, identity: dict) -> Non
         )
 
 
-def open_run_folder(config: Any, identity: dict) -> dict | None:
-    """Ready ``config.out`` for the run before any work; when resuming, the checked checkpoint state.
+def open_run_folder(config: Any, identity: dict) -> tuple[FolderLock, dict | None]:
+    """Lock and ready ``config.out`` for the run before any work: the folder's lock (release it when the
+    run ends) and, when resuming, the checked checkpoint state.
 
-    Refuses another run's folder (unless ``overwrite``), an unreadable checkpoint, and a resume whose
-    settings or input differ from its checkpoint.
+    Refuses a folder another run is using, another run's folder (unless ``overwrite``), an unreadable
+    checkpoint, and a resume whose settings or input differ from its checkpoint.
     """
     out = Path(config.out)
-    prepare_output(out, resume=config.resume, overwrite=config.overwrite)
-    state = read_resume_state(config, identity)
-    if state is not None:
-        begin_resume(out)
-    return state
+    lock = claim_output(out, resume=config.resume, overwrite=config.overwrite)
+    try:
+        state = read_resume_state(config, identity)
+        if state is not None:
+            begin_resume(out)
+    except BaseException:
+        lock.release()
+        raise
+    return lock, state
 
 
 def read_resume_state(config: Any, identity: dict) -> dict | None:

@@ -95,8 +95,9 @@ class Engine:
         self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
         self.out = config.out_dir
         self.identity = input_identity(particles)
-        self._resume_state = self.dp.main_first(  # checked before any work; process 0 prepares the folder
-            lambda: open_run_folder(config, self.identity), lambda: read_resume_state(config, self.identity)
+        self._folder_lock, self._resume_state = self.dp.main_first(  # before any work; process 0 locks
+            lambda: open_run_folder(config, self.identity),  # and prepares the folder
+            lambda: (None, read_resume_state(config, self.identity)),
         )
         self._selected = 0
         self._commands: list[Command] = []
@@ -762,7 +763,18 @@ class Engine:
             raise ValueError(f"unknown engine command {cmd.kind!r}")
 
     def run(self) -> Generator[Snapshot, Command | None, None]:
-        """Run (or resume) the reconstruction, yielding snapshots; see the module docstring."""
+        """Run (or resume) the reconstruction, yielding snapshots; see the module docstring. The output
+        folder's lock goes once the last file is written (before the final snapshot), or on any error."""
+        try:
+            yield from self._stream()
+        finally:
+            self._release_folder()
+
+    def _release_folder(self) -> None:
+        if self._folder_lock is not None:
+            self._folder_lock.release()
+
+    def _stream(self) -> Generator[Snapshot, Command | None, None]:
         self._build()
         if self._resume_state is not None:
             self._restore(self._resume_state)
@@ -851,6 +863,7 @@ class Engine:
             snap = self._snapshot(float("nan"), 0.0, True)
             snap.stage = Stage.DONE
             snap.message = f"stopped at epoch {self.epoch + 1}; checkpoint saved in {self.out}"
+            self._release_folder()
             yield snap
             return
         results = write_results(self)
@@ -859,6 +872,7 @@ class Engine:
         snap = self._snapshot(self.history[-1]["loss"] if self.history else float("nan"), 0.0, True, True)
         snap.stage = Stage.DONE
         snap.message = results
+        self._release_folder()
         yield snap
 
     def _halves_owned(self) -> bool:

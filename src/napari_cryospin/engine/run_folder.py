@@ -1,8 +1,9 @@
 """Output folders: one run's results per folder, refused or replaced on purpose, and run.json written last.
 
-A run (``reconstruct`` or ``backproject``) refuses a folder that holds any file a run writes, unless it
-resumes the run there or was told to overwrite it; overwriting removes exactly those files (and their
-temporary files), nothing else. ``run.json`` is written after every other output, so its presence marks a
+A run (``reconstruct`` or ``backproject``) first locks its folder (``folder_lock``: one run at a time per
+folder), then refuses it if it holds any file a run writes, unless it resumes the run there or was told
+to overwrite it; overwriting removes exactly those files (and their temporary files), nothing else, and
+never through a symbolic link. ``run.json`` is written after every other output, so its presence marks a
 complete run; a resumed run removes it first.
 """
 
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..safe_write import stale_temporaries, target_of, write_json
+from .folder_lock import FolderLock
 
 RUN_RECORD = "run.json"
 EPOCHS_DIR = "epochs"
@@ -119,6 +121,23 @@ def prepare_output(out: str | os.PathLike, *, resume: bool = False, overwrite: b
             )
         remove_results(out)
     return found
+
+
+def claim_output(out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> FolderLock:
+    """Lock ``out`` for this run (one run per folder), then :func:`prepare_output` it under the lock.
+
+    Nothing in the folder is read or removed before the lock is held (a second run is refused with
+    ``FolderInUseError``). Returns the lock: release it when the run ends; it is let go on any error here.
+    """
+    out = Path(out)
+    _writable_folder(out)
+    lock = FolderLock(out)
+    try:
+        prepare_output(out, resume=resume, overwrite=overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def begin_resume(out: str | os.PathLike) -> None:
