@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .geometry.symmetry import symmetrize_grid
 from .physics.ctf import ctf_2d
 from .physics.fourier import disk_indices, fftn_centered, frequency_grid_2d, ifftn_centered, radial_shells
 from .physics.shifts import centering_phase
@@ -35,6 +36,15 @@ class Accumulator:
 
     def __add__(self, other: Accumulator) -> Accumulator:
         return Accumulator(self.num + other.num, self.den + other.den)
+
+    def symmetrized(self, operators: np.ndarray | None) -> Accumulator:
+        """The sums as if every image were also inserted at its mates' poses ``g·R`` (n operators (n, 3, 3),
+        ``geometry/symmetry.py``): ``Σ_g num(g·k)``, ``Σ_g den(g·k)`` — RELION's symmetrised backprojector.
+        None or the identity alone leaves them unchanged."""
+        if operators is None or len(operators) < 2:
+            return self
+        n = len(operators)
+        return Accumulator(symmetrize_grid(self.num, operators) * n, symmetrize_grid(self.den, operators) * n)
 
 
 def ctf_tensors(ctf: Any, idx: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
@@ -58,10 +68,12 @@ def accumulate(
     indices: Sequence[int] | np.ndarray | None = None,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    operators: np.ndarray | None = None,
 ) -> Accumulator:
     """Grid ``Σ C·Y`` and ``Σ C²`` of the chosen particles (all when ``indices`` is None) at their poses.
 
-    Only half of each image's spectrum is inserted; the other half follows from Friedel symmetry.
+    Only half of each image's spectrum is inserted; the other half follows from Friedel symmetry. With
+    ``operators`` (a point group, n × 3 × 3) every image counts at its n mates' poses too.
 
     ``particles`` needs ``stack[idx] -> (k, L, L)``, ``ctf`` (per-particle arrays as in ``CTFParams``)
     and ``pixel_size``; ``rotations`` (n, 3, 3) and ``shifts_px`` (n, 2) follow the conventions.
@@ -100,7 +112,7 @@ def accumulate(
         re, im = insert_slices(weighted.real, weighted.imag, rot, kd, box)
         num += torch.complex(re, im)
         den += insert_slices(ctf * ctf, ctf * ctf, rot, kd, box)[0]
-    return Accumulator(num + _mirror(num).conj(), den + _mirror(den))
+    return Accumulator(num + _mirror(num).conj(), den + _mirror(den)).symmetrized(operators)
 
 
 def _mirror(grid: torch.Tensor) -> torch.Tensor:
@@ -161,9 +173,11 @@ def backproject(
     indices: Sequence[int] | np.ndarray | None = None,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    operators: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(D, D, D) map of ``particles`` at known poses (see module doc); positive protein density."""
-    acc = accumulate(particles, rotations, shifts_px, indices, batch_size, device)
+    """(D, D, D) map of ``particles`` at known poses (see module doc); positive protein density
+    (symmetrised over the point group ``operators`` when given)."""
+    acc = accumulate(particles, rotations, shifts_px, indices, batch_size, device, operators)
     return solve_map(acc, wiener)
 
 
@@ -182,9 +196,11 @@ def half_maps(
     seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    operators: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(full, half_a, half_b) maps from one pass over the stack; the halves come from :func:`split_halves`."""
+    """(full, half_a, half_b) maps from one pass over the stack; the halves come from :func:`split_halves`
+    (each symmetrised on its own over ``operators`` when given: the halves stay independent)."""
     idx_a, idx_b = split_halves(len(particles.stack), seed)
-    acc_a = accumulate(particles, rotations, shifts_px, idx_a, batch_size, device)
-    acc_b = accumulate(particles, rotations, shifts_px, idx_b, batch_size, device)
+    acc_a = accumulate(particles, rotations, shifts_px, idx_a, batch_size, device, operators)
+    acc_b = accumulate(particles, rotations, shifts_px, idx_b, batch_size, device, operators)
     return solve_map(acc_a + acc_b, wiener), solve_map(acc_a, wiener), solve_map(acc_b, wiener)

@@ -10,6 +10,7 @@ import math
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
+from ..geometry.symmetry import canonical
 from ..model.noise import MODES as NOISE_MODES
 from ..polarity import MODES
 
@@ -82,6 +83,8 @@ class RunConfig:
     (``engine/junk.py``) out of the final maps; ``"keep"`` scores them but keeps every particle. ``box``
     None lets ``engine/working_box.py`` choose the working box. ``explore_subset`` N > 0 explores and
     auto-encodes N particles only and poses the others with the encoder (``engine/amortized.py``); 0: all.
+    ``symmetry`` is the point group imposed on every map (C1: none; Cn, Dn, T, O, I in RELION's
+    orientations, ``geometry/symmetry.py``).
     ``overwrite`` lets a fresh run replace the results of another run in ``out`` (see ``run_folder.py``);
     ``resume`` continues the run there.
     """
@@ -108,9 +111,11 @@ class RunConfig:
     noise_model: str = "auto"
     junk: str = "auto"
     explore_subset: int = 0
+    symmetry: str = "C1"
 
     def __post_init__(self) -> None:
         self.validate()
+        self.symmetry = canonical(self.symmetry)
 
     def validate(self) -> None:
         """Check every setting; ValueError with one line naming the option and its allowed values."""
@@ -137,6 +142,7 @@ class RunConfig:
                 "--explore-subset needs exploration (--explore-epochs 0 was given): the encoder learns from "
                 "the subset's grid-search poses. Fix: give --explore-epochs 1 or more, or --explore-subset 0."
             )
+        canonical(self.symmetry)  # ValueError naming --symmetry and the accepted groups
         check_box("box", self.box)
         check_box("encoder_box", self.encoder_box, 8)
         check_device(self.device)

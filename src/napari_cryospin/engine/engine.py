@@ -23,6 +23,7 @@ from ..ctf_check import check_ctf
 from ..data.errors import ParticleFileError
 from ..data.particles import ParticleSet, load_particles
 from ..geometry.rotations import geodesic_distance, random_rotations
+from ..geometry.symmetry import group_operators
 from ..metrics.alignment import align_maps
 from ..model.encoder import MultiHeadEncoder
 from ..model.likelihood import (
@@ -88,6 +89,7 @@ class Engine:
             particles = particles.subset(np.arange(config.max_particles))
         check_enough_particles(particles, limited=config.max_particles is not None)
         self.particles: ParticleSet = particles
+        self.symmetry = group_operators(config.symmetry)  # (n, 3, 3): imposed on every map (C1: identity)
         self.n = len(particles)
         self.box = particles.box
         explored = explored_count(config.explore_subset, self.n)  # exploration's batches follow its size
@@ -152,7 +154,7 @@ class Engine:
             rms = (power / count.clamp_min(1)).sqrt().clamp_min(1e-8)
             blobs.append(blob)
             exponents.append(torch.log(rms)[shells].reshape(h.shape))
-        volume = HartleyVolume(self.box, torch.stack(exponents), copies).to(self.device)
+        volume = HartleyVolume(self.box, torch.stack(exponents), copies, self.symmetry).to(self.device)
         for c, blob in enumerate(blobs):
             volume.set_from_real_space(blob, copy=c)
         return volume
@@ -363,6 +365,7 @@ class Engine:
             share = self._copy_size(c) / self.semi.size
             new = insert_weighted(sub, found, self.disk, n_points)
             new, count = self.dp.sum_accumulator(new, len(sub.idx))  # the whole batch's, over processes
+            new = new.symmetrized(self.symmetry)  # each image also at its mates' poses
             rate = count / min(self._copy_size(c), sch.explore_memory * share)
             self.explore_sums[c] = forget(self.explore_sums[c], new, rate)
             # The sums hold normalised spectra, so the solved map is already in the decoder's units.

@@ -46,11 +46,12 @@ def full_size_maps(
     shifts_px: np.ndarray,
     halves: list[np.ndarray],
     device: str = "cpu",
+    operators: np.ndarray | None = None,
 ) -> FullSizeMaps | None:
     """Backproject the particles of ``halves`` (two index arrays) at the stored box; None when already there.
 
     ``particles`` are served at the working box; ``rotations`` (n, 3, 3) and ``shifts_px`` (n, 2, pixels of
-    the working box, RELION origin sign) are the poses found there.
+    the working box, RELION origin sign) are the poses found there; ``operators`` the imposed point group.
     """
     box = particles.stack.original_box
     if box == particles.box:
@@ -58,7 +59,7 @@ def full_size_maps(
     stored = particles.at_box(box)
     shifts = np.asarray(shifts_px) * (box / particles.box)
     batch = max(1, BATCH_VALUES // (box * box))
-    acc = [accumulate(stored, rotations, shifts, members, batch, device) for members in halves]
+    acc = [accumulate(stored, rotations, shifts, members, batch, device, operators) for members in halves]
     return FullSizeMaps(
         solve_map(acc[0] + acc[1]), solve_map(acc[0]), solve_map(acc[1]), box, stored.pixel_size
     )
@@ -79,7 +80,7 @@ def write_final_maps(
     """
     out = engine.out
     rot, shift = poses
-    sized = full_size_maps(engine.particles, rot, shift, halves, engine.device)
+    sized = full_size_maps(engine.particles, rot, shift, halves, engine.device, engine.symmetry)
     if sized is None:
         full, half_a, half_b = working
         box, voxel = engine.box, engine.particles.pixel_size

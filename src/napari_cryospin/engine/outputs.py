@@ -56,7 +56,8 @@ def _gold_standard(
 
     def gridded(m: np.ndarray, rots: np.ndarray, shifts: np.ndarray):
         part = m[engine.dp.block(len(m))]  # each process grids its block; the sums are added
-        return engine.dp.sum_blocks(accumulate(engine.particles, rots, shifts, part, device=engine.device))
+        acc = engine.dp.sum_blocks(accumulate(engine.particles, rots, shifts, part, device=engine.device))
+        return acc.symmetrized(engine.symmetry)  # each half on its own: the halves stay independent
 
     acc = [gridded(m, rot, shift) for m in members]
     if engine.halves_aligned:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data.particles import load_particles
+from ..geometry.symmetry import group_operators
 from ..model.encoder import MultiHeadEncoder
 from ..model.likelihood import (
     FrequencyDisk,
@@ -81,7 +82,8 @@ class SavedRun:
         self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
         self.offsets = shift_grid(self.schedule.shift_search, device=self.device)
         copies = state["volume"]["mantissa"].shape[0]
-        self.volume = HartleyVolume(self.box, torch.zeros(self.box, self.box, self.box), copies)
+        ops = group_operators(config.symmetry)  # the run's imposed point group
+        self.volume = HartleyVolume(self.box, torch.zeros(self.box, self.box, self.box), copies, ops)
         self.volume.load_state_dict(state["volume"])
         self.volume.to(self.device).eval()
         self.best_rot, self.best_shift = state["best_rot"].float(), state["best_shift"].float()

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..geometry.symmetry import symmetrize_grid
 from ..physics.fourier import hartley_centered, ihartley_centered
 from ..physics.slicing import extract_slices
 
@@ -19,9 +21,13 @@ from ..physics.slicing import extract_slices
 class HartleyVolume(nn.Module):
     """A (D, D, D) Hartley-space density, or two independent ones (gold-standard halves)."""
 
-    def __init__(self, box: int, exponent: torch.Tensor, copies: int = 1):
+    def __init__(
+        self, box: int, exponent: torch.Tensor, copies: int = 1, operators: np.ndarray | None = None
+    ) -> None:
+        """``operators`` (n, 3, 3): a point group imposed on every grid read (``geometry/symmetry.py``)."""
         super().__init__()
         self.box = box
+        self.operators = None if operators is None or len(operators) < 2 else np.asarray(operators)
         self.mantissa = nn.Parameter(torch.zeros(copies, box, box, box))
         self.exponent = nn.Parameter(exponent.expand(copies, box, box, box).clone())
         self._frozen: dict[int, torch.Tensor] | None = None  # detached grids, inside ``frozen()`` only
@@ -38,11 +44,15 @@ class HartleyVolume(nn.Module):
         """The Hartley grid of one copy."""
         if self._shared is not None:
             return self._shared[copy]
-        return self.mantissa[copy] * torch.exp(self.exponent[copy])
+        return self._symmetric(self.mantissa[copy] * torch.exp(self.exponent[copy]))
 
     def _all_grids(self) -> torch.Tensor:
         """Every copy's Hartley grid (copies, D, D, D), from one product."""
-        return self.mantissa * torch.exp(self.exponent)
+        return self._symmetric(self.mantissa * torch.exp(self.exponent))
+
+    def _symmetric(self, grid: torch.Tensor) -> torch.Tensor:
+        """The grid averaged over the imposed point group (``H(g·k)`` of a symmetric map is ``H(k)``)."""
+        return grid if self.operators is None else symmetrize_grid(grid, self.operators)
 
     def slices(
         self, rotations: torch.Tensor, k2: torch.Tensor, copy: int = 0, detach: bool = False
