@@ -1,6 +1,7 @@
 """Checkpoints hold only tensors and plain values, run no code when read, and refuse a mismatched resume."""
 
 import errno
+import os
 import pickle
 import resource
 import shutil
@@ -121,6 +122,41 @@ def test_a_crafted_checkpoint_runs_no_code_on_resume(tiny_dataset, stopped_run, 
     assert code == 2 and not marker.exists()
     assert err.count("\n") == 0 and "Traceback" not in err
     assert "holds objects other than tensors and plain values" in err and "nothing in it was run" in err
+
+
+class _MakeDir:
+    """Unpickling this calls os.mkdir (torch blocks the os module outright): the folder proves it ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+CRAFTED = {
+    "allowed module": lambda path, marker: torch.save({"config": _Payload(marker)}, path),
+    "blocked module": lambda path, marker: torch.save({"config": _MakeDir(marker)}, path),
+    "legacy format": lambda path, marker: torch.save(
+        {"config": _MakeDir(marker)}, path, _use_new_zipfile_serialization=False
+    ),
+    "plain pickle": lambda path, marker: path.write_bytes(pickle.dumps({"config": _MakeDir(marker)})),
+}
+
+
+@pytest.mark.parametrize("craft", CRAFTED.values(), ids=CRAFTED.keys())
+def test_a_crafted_checkpoint_is_refused_without_torchs_advice(tmp_path, recwarn, craft):
+    """No code runs, and the line never repeats torch's 'weights_only=False' (what a user must not do)."""
+    marker = tmp_path / "pwned"
+    craft(tmp_path / "checkpoint.pt", marker)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path)
+    message = str(err.value)
+    assert not marker.exists()
+    assert "weights_only" not in message and "\n" not in message
+    assert message.startswith(f"{tmp_path / 'checkpoint.pt'}: not a checkpoint this program wrote")
+    assert "refused for safety (nothing in it was run)" in message and "--overwrite" in message
+    assert not [w for w in recwarn if "pickle" in str(w.message)]  # torch's "file an issue" warning
 
 
 @pytest.mark.parametrize("keep", [0.5, 20_000, 100])
