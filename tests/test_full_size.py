@@ -76,13 +76,14 @@ def test_written_maps_are_full_size_and_the_working_map_is_kept(box96, tmp_path)
         config=SimpleNamespace(half_maps=True),
     )
     small = np.zeros((32, 32, 32), np.float32)
-    info = write_final_maps(engine, (small, small, small), halves, (working.rotations, working.shifts))
+    info, maps = write_final_maps(engine, (small, small, small), halves, (working.rotations, working.shifts))
     for name in ("volume.mrc", "half_a.mrc", "half_b.mrc"):
         vol, voxel = read_volume(tmp_path / name)
         assert vol.shape == (96, 96, 96) and voxel == pytest.approx(working.pixel_size / 3, rel=1e-4)
     vol, voxel = read_volume(tmp_path / WORKING_MAP)
     assert vol.shape == (32, 32, 32) and voxel == pytest.approx(working.pixel_size, rel=1e-4)
-    assert info["box"] == 96 and info["working_box"] == 32 and info["resolution"] > 0
+    assert info["box"] == 96 == maps.box and info["working_box"] == 32
+    assert maps.half_a.shape == (96, 96, 96) and maps.voxel == pytest.approx(working.pixel_size / 3)
 
 
 @pytest.fixture(scope="module")

@@ -240,6 +240,7 @@ class RunExplorer(QWidget):
             head_fractions=fractions,
             resolution=results.resolution,
             fsc=results.fsc,
+            fsc_curves=results.fsc_curves,
             history=history,
             message=results.summary(),
         )

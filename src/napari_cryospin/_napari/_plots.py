@@ -24,6 +24,7 @@ class RunTrace:
         self.resolution: list[tuple[float, float]] = []
         self.head_fractions: np.ndarray | None = None
         self.fsc: tuple[np.ndarray, np.ndarray] | None = None
+        self.fsc_curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the final maps' FSCs, by label
 
     def add(self, snapshot: Snapshot) -> None:
         """Record one snapshot; a clock that goes back (a new run) starts the trace again."""
@@ -40,6 +41,7 @@ class RunTrace:
             self.head_fractions = np.asarray(snapshot.head_fractions, dtype=float)
         if snapshot.fsc is not None:
             self.fsc = snapshot.fsc
+        self.fsc_curves = dict(snapshot.fsc_curves or {})
 
 
 def head_percentages(fractions: np.ndarray) -> np.ndarray:
@@ -115,7 +117,11 @@ class RunPlots(QWidget):
         ax.set_xlabel("spatial frequency (1/Å)", fontsize=8)
         ax.axhline(0.143, color="0.5", linestyle="--", linewidth=0.8)
         ax.set_ylim(-0.05, 1.05)
-        if self.trace.fsc is not None:
+        if self.trace.fsc_curves:  # a finished run: its full-size half maps, masked and unmasked
+            for label, (frequency, fsc) in self.trace.fsc_curves.items():
+                ax.plot(frequency, fsc, linewidth=1.2, label=label)
+            ax.legend(fontsize=6)
+        elif self.trace.fsc is not None:
             frequency, fsc = self.trace.fsc
             ax.plot(frequency, fsc, color="tab:blue", linewidth=1.2)
 

@@ -42,7 +42,9 @@ def engine_stream(
     try:
         from ..engine.engine import Engine
 
-        run = Engine(config).run()
+        engine = Engine(config)
+        engine.poll = lambda: _next_command(commands)  # a Stop is heard inside the halves' alignment too
+        run = engine.run()
         snapshot = next(run)
         while True:
             sent = yield snapshot

@@ -133,6 +133,8 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
     from ..engine.events import Command, Stage
     from ..engine.run_folder import RUN_RECORD
 
+    if signals is not None:  # also heard inside the long stretches between snapshots
+        engine.poll = lambda: Command("stop") if signals.received is not None else None
     gen = engine.run()
     bar = tqdm(
         total=1000,
@@ -153,7 +155,8 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
     finally:
         bar.close()
         gen.close()
-    if stop_sent and not (engine.out / RUN_RECORD).exists():  # not stopped if it finished meanwhile
+    stopped = signals is not None and signals.received is not None  # sent here, or heard through poll
+    if stopped and not (engine.out / RUN_RECORD).exists():  # not stopped if it finished meanwhile
         where = engine.out / CHECKPOINT_NAME
         raise RunStopped(signals.received, f"{snap.message} ({where}); continue it with --resume")
     return snap.message

@@ -7,14 +7,16 @@ switch, the best candidate seeds auto-decoding.
 
 ``Engine(config).run()`` yields :class:`Snapshot`\\ s at most every ``snapshot_interval_s`` (and at every
 epoch end); the consumer may ``send`` a :class:`Command` back (switch now, stop, show a particle). Stop
-and every epoch end write an atomic checkpoint; ``config.resume`` continues from it.
+and every epoch end write an atomic checkpoint; ``config.resume`` continues from it. A consumer that sets
+``engine.poll`` (a function returning the next command or None) is also heard between the chunks of the
+halves' alignment, the one long stretch without a snapshot (~20 s on a CPU; one-process runs).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import numpy as np
 import torch
@@ -103,6 +105,7 @@ class Engine:
         )
         self._selected = 0
         self._commands: list[Command] = []
+        self.poll: Callable[[], Command | None] | None = None  # set by the consumer: see the module docstring
         self._reference_weight: torch.Tensor | None = None  # the pose steps' map filter (_follow_fsc)
         self._reference_mask = torch.from_numpy(half_map_mask(self.box)).to(self.device)  # and their mask
 
@@ -410,7 +413,8 @@ class Engine:
             return
         a = self.volume.real_space(0).cpu().numpy()
         b = self.volume.real_space(1).cpu().numpy()
-        change = align_maps(b, a, seed=self.config.seed, map_fn=self.dp.map)  # a hand per process
+        between = None if self.dp.active else self._stop_if_asked  # processes search apart: no stop there
+        change = align_maps(b, a, seed=self.config.seed, map_fn=self.dp.map, between=between)  # a hand each
         self.volume.set_from_real_space(torch.from_numpy(change.aligned).to(self.device), copy=1)
         members = (self.halves == 1).cpu()
         rot, shift = change.poses(self.best_rot[members].double().numpy(), self.best_shift[members].numpy())
@@ -422,6 +426,14 @@ class Engine:
         self.explore_sums = [None, None]
         self.halves_aligned = True
         log.info("halves aligned: %s", self.agreement["summary"])
+
+    def _stop_if_asked(self) -> None:
+        """Raise StopRun when a stop was asked meanwhile (through ``poll``), between a long computation's
+        chunks; the state is still the one the last epoch ended with, so the checkpoint resumes from there."""
+        if self.poll is not None:
+            self._handle(self.poll())
+        if any(c.kind == "stop" for c in self._commands):
+            raise StopRun
 
     def _with_kept(
         self, idx: np.ndarray, rot: torch.Tensor, shift: torch.Tensor
@@ -869,12 +881,14 @@ class Engine:
             self._release_folder()
             yield snap
             return
-        results = write_results(self)
+        final = write_results(self)
         if self.dp.main:
             write_run_record(self.out, "reconstruct", self.config.to_dict(), self.identity)
         snap = self._snapshot(self.history[-1]["loss"] if self.history else float("nan"), 0.0, True, True)
         snap.stage = Stage.DONE
-        snap.message = results
+        snap.message = final.summary
+        if final.fsc is not None:  # the full-size half maps', not the last epoch's working-box FSC
+            snap.resolution, snap.fsc, snap.fsc_curves = final.resolution, final.fsc, final.curves
         self._release_folder()
         yield snap
 

@@ -76,6 +76,7 @@ class Snapshot:
     particle: ParticleView | None = None
     resolution: float | None = None  # Å, half-map FSC 0.143 (or None before it is computed)
     fsc: tuple[np.ndarray, np.ndarray] | None = None  # (frequency 1/Å, FSC) of the last evaluation
+    fsc_curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None  # the final maps' FSCs, by label
     history: list[dict] = field(default_factory=list)  # per-epoch records as in metrics.json
     message: str = ""  # a human-readable line for status bars
     polarity: str = ""  # how the images' polarity was decided, e.g. "protein white, inverted (auto, z -54)"

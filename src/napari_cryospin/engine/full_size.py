@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.mrc import write_volume
-from ..metrics.fsc import resolution_at
 from ..reconstruction import accumulate, solve_map
-from .validity import masked_fsc
 
 if TYPE_CHECKING:
     from ..data.particles import ParticleSet
@@ -70,8 +68,9 @@ def write_final_maps(
     working: tuple[np.ndarray, np.ndarray, np.ndarray],
     halves: list[np.ndarray],
     poses: tuple[np.ndarray, np.ndarray],
-) -> dict:
-    """Write volume.mrc (and half_a.mrc, half_b.mrc) at the stored box; return what was written.
+) -> tuple[dict, FullSizeMaps]:
+    """Write volume.mrc (and half_a.mrc, half_b.mrc) at the stored box; return what was written and the
+    maps (the working ones when the engine worked at the stored box), which the run is judged by.
 
     ``working`` are the (full, half A, half B) maps at the working box, written as they are when the
     engine worked at the stored box; otherwise the stored-box maps are reconstructed from the particles of
@@ -97,7 +96,4 @@ def write_final_maps(
         "working_box": engine.box,
         "working_voxel_size": engine.particles.pixel_size,
     }
-    if sized is not None:
-        freq, curve = np.arange(box // 2 + 1) / (box * voxel), masked_fsc(half_a, half_b)
-        info["resolution"] = resolution_at(freq[: len(curve)], curve, 0.143)
-    return info
+    return info, FullSizeMaps(full, half_a, half_b, box, voxel)

@@ -7,18 +7,20 @@ gold-standard resolution of what the poses achieve.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data.poses_out import write_poses_star
 from ..metrics.alignment import register_maps
-from ..metrics.fsc import resolution_at
+from ..metrics.fsc import fsc, resolution_at
 from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
-from .full_size import write_final_maps
+from .full_size import FullSizeMaps, write_final_maps
 from .junk import KEPT_STAR, score_junk, write_kept
 from .particle_scores import particle_scores
+from .run_results import labelled_curves
 from .validity import masked_fsc, radius_at, verdict
 
 if TYPE_CHECKING:
@@ -124,29 +126,56 @@ def write_epoch_record(
     return record
 
 
-def write_results(engine: Engine) -> str:
-    """Write volume.mrc, half maps, poses.star, metrics.json and plots; return a one-line summary."""
+@dataclass
+class FinalReport:
+    """What the finished run says: the summary line and the full-size half maps' resolution and FSCs."""
+
+    summary: str
+    resolution: float | None = None  # Å, FSC 0.143 of ``fsc``
+    fsc: tuple[np.ndarray, np.ndarray] | None = None  # (frequency 1/Å, FSC) the resolution is read from
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # every FSC, by label
+
+
+def _full_box_curves(maps: FullSizeMaps) -> dict:
+    """FSC curves of the full-size half maps (metrics.json ``final.fsc_curves``): unmasked, and under the
+    soft sphere the engine judges its maps by; the ``reported`` key names the curve the resolution is from."""
+    freq, unmasked = fsc(maps.half_a, maps.half_b, maps.voxel)
+    curves = {"frequency": freq.tolist(), "unmasked": unmasked.tolist()}
+    curves["sphere"] = masked_fsc(maps.half_a, maps.half_b).tolist()
+    curves["reported"] = "sphere"
+    return curves
+
+
+def write_results(engine: Engine) -> FinalReport:
+    """Write volume.mrc, half maps, poses.star, metrics.json and plots; return what the run reports.
+
+    The reported resolution, its FSC and the verdict are the full-size half maps' (the stack's own box);
+    the working box's FSC is kept in metrics.json as ``final.working_box_fsc``.
+    """
     out, voxel = engine.out, engine.particles.pixel_size
     junk = score_junk(engine)
     keep = ~junk.junk if engine.config.junk == "auto" else None
     full, half_a, half_b, rot, shift = _gold_standard(engine, keep=keep)
     scores = particle_scores(engine)
     if not engine.dp.main:  # the maps and scores are every process's work; the files are process 0's
-        return ""
+        return FinalReport("")
     halves = engine.halves.cpu().numpy()
     kept = np.ones(engine.n, bool) if keep is None else keep
-    sizes = write_final_maps(
+    sizes, maps = write_final_maps(
         engine, (full, half_a, half_b), [np.flatnonzero((halves == c) & kept) for c in (0, 1)], (rot, shift)
     )
     write_poses_star(out / "poses.star", engine.particles, rot, shift, {**scores, **junk.columns()})
     n_kept = write_kept(out / KEPT_STAR, engine, junk, (rot, shift))
-    freq, curve = _masked_fsc(half_a, half_b, voxel)
+    work_freq, work_curve = _masked_fsc(half_a, half_b, voxel)
+    curves = _full_box_curves(maps)
+    freq, curve = np.asarray(curves["frequency"]), np.asarray(curves[curves["reported"]])
     res = resolution_at(freq, curve, 0.143)
-    # The radius the halves were judged at (the planned top when they never were).
+    # The radius the halves were judged at (the planned top when they never were), in working-box cycles.
     top = (
         engine.agreement["top_radius"] if engine.agreement else engine.schedule.explored_radius(engine.epoch)
     )
-    validity = verdict(engine.agreement, radius_at(curve, 0.143), top, engine.ctf_check)
+    final_radius = radius_at(curve, 0.143) * engine.box / maps.box
+    validity = verdict(engine.agreement, final_radius, top, engine.ctf_check)
     write_json(
         out / "metrics.json",
         {
@@ -156,6 +185,11 @@ def write_results(engine: Engine) -> str:
             "final": {
                 "resolution": res,
                 "fsc": [freq.tolist(), curve.tolist()],
+                "fsc_curves": curves,
+                "working_box_fsc": {
+                    "resolution": resolution_at(work_freq, work_curve, 0.143),
+                    "fsc": [work_freq.tolist(), work_curve.tolist()],
+                },
                 "halves_agreement": engine.agreement,
                 "validity": validity,
                 "junk": junk.summary(keep is not None),
@@ -168,9 +202,11 @@ def write_results(engine: Engine) -> str:
     )
     from .plots import plot_run
 
-    plot_run(out, engine.history, (freq, curve))
+    labelled = labelled_curves(curves)
+    plot_run(out, engine.history, labelled)
     junk_note = f"{engine.n - n_kept} junk " + ("left out" if keep is not None else "kept (--junk keep)")
-    return (
-        f"done: {res:.1f} Å (half-map FSC 0.143), {engine.polarity.summary()}; {validity['message']}; "
-        f"{junk_note}; {sizes['box']}-px map; results in {out}"
+    summary = (
+        f"done: {res:.1f} Å (FSC 0.143 of the {maps.box}-px half maps), {engine.polarity.summary()}; "
+        f"{validity['message']}; {junk_note}; {sizes['box']}-px map; results in {out}"
     )
+    return FinalReport(summary, res, (freq, curve), labelled)

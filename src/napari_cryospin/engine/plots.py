@@ -9,8 +9,9 @@ import numpy as np
 from ..safe_write import save_figure
 
 
-def plot_run(out: Path, history: list[dict], final_fsc: tuple[np.ndarray, np.ndarray]) -> None:
-    """Write ``fsc.png`` and ``progress.png`` into ``out`` (atomically)."""
+def plot_run(out: Path, history: list[dict], curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Write ``fsc.png`` (every final FSC: label → (frequency 1/Å, FSC)) and ``progress.png`` into ``out``
+    (atomically)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -18,13 +19,14 @@ def plot_run(out: Path, history: list[dict], final_fsc: tuple[np.ndarray, np.nda
 
     fig = Figure(figsize=(5, 3.5), dpi=110)
     ax = fig.add_subplot()
-    freq, curve = final_fsc
-    ax.plot(freq, curve, color="tab:blue")
+    for label, (freq, curve) in curves.items():
+        ax.plot(freq, curve, label=label, lw=1.2)
     for thr in (0.5, 0.143):
         ax.axhline(thr, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("half-map FSC")
     ax.set_ylim(-0.1, 1.05)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, Path(out) / "fsc.png")
 

@@ -47,6 +47,27 @@ _RELION_COLUMNS = {
     "rlnGroupNumber",
 }
 _NAMES = {HEAD_COLUMN: "head", LOSS_COLUMN: "loss", CONFIDENCE_COLUMN: "confidence"}
+FSC_CURVE_LABELS = {
+    "unmasked": "unmasked",
+    "sphere": "spherical mask",
+    "masked": "masked",
+    "masked_randomised": "masked, phases randomised",
+    "corrected": "mask-corrected",
+}
+"""metrics.json ``final.fsc_curves`` keys (FSC of the full-size half maps) and how plots label them."""
+
+
+def labelled_curves(fsc_curves: dict | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """metrics.json's ``final.fsc_curves`` ({"frequency": 1/Å, key: FSC per shell}) as
+    {label: (frequency, FSC)}, in :data:`FSC_CURVE_LABELS`' order."""
+    if not fsc_curves or "frequency" not in fsc_curves:
+        return {}
+    freq = np.asarray(fsc_curves["frequency"], dtype=float)
+    return {
+        label: (freq, np.asarray(fsc_curves[key], dtype=float))
+        for key, label in FSC_CURVE_LABELS.items()
+        if fsc_curves.get(key) is not None
+    }
 
 
 @dataclass
@@ -59,6 +80,7 @@ class RunResults:
     half_maps: tuple[np.ndarray, np.ndarray] | None
     history: list[dict] = field(default_factory=list)
     fsc: tuple[np.ndarray, np.ndarray] | None = None  # (frequency 1/Å, FSC) of the final half maps
+    fsc_curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # by label
     resolution: float | None = None  # Å at FSC 0.143
     poses: pd.DataFrame | None = None  # poses.star's particle rows as written
     optics: pd.DataFrame | None = None
@@ -144,6 +166,7 @@ def read_run(folder: str | os.PathLike) -> RunResults:
         if final.get("fsc"):
             results.fsc = (np.asarray(final["fsc"][0]), np.asarray(final["fsc"][1]))
             results.resolution = final.get("resolution")
+        results.fsc_curves = labelled_curves(final.get("fsc_curves"))
     if (folder / "poses.star").exists():
         try:
             blocks = starfile.read(folder / "poses.star", always_dict=True)

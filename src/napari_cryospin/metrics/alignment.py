@@ -167,10 +167,12 @@ class FrameChange:
         return rot, np.asarray(shifts_px, np.float64) + moved
 
 
-def align_maps(vol: np.ndarray, ref: np.ndarray, seed: int = 0, map_fn: Callable = map) -> FrameChange:
+def align_maps(
+    vol: np.ndarray, ref: np.ndarray, seed: int = 0, map_fn: Callable = map, between: Callable | None = None
+) -> FrameChange:
     """The global rotation, hand and sub-voxel translation that best bring ``vol`` onto ``ref`` (``map_fn``
-    as in :func:`search_alignment`)."""
-    rotation, flip = search_alignment(vol, ref, seed=seed, map_fn=map_fn)
+    and ``between`` as in :func:`search_alignment`)."""
+    rotation, flip = search_alignment(vol, ref, seed=seed, map_fn=map_fn, between=between)
     return _frame_change(vol, ref, rotation, flip)
 
 
@@ -196,14 +198,23 @@ def _lowpass_crop(vol: np.ndarray, box: int, sigma_frac: float = 0.25) -> torch.
     return torch.as_tensor(out / np.linalg.norm(out), dtype=torch.float32)
 
 
-def _scores(vol: torch.Tensor, ref_f: torch.Tensor, matrices: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """Translation-invariant correlation of ``vol(M·q)`` with the reference, for each matrix M."""
+def _scores(
+    vol: torch.Tensor,
+    ref_f: torch.Tensor,
+    matrices: torch.Tensor,
+    batch: int = 64,
+    between: Callable | None = None,
+) -> torch.Tensor:
+    """Translation-invariant correlation of ``vol(M·q)`` with the reference, for each matrix M (``between()``
+    is called before each batch of ``batch`` matrices)."""
     box = vol.shape[0]
     k = torch.arange(box, dtype=torch.float32) - box // 2
     z, y, x = torch.meshgrid(k, k, k, indexing="ij")
     q = torch.stack([x, y, z], -1).reshape(-1, 3)
     out = []
     for start in range(0, len(matrices), batch):
+        if between is not None:
+            between()
         m = matrices[start : start + batch].to(torch.float32)
         grid = ((q @ m.transpose(-1, -2)) + box // 2) * (2.0 / (box - 1)) - 1.0
         rotated = torch.nn.functional.grid_sample(
@@ -250,7 +261,13 @@ def _distinct_best(
 
 
 def search_hand(
-    vol: np.ndarray, ref: np.ndarray, flip: bool, n_coarse: int = 2000, seed: int = 0, basins: int = 6
+    vol: np.ndarray,
+    ref: np.ndarray,
+    flip: bool,
+    n_coarse: int = 2000,
+    seed: int = 0,
+    basins: int = 6,
+    between: Callable | None = None,
 ) -> tuple[float, torch.Tensor]:
     """(correlation, A) of the rotation A that best brings ``vol`` (mirrored when ``flip``) onto ``ref``.
 
@@ -275,7 +292,7 @@ def search_hand(
                 torch.fft.rfftn(_lowpass_crop(ref, box, sigma)),
             )
         small, ref_f = crops[box, sigma]
-        return _scores(small, ref_f, cands @ mirror if flip else cands)
+        return _scores(small, ref_f, cands @ mirror if flip else cands, between=between)
 
     def refined(top: torch.Tensor, stages: tuple) -> tuple[float, torch.Tensor]:
         steps = [(partial(scored, box, sigma), spread) for box, sigma, spread in stages]
@@ -294,11 +311,20 @@ def search_hand(
 
 
 def search_alignment(
-    vol: np.ndarray, ref: np.ndarray, n_coarse: int = 2000, seed: int = 0, map_fn: Callable = map
+    vol: np.ndarray,
+    ref: np.ndarray,
+    n_coarse: int = 2000,
+    seed: int = 0,
+    map_fn: Callable = map,
+    between: Callable | None = None,
 ) -> tuple[np.ndarray, bool]:
     """(A, flip) maximising the correlation of low-passed maps over rotations, both hands and translations
-    (:func:`search_hand` for each hand; ``map_fn`` maps it over the two hands, e.g. one per process)."""
-    found = list(map_fn(lambda flip: search_hand(vol, ref, flip, n_coarse, seed), (False, True)))
+    (:func:`search_hand` for each hand; ``map_fn`` maps it over the two hands, e.g. one per process).
+    ``between()`` is called between batches of about 64 rotations scored; it may raise to abandon the
+    search (a run's stop)."""
+    found = list(
+        map_fn(lambda flip: search_hand(vol, ref, flip, n_coarse, seed, between=between), (False, True))
+    )
     flip = found[1][0] > found[0][0]
     return project_to_so3(found[int(flip)][1].double().numpy()), flip
 
