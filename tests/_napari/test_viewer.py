@@ -67,3 +67,29 @@ def test_bundled_map_renders_in_3d(make_napari_viewer):
     shot = viewer.screenshot(canvas_only=True, flash=False)
     assert layer.rendering == "mip"
     assert shot[..., :3].std() > 5.0
+
+
+def test_docks_opened_from_the_plugins_menu_fit_a_1920x1080_screen(qtbot, make_napari_viewer, tmp_path):
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    screen = window.screen().availableGeometry()
+    assert (screen.width(), screen.height()) == (1920, 1080)  # xvfb-run -s "-screen 0 1920x1080x24"
+    docks = [
+        viewer.window.add_plugin_dock_widget("napari-cryospin", name)[0]
+        for name in [*WIDGETS, "Run explorer"]
+    ]
+    qtbot.waitUntil(lambda: len(window.tabifiedDockWidgets(docks[0])) == len(docks) - 1, timeout=MINUTE_MS)
+    for dock in docks:
+        assert dock.minimumSizeHint().height() <= screen.height(), dock.name
+    assert window.minimumSizeHint().height() <= screen.height()
+    window.setGeometry(screen)  # as a window manager's maximise does
+    QApplication.processEvents()
+    assert window.height() <= screen.height()
+    for dock in docks:  # the one in front has at least the room it asks for: nothing squeezed or clipped
+        dock.raise_()
+        QApplication.processEvents()
+        assert dock.widget().height() >= dock.widget().minimumSizeHint().height(), dock.name
+    shot = viewer.window.screenshot(path=str(tmp_path / "docks.png"), flash=False)
+    assert shot.shape[0] <= screen.height()

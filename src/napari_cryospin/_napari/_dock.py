@@ -25,6 +25,7 @@ from ..engine.config import RunConfig
 from ..engine.events import Command, Snapshot, Stage
 from ..engine.run_folder import results_in
 from ._hub import hub_for
+from ._layout import dock_in_tabs, scrolled
 from ._map_display import MapDisplay
 from ._run import EngineWorker, engine_stream, merge_snapshots
 from ._settings import RunSettings
@@ -70,7 +71,8 @@ class ReconstructionDock(QWidget):
         buttons = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.resume_button):
             buttons.addWidget(button)
-        layout = QVBoxLayout(self)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addWidget(self.settings)
         layout.addLayout(buttons)
         layout.addWidget(self.switch_button)
@@ -80,6 +82,8 @@ class ReconstructionDock(QWidget):
         display.addWidget(self.map_display.native)
         layout.addWidget(display)
         layout.addStretch(1)
+        QVBoxLayout(self).addWidget(scrolled(content))
+        dock_in_tabs(self)
         self.settings.out_changed.connect(self._update_buttons)
         self._update_buttons()
         # Last resort when Qt deletes the dock with a run going: ask the engine to stop (no wait possible).

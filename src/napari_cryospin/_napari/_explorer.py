@@ -36,6 +36,7 @@ from ..engine.events import Snapshot, Stage
 from ..engine.run_results import RunResults, export_selection, read_run
 from ..error_funnel import explain
 from ._hub import hub_for
+from ._layout import dock_in_tabs
 from ._map_display import MapDisplay
 from ._volume import show_volume
 
@@ -160,6 +161,7 @@ class RunExplorer(QWidget):
         layout.addWidget(self.canvas)
         layout.addWidget(self.selection_label)
         layout.addLayout(buttons)
+        dock_in_tabs(self)
 
         self.browse_button.clicked.connect(self._browse)
         self.open_button.clicked.connect(lambda: self.open_folder(self.folder_edit.text()))

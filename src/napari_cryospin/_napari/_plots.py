@@ -9,6 +9,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..engine.events import Snapshot
 from ._hub import hub_for
+from ._layout import dock_in_tabs
 from ._posterior_view import head_colour
 
 
@@ -66,6 +67,7 @@ class RunPlots(QWidget):
         self.loss_ax, self.resolution_ax = axes[1]
         layout = QVBoxLayout(self)
         layout.addWidget(self.canvas)
+        dock_in_tabs(self)
         self.hub.snapshot.connect(self.on_snapshot)
         self.hub.running.connect(self._on_running)
         if self.hub.last is not None:

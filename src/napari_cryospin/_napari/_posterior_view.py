@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from ..engine.events import ParticleView, Snapshot, Stage
 from ._hub import hub_for
+from ._layout import dock_in_tabs, scrolled
 from ._sky import (
     direction_lonlat_deg,
     gnomonic_raster,
@@ -118,12 +119,15 @@ class PosteriorView(QWidget):
         controls.addWidget(QLabel("lat"), 2, 2)
         controls.addWidget(self.lat_spin, 2, 3)
         controls.addWidget(self.centre_button, 2, 4)
-        layout = QVBoxLayout(self)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addLayout(controls)
         layout.addWidget(self.info)
         layout.addWidget(self.images_canvas)
         layout.addWidget(self.canvas, 1)
         layout.addWidget(self.zoom_canvas)
+        QVBoxLayout(self).addWidget(scrolled(content))
+        dock_in_tabs(self)
 
         self.particle_spin.valueChanged.connect(self._on_particle)
         self.particle_slider.valueChanged.connect(self.particle_spin.setValue)
