@@ -229,3 +229,19 @@ def test_two_different_stacks_of_one_name_are_refused(io_write_stack, tmp_path, 
         load_particles(tmp_path / "A" / "p.star")
     monkeypatch.chdir(tmp_path / "A")  # the same file both ways: no doubt
     assert len(load_particles(tmp_path / "A" / "p.star")) == 1
+
+
+def test_a_header_pixel_size_contradicting_the_star_is_named_once(io_write_stack, tmp_path, caplog):
+    io_write_stack("parts.mrcs", n=3, box=16, pixel_size=1.7)
+    _write_31(tmp_path / "p.star", _particles([f"{i}@parts.mrcs" for i in (1, 2, 3)], 3), pixel_size=2.5)
+    assert load_particles(tmp_path / "p.star").pixel_size == pytest.approx(2.5)
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert record.getMessage() == (
+        "p.star: pixel size 2.5 Å in rlnImagePixelSize, but 1.7 Å in the header of parts.mrcs; using 2.5 Å, "
+        "the STAR file's (as RELION does). If the header is right, correct rlnImagePixelSize in p.star."
+    )
+    caplog.clear()
+    io_write_stack("agree.mrcs", n=3, box=16, pixel_size=2.5)
+    _write_31(tmp_path / "q.star", _particles([f"{i}@agree.mrcs" for i in (1, 2, 3)], 3), pixel_size=2.5)
+    load_particles(tmp_path / "q.star")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from .downsample import ParticleStack
 from .errors import ParticleFileError
 from .particles import CTFParams, ParticleSet
 from .stack_paths import find_stacks
+
+log = logging.getLogger(__name__)
 
 _FIX_REEXPORT = "Fix: re-export the particles from RELION or cryoSPARC (csparc2star)"
 _CTF_COLUMNS = {
@@ -155,7 +158,14 @@ def _pixel_size(path: Path, table: pd.DataFrame, stack: ParticleStack) -> float:
             f"rescale, e.g. RELION Extract with rescaling) all particles to one pixel size and box, or "
             f"open each optics group alone."
         )
-    return float(sizes[0])
+    size, header = float(sizes[0]), stack.stack(0).pixel_size
+    if header is not None and abs(header - size) > 0.01 * size:  # said once per file read
+        log.warning(
+            "%s: pixel size %g Å in %s, but %g Å in the header of %s; using %g Å, the STAR file's (as "
+            "RELION does). If the header is right, correct %s in %s.",
+            *(path.name, size, column, header, stack.files[0].name, size, column, path.name),
+        )
+    return size
 
 
 def _numbers(path: Path, series: pd.Series, quantity: str, name: str, table: str = "") -> np.ndarray:
