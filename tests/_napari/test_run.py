@@ -1,5 +1,6 @@
 """A tiny real run (box 32, 200 particles, CPU) driven through the docks on a GUI-free ViewerModel."""
 
+import os
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ from napari_cryospin._napari._plots import RunPlots
 from napari_cryospin._napari._posterior_view import PosteriorView
 from napari_cryospin._napari._volume import MAP_LAYER
 from napari_cryospin.engine.events import Stage
+from napari_cryospin.engine.folder_lock import FolderLock
 
 MINUTE_MS = 60_000
 
@@ -152,3 +154,17 @@ def test_closing_the_dock_stops_its_run_with_a_checkpoint(qtbot, ui_dock, tmp_pa
     assert ui_dock._done.is_set()  # closing waited for the engine to finish
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     qtbot.waitUntil(lambda: not ui_dock.running, timeout=MINUTE_MS)
+
+
+def test_a_folder_another_run_is_using_is_refused_and_kept(qtbot, ui_dock, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_cryospin._napari._dock.show_error", shown.append)
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.Yes)
+    out = tmp_path / "run"
+    _fake_results(out)
+    with FolderLock(out):  # a CLI run (or another dock) working there
+        ui_dock.start_button.click()
+        qtbot.waitUntil(lambda: not ui_dock.running, timeout=MINUTE_MS)
+    assert len(shown) == 1 and shown[0].startswith(f"{out}: another cryospin run is using this folder (pid ")
+    assert f"pid {os.getpid()} on host" in shown[0] and "\n" not in shown[0]
+    assert all((out / name).read_text() == "old" for name in ("volume.mrc", "poses.star", "metrics.json"))
