@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from napari_cryospin._napari._dock import ReconstructionDock, status_line
+from napari_cryospin._napari._dock import ReconstructionDock, progress_text, status_line
 from napari_cryospin._napari._explorer import RunExplorer
 from napari_cryospin._napari._hub import hub_for
 from napari_cryospin._napari._plots import RunPlots, head_percentages
@@ -97,8 +97,60 @@ def test_plots_trace_loss_resolution_and_fsc(qtbot, ui_viewer, ui_snapshot):
     assert len(plots.loss_ax.get_lines()[0].get_xdata()) == 3
     assert len(plots.resolution_ax.get_lines()[0].get_xdata()) == 1
     assert len(plots.fsc_ax.get_lines()) == 2  # curve and the 0.143 line
-    _publish(ui_viewer, ui_snapshot(elapsed=1.0))  # clock went back: a new run
+    _publish(ui_viewer, ui_snapshot(elapsed=30.0))  # an older report arriving late is not drawn backwards
+    minutes = plots.loss_ax.get_lines()[0].get_xdata()
+    assert len(minutes) == 3 and np.all(np.diff(minutes) > 0)
+    hub_for(ui_viewer).attach(lambda command: None)  # a new run starts a new trace
+    _publish(ui_viewer, ui_snapshot(elapsed=1.0))
     assert len(plots.trace.loss) == 1
+
+
+def _records(resolutions: list[float | None], epoch_s: float = 60.0) -> list[dict]:
+    """Per-epoch records as the engine keeps them (metrics.json's "epochs"): one a minute."""
+    return [
+        {"epoch": e, "wall_s": epoch_s * (e + 1), "loss": 1.0 / (e + 1), "resolution": r}
+        for e, r in enumerate(resolutions)
+    ]
+
+
+def test_opening_the_run_in_the_explorer_keeps_the_plots_history(qtbot, ui_viewer, ui_snapshot):
+    plots = RunPlots(ui_viewer)
+    qtbot.addWidget(plots)
+    history = _records([None, 20.0, 15.0])
+    for epoch in range(3):  # a live run: reports within each epoch, the records of the epochs ended
+        for t in (10.0, 40.0):
+            snapshot = ui_snapshot(elapsed=60.0 * epoch + t)
+            snapshot.history = history[:epoch]
+            _publish(ui_viewer, snapshot)
+    hub = hub_for(ui_viewer)
+    hub.attach(lambda command: None)  # the explorer opens the finished run: its summary, its clock
+    summary = ui_snapshot(elapsed=history[-1]["wall_s"], stage=Stage.DONE)
+    summary.history, summary.resolution = history, 14.0
+    _publish(ui_viewer, summary)
+    minutes, loss = plots.loss_ax.get_lines()[0].get_data()
+    np.testing.assert_allclose(minutes, [1.0, 2.0, 3.0])
+    np.testing.assert_allclose(loss, [1.0, 0.5, 1.0 / 3.0])
+    np.testing.assert_allclose(plots.resolution_ax.get_lines()[0].get_ydata(), [20.0, 15.0])
+    assert plots.trace.final_resolution == (3.0, 14.0)  # the final maps' point, drawn apart
+
+
+def test_resolution_axis_spans_at_least_two_angstrom(qtbot, ui_viewer, ui_snapshot):
+    plots = RunPlots(ui_viewer)
+    qtbot.addWidget(plots)
+    snapshot = ui_snapshot(elapsed=200.0)
+    snapshot.history = _records([24.45, 24.41, 24.43])
+    _publish(ui_viewer, snapshot)
+    low, high = plots.resolution_ax.get_ylim()
+    assert high - low >= 2.0 and low < 24.41 and high > 24.45
+
+
+def test_no_head_bars_before_the_heads_exist(qtbot, ui_viewer, ui_snapshot):
+    plots = RunPlots(ui_viewer)
+    qtbot.addWidget(plots)
+    _publish(ui_viewer, ui_snapshot(stage=Stage.EXPLORING))
+    assert len(plots.bar_heights()) == 0 and "no heads yet" in plots.heads_ax.texts[0].get_text()
+    _publish(ui_viewer, ui_snapshot(stage=Stage.ENCODING))
+    assert plots.bar_heights().sum() == pytest.approx(100.0)
 
 
 def test_dock_flush_updates_layer_in_place_and_switch_button(qtbot, ui_viewer, ui_snapshot, tmp_path):
@@ -207,6 +259,25 @@ def test_status_line_reads_like_the_issue_asks(ui_snapshot):
     snapshot = ui_snapshot()
     snapshot.polarity = "protein white, inverted (auto, z -54)"
     assert status_line(snapshot, None).endswith("resolution 12.0 Å · protein white, inverted (auto, z -54)")
+
+
+def test_the_end_says_each_number_once(ui_snapshot):
+    snapshot = ui_snapshot(stage=Stage.DONE)
+    snapshot.images_per_s, snapshot.resolution = 0.0, 24.8
+    snapshot.message = "done: 24.7 Å (mask-corrected FSC 0.143); validity: the two halves agree"
+    line = status_line(snapshot, None)
+    assert "images/s" not in line and "24.8" not in line and line.count("Å") == 1
+    assert line == "epoch 2 · done\n" + snapshot.message
+
+
+def test_progress_bar_shows_percentage_stage_and_time_left(qtbot, ui_viewer, ui_snapshot):
+    dock = ReconstructionDock(ui_viewer)
+    qtbot.addWidget(dock)
+    dock.worker = object()  # pretend a run is going: only the GUI side is under test here
+    dock._on_snapshot(ui_snapshot(elapsed=120.0))  # 30 % after 2 min: about 5 min left
+    qtbot.waitUntil(lambda: dock.progress_bar.value() == 300)
+    assert dock.progress_bar.format() == "30 % · auto-encoding · about 5 min left"
+    assert progress_text(ui_snapshot(stage=Stage.DONE)) == "30 % · done"
 
 
 def test_every_manifest_widget_opens_on_the_viewers_hub(qtbot, ui_viewer, ui_snapshot):

@@ -18,7 +18,15 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QTimer
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QMessageBox, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 from superqt import QCollapsible
 
 from ..engine.config import RunConfig
@@ -32,6 +40,8 @@ from ._settings import RunSettings
 from ._volume import MAP_LAYER, show_volume
 
 FLUSH_MS = 150
+ETA_AFTER = 0.03
+"""The share of the run done before the progress bar shows the time left (earlier guesses mislead)."""
 
 
 class ReconstructionDock(QWidget):
@@ -67,6 +77,9 @@ class ReconstructionDock(QWidget):
         self.switch_button.clicked.connect(self.switch)
         self.status = QLabel("Choose particles and press Start.")
         self.status.setWordWrap(True)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setFormat("not started")
 
         buttons = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.resume_button):
@@ -76,6 +89,7 @@ class ReconstructionDock(QWidget):
         layout.addWidget(self.settings)
         layout.addLayout(buttons)
         layout.addWidget(self.switch_button)
+        layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         self.map_display = MapDisplay(napari_viewer, MAP_LAYER)
         display = QCollapsible("Map display")
@@ -202,6 +216,8 @@ class ReconstructionDock(QWidget):
         if snapshot is None:
             return
         self.status.setText(status_line(snapshot, self._config))
+        self.progress_bar.setValue(round(snapshot.progress * 1000))
+        self.progress_bar.setFormat(progress_text(snapshot))
         if self._progress is not None:
             self._progress.set_description(f"cryoSPIN {snapshot.stage.value}")
             self._progress.update(round(snapshot.progress * 1000) - self._progress.n)
@@ -246,15 +262,33 @@ class ReconstructionDock(QWidget):
         self.settings.setEnabled(not running)
 
 
+def progress_text(snapshot: Snapshot) -> str:
+    """The progress bar's text: percentage, stage and, once a few percent are done, the time left."""
+    text = f"{100 * snapshot.progress:.0f} % · {snapshot.stage.value}"
+    if snapshot.stage == Stage.DONE or snapshot.progress < ETA_AFTER:
+        return text
+    left_s = snapshot.elapsed_s * (1.0 - snapshot.progress) / snapshot.progress
+    return f"{text} · about {_duration(left_s)} left"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(5, 5 * round(seconds / 5)):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def status_line(snapshot: Snapshot, config: RunConfig | None) -> str:
-    """One line for the dock: epoch, stage, speed, loss and resolution; at the end, the engine's message."""
+    """One line for the dock: epoch, stage, speed, loss and resolution; at the end, the engine's message
+    alone carries the numbers (the final maps' resolution, the verdict), so that none is said twice."""
     epoch = snapshot.epoch + 1 if config is None else min(snapshot.epoch + 1, config.epochs)
     epochs = f"/{config.epochs}" if config is not None else ""
-    parts = [
-        f"epoch {epoch}{epochs}",
-        snapshot.stage.value,
-        f"{snapshot.images_per_s:.0f} images/s",
-    ]
+    if snapshot.stage == Stage.DONE and snapshot.message:
+        return f"epoch {epoch}{epochs} · {snapshot.stage.value}\n{snapshot.message}"
+    parts = [f"epoch {epoch}{epochs}", snapshot.stage.value]
+    if snapshot.images_per_s > 0:
+        parts.append(f"{snapshot.images_per_s:.0f} images/s")
     if np.isfinite(snapshot.loss):
         parts.append(f"loss {snapshot.loss:.4g}")
     if snapshot.resolution is not None:
@@ -263,5 +297,4 @@ def status_line(snapshot: Snapshot, config: RunConfig | None) -> str:
         parts.append(snapshot.polarity)
     if snapshot.halves:
         parts.append(snapshot.halves)
-    line = " · ".join(parts)
-    return f"{line}\n{snapshot.message}" if snapshot.stage == Stage.DONE and snapshot.message else line
+    return " · ".join(parts)
