@@ -1,5 +1,8 @@
 """A finished run read back: maps, FSC, per-particle scores, posteriors from the checkpoint, STAR export."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import starfile
@@ -50,6 +53,72 @@ def test_export_selection_keeps_poses_and_finds_the_images(finished_run, tmp_pat
     np.testing.assert_allclose(subset.rotations, pose_rotations(results.poses)[rows], atol=1e-4)
     original = load_particles(finished_run / "poses.star")
     np.testing.assert_allclose(subset.stack[[0]], original.stack[[rows[0]]])
+
+
+def _last_epoch(folder) -> str:
+    return sorted(p.name for p in (folder / "epochs").glob("epoch_*.npz"))[-1]
+
+
+def _pickled_rotations(path) -> None:
+    np.savez(path, rotations=np.array([{"not": "an array"}], dtype=object))  # numpy refuses to unpickle it
+
+
+DAMAGED = {  # file → (damage, what the one warning line starts with)
+    "metrics list": ("metrics.json", "[1, 2]", "metrics.json is not a metrics file (expected an object"),
+    "metrics fsc text": (
+        "metrics.json",
+        '{"final": {"fsc": "abc", "resolution": 20.0}}',
+        "metrics.json is not a metrics file (expected an object",
+    ),
+    "metrics epochs text": ("metrics.json", '{"epochs": "many"}', "metrics.json is not a metrics file"),
+    "metrics not json": ("metrics.json", "{not json", "metrics.json could not be read (Expecting"),
+    "epoch not a zip": ("epoch", b"not a zip file", "epochs/epoch_"),
+    "epoch with objects": ("epoch", _pickled_rotations, "epochs/epoch_"),
+}
+
+
+@pytest.mark.parametrize(("name", "damage", "says"), DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_optional_file_is_named_and_the_rest_opens(finished_run, tmp_path, name, damage, says):
+    """The map and the table open; the unreadable file is named in one line (never numpy's or torch's
+    advice to load it unsafely) and only what it held is missing."""
+    folder = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    path = folder / ("epochs/" + _last_epoch(folder) if name == "epoch" else name)
+    if callable(damage):
+        damage(path)
+    elif isinstance(damage, bytes):
+        path.write_bytes(damage)
+    else:
+        path.write_text(damage)
+    results = read_run(folder)
+    assert results.volume is not None and results.half_maps is not None and len(results.table) == 200
+    assert len(results.problems) == 1 and results.problems[0].startswith(says), results.problems
+    assert "\n" not in results.problems[0] and "allow_pickle" not in results.problems[0]
+    if name == "metrics.json":
+        assert results.problems[0].endswith(": shown without metrics")
+        assert results.history == [] and results.fsc is None and results.resolution is None
+    else:
+        assert results.problems[0].endswith(": shown without the pose change")
+        assert POSE_CHANGE not in results.table.columns and results.fsc is not None
+    assert results.finished
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage", b"[]", b'{"command": 3}'], ids=["bytes", "list", "keys"])
+def test_a_garbage_run_record_is_not_a_finished_run(finished_run, tmp_path, content):
+    folder = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    (folder / "run.json").write_bytes(content)
+    results = read_run(folder)
+    assert not results.finished and "unfinished" in results.summary()
+    assert len(results.problems) == 1 and results.problems[0].startswith("run.json ")
+    assert results.problems[0].endswith(": the run is shown as unfinished")
+    assert results.volume is not None and len(results.table) == 200
+
+
+def test_a_folder_where_nothing_reads_is_one_clear_line(tmp_path):
+    (tmp_path / "volume.mrc").write_bytes(b"not a map" * 100)
+    (tmp_path / "poses.star").write_text("not a star file\n")
+    says = r"nothing in it could be read \(volume\.mrc .*poses\.star .*Fix:"
+    with pytest.raises(ParticleFileError, match=says):
+        read_run(tmp_path)
 
 
 def test_not_a_run_folder_is_one_clear_line(tmp_path):

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +58,33 @@ def test_readers_decline_other_files():
     assert get_volume_reader("x.star") is None and get_stack_reader("x.mrc") is None
     assert get_particles_reader(["a.star", "b.star"]) is None
     assert get_particles_reader("a.cs") is not None and get_volume_reader("a.map") is not None
+
+
+def test_a_run_folder_with_damaged_files_opens_and_names_each(finished_run, tmp_path):
+    """File → Open Folder (npe2's reader): wrong-shape metrics.json, an unreadable epochs/*.npz and a
+    garbage run.json each give one warning; the map and half maps still open."""
+    import shutil
+    import warnings
+
+    import npe2
+
+    folder = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    (folder / "metrics.json").write_text(json.dumps({"epochs": [1, 2], "final": []}))
+    last_epoch = sorted((folder / "epochs").glob("epoch_*.npz"))[-1]
+    last_epoch.write_bytes(b"not a zip file")
+    (folder / "run.json").write_bytes(b"\x00garbage")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layers = npe2.read([str(folder)], stack=False, plugin_name="napari-cryospin")
+    names = [meta["name"] for _, meta, _ in layers]
+    assert names[0] == "run map" and {"run half A", "run half B"} <= set(names)
+    lines = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert [line.split(" ", 1)[0] for line in lines] == [
+        "metrics.json",
+        f"epochs/{last_epoch.name}",
+        "run.json",
+    ]
+    assert lines[0].endswith(": shown without metrics") and "the run is shown as unfinished" in lines[2]
 
 
 def test_bundled_map_sample_is_a_scaled_volume():

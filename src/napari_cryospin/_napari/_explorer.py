@@ -17,7 +17,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.widgets import SpanSelector
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
 from qtpy.QtWidgets import (
     QComboBox,
@@ -214,6 +214,8 @@ class RunExplorer(QWidget):
         self._draw_histogram()
         self._update_buttons()
         self.status.setText(results.summary() + ("; loading the model…" if results.has_checkpoint else ""))
+        for problem in results.problems:
+            show_warning(problem)
         if results.has_checkpoint:
             connect = {"returned": self._model_ready, "errored": self._failed}
             create_worker(load_model, results.folder, _connect=connect, _start_thread=False).start()

@@ -112,11 +112,14 @@ def get_particles_reader(path: PathLike | list) -> Callable[[PathLike], LayerDat
 
 def read_run_layers(path: PathLike) -> LayerData:
     """A run folder's map (iso-surface) and half maps (hidden); the folder is in each layer's metadata,
-    where the Run explorer dock finds it to show the particles and posteriors."""
+    where the Run explorer dock finds it to show the particles and posteriors. Each file that cannot be
+    read is one warning (napari shows it as a notification); the rest opens."""
     from ..engine.run_results import read_run
     from ._map_display import default_iso_level
 
     results = read_run(path)
+    for problem in results.problems:
+        warnings.warn(problem, UserWarning, stacklevel=2)
     meta = {"run_folder": str(results.folder), "voxel_size": results.voxel_size}
     layers: LayerData = []
     if results.volume is not None:

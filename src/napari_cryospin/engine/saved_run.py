@@ -145,8 +145,11 @@ class SavedRun:
             epoch = int(file.stem.split("_")[-1])
             if start is None or epoch < start:
                 continue
-            with np.load(file) as saved:
-                path.append(saved["rotations"][index])
+            try:
+                with np.load(file) as saved:
+                    path.append(np.asarray(saved["rotations"][index], np.float32).reshape(3, 3))
+            except Exception:  # an unreadable epoch (already named when the folder was read) leaves a gap
+                continue
         return np.asarray(path, np.float32).reshape(-1, 3, 3)
 
     @torch.no_grad()
