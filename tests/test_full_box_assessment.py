@@ -1,4 +1,5 @@
-"""A run whose stack is larger than its working box reports the resolution of its full-size half maps."""
+"""A run whose stack is larger than its working box reports the resolution of its full-size half maps
+(mask-corrected FSC 0.143) and writes its postprocessed maps at that box."""
 
 import json
 
@@ -10,8 +11,7 @@ from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Stage
 from napari_cryospin.engine.run_results import read_run
-from napari_cryospin.engine.validity import masked_fsc
-from napari_cryospin.metrics.fsc import resolution_at
+from napari_cryospin.metrics.fsc import fsc, resolution_at
 from tiny_run import TINY_RUN
 
 
@@ -39,12 +39,17 @@ def test_resolution_and_fsc_come_from_the_full_size_half_maps(box48_run):
     half_a, voxel = read_volume(out / "half_a.mrc")
     half_b, _ = read_volume(out / "half_b.mrc")
     assert half_a.shape == (48, 48, 48)
-    freq = np.arange(25) / (48 * voxel)
-    expected = resolution_at(freq, masked_fsc(half_a, half_b), 0.143)
-    assert final["resolution"] == pytest.approx(expected, rel=1e-3)
-    assert len(final["fsc"][0]) == 25 and final["fsc"][0][-1] == pytest.approx(1 / (2 * voxel), rel=1e-3)
+    freq, unmasked = fsc(half_a, half_b, voxel)
     curves = final["fsc_curves"]
-    assert len(curves["unmasked"]) == 25 and len(curves["frequency"]) == 25
+    assert len(curves["frequency"]) == 25
+    assert curves["frequency"][-1] == pytest.approx(1 / (2 * voxel), rel=1e-3)  # Nyquist of the full box
+    assert np.allclose(curves["unmasked"], unmasked, atol=1e-4)  # the written full-size halves' FSC
+    assert final["fsc"][1] == curves["corrected"]  # the reported curve: mask-corrected
+    assert final["resolution"] == pytest.approx(resolution_at(freq, curves["corrected"], 0.143))
+    assert final["postprocess"]["resolution"] == final["resolution"]
+    for name in ("mask.mrc", "volume_sharpened.mrc", "local_resolution.mrc"):
+        vol, vox = read_volume(out / name)
+        assert vol.shape == (48, 48, 48) and vox == pytest.approx(voxel)
     working = final["working_box_fsc"]  # the working box's FSC is kept, at its own 17 shells
     assert len(working["fsc"][1]) == 17 and working["resolution"] >= 2 * voxel * 48 / 32 * 0.999
     # the last snapshot (the dock's plots) and the run folder read back (the explorer) say the same

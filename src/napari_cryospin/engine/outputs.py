@@ -14,7 +14,8 @@ import numpy as np
 
 from ..data.poses_out import write_poses_star
 from ..metrics.alignment import register_maps
-from ..metrics.fsc import fsc, resolution_at
+from ..metrics.fsc import resolution_at
+from ..postprocess.pipeline import Postprocessed, postprocess, write_postprocessed
 from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
 from .full_size import FullSizeMaps, write_final_maps
@@ -136,21 +137,19 @@ class FinalReport:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # every FSC, by label
 
 
-def _full_box_curves(maps: FullSizeMaps) -> dict:
-    """FSC curves of the full-size half maps (metrics.json ``final.fsc_curves``): unmasked, and under the
-    soft sphere the engine judges its maps by; the ``reported`` key names the curve the resolution is from."""
-    freq, unmasked = fsc(maps.half_a, maps.half_b, maps.voxel)
-    curves = {"frequency": freq.tolist(), "unmasked": unmasked.tolist()}
-    curves["sphere"] = masked_fsc(maps.half_a, maps.half_b).tolist()
-    curves["reported"] = "sphere"
-    return curves
+def _postprocessed(engine: Engine, maps: FullSizeMaps) -> Postprocessed:
+    """Mask, mask-corrected FSC, sharpened map and local resolution of the full-size maps, written beside
+    volume.mrc (``postprocess/``)."""
+    post = postprocess(maps.full, maps.half_a, maps.half_b, maps.voxel, engine.config.seed)
+    write_postprocessed(engine.out, post, maps.voxel)
+    return post
 
 
 def write_results(engine: Engine) -> FinalReport:
     """Write volume.mrc, half maps, poses.star, metrics.json and plots; return what the run reports.
 
-    The reported resolution, its FSC and the verdict are the full-size half maps' (the stack's own box);
-    the working box's FSC is kept in metrics.json as ``final.working_box_fsc``.
+    The reported resolution (mask-corrected FSC 0.143), its FSC and the verdict are the full-size half
+    maps' (the stack's own box); the working box's FSC is kept in metrics.json as ``final.working_box_fsc``.
     """
     out, voxel = engine.out, engine.particles.pixel_size
     junk = score_junk(engine)
@@ -167,9 +166,9 @@ def write_results(engine: Engine) -> FinalReport:
     write_poses_star(out / "poses.star", engine.particles, rot, shift, {**scores, **junk.columns()})
     n_kept = write_kept(out / KEPT_STAR, engine, junk, (rot, shift))
     work_freq, work_curve = _masked_fsc(half_a, half_b, voxel)
-    curves = _full_box_curves(maps)
-    freq, curve = np.asarray(curves["frequency"]), np.asarray(curves[curves["reported"]])
-    res = resolution_at(freq, curve, 0.143)
+    post = _postprocessed(engine, maps)
+    curves = post.fsc.to_dict()
+    freq, curve, res = post.fsc.frequency, post.fsc.corrected, post.resolution
     # The radius the halves were judged at (the planned top when they never were), in working-box cycles.
     top = (
         engine.agreement["top_radius"] if engine.agreement else engine.schedule.explored_radius(engine.epoch)
@@ -186,6 +185,7 @@ def write_results(engine: Engine) -> FinalReport:
                 "resolution": res,
                 "fsc": [freq.tolist(), curve.tolist()],
                 "fsc_curves": curves,
+                "postprocess": post.to_dict(),
                 "working_box_fsc": {
                     "resolution": resolution_at(work_freq, work_curve, 0.143),
                     "fsc": [work_freq.tolist(), work_curve.tolist()],
@@ -206,7 +206,8 @@ def write_results(engine: Engine) -> FinalReport:
     plot_run(out, engine.history, labelled)
     junk_note = f"{engine.n - n_kept} junk " + ("left out" if keep is not None else "kept (--junk keep)")
     summary = (
-        f"done: {res:.1f} Å (FSC 0.143 of the {maps.box}-px half maps), {engine.polarity.summary()}; "
+        f"done: {res:.1f} Å (mask-corrected FSC 0.143 of the {maps.box}-px half maps; B "
+        f"{post.guinier.bfactor:.0f} Å², volume_sharpened.mrc), {engine.polarity.summary()}; "
         f"{validity['message']}; {junk_note}; {sizes['box']}-px map; results in {out}"
     )
     return FinalReport(summary, res, (freq, curve), labelled)

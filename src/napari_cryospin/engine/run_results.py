@@ -52,7 +52,6 @@ HALF_MAPS = ("half_a.mrc", "half_b.mrc")
 _NAMES = {HEAD_COLUMN: "head", LOSS_COLUMN: "loss", CONFIDENCE_COLUMN: "confidence"}
 FSC_CURVE_LABELS = {
     "unmasked": "unmasked",
-    "sphere": "spherical mask",
     "masked": "masked",
     "masked_randomised": "masked, phases randomised",
     "corrected": "mask-corrected",
