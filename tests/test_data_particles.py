@@ -50,9 +50,9 @@ def test_repeated_images_are_used_once_with_one_warning(io_write_stack, tmp_path
     np.testing.assert_array_equal(ps.ctf.defocus_u, [1e4, 1e4 + 1, 1e4 + 3])  # the first rows kept
     np.testing.assert_array_equal(ps.stack[:], data[:3])
     (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert record.getMessage().startswith(
+    assert record.getMessage() == (
         "p.star: 2 of 5 rows repeat an image listed earlier (e.g. row 3, 1@./parts.mrcs, as row 1); "
-        "each image is used once (its first row), so the run has 3 particles"
+        "each image is used once (its first row): 3 particles, and a run's poses.star lists only those rows."
     )
 
 

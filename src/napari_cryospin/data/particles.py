@@ -138,7 +138,7 @@ def drop_repeated_images(particles: ParticleSet) -> ParticleSet:
     unique.repeats_dropped = len(keys) - len(keep)
     log.warning(
         "%s: %d of %d rows repeat an image listed earlier (e.g. row %d, %s, as row %d); each image is used "
-        "once (its first row), so the run has %d particles and poses.star lists those rows.",
+        "once (its first row): %d particle%s, and a run's poses.star lists only those rows.",
         particles.path.name,
         unique.repeats_dropped,
         len(keys),
@@ -146,6 +146,7 @@ def drop_repeated_images(particles: ParticleSet) -> ParticleSet:
         particles.image_name(repeat),
         original + 1,
         len(unique),
+        "s" * (len(unique) != 1),
     )
     return unique
 
@@ -195,7 +196,7 @@ def load_particles(path: str | os.PathLike, box: int | None = None) -> ParticleS
     if stack.stored_box != stack.original_box:
         log.warning(
             "%s: the images are %d pixels (odd); they are used at %d (last row and column left out, pixel "
-            "size kept), so the full-size maps are %d³.",
+            "size kept), so maps made from them are %d³.",
             path.name,
             stack.stored_box,
             stack.original_box,

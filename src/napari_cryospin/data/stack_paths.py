@@ -45,6 +45,14 @@ def _candidates(rel: Path, roots: Sequence[Path], folder: Path) -> tuple[list[Pa
     return [root / rel for root in roots], fallback
 
 
+def _not_taken(name: str, folder: Path) -> str:
+    """A note on a stack of bare name ``name`` in a parent folder, which is deliberately not used."""
+    if len(Path(name).parts) != 1:
+        return ""
+    above = next((p / name for p in folder.parents if (p / name).is_file()), None)
+    return "" if above is None else f" ({above} is not used: it may be another data set's)"
+
+
 def find_stacks(names: Sequence[str], source: Path, roots: Sequence[Path] = ()) -> list[Path]:
     """The stack file of each name in ``names`` (as written in the metadata file ``source``).
 
@@ -71,11 +79,11 @@ def find_stacks(names: Sequence[str], source: Path, roots: Sequence[Path] = ()) 
                     moved.append(f"'{name}' → {found[0]}")
                 break
         else:
-            listing = ", ".join(str(p) for p in dict.fromkeys(primary + fallback))
+            listing = ", ".join(str(p) for p in dict.fromkeys(primary + fallback)) + _not_taken(name, folder)
             raise ParticleFileError(
-                f"{source.name}: particle stack '{name}' not found; tried {listing}. Fix: keep the stacks "
-                f"where the metadata file says (relative to its folder or to the current folder), or "
-                f"edit the image paths to point at them."
+                f"{source.name}: particle stack '{name}' not found; tried {listing}. "
+                f"Fix: keep the stacks where the metadata file says (relative to its folder or to the "
+                f"current folder), or edit the image paths to point at them."
             )
     if moved:
         log.warning(
