@@ -10,9 +10,12 @@ RELION's default I (= I2): 2-folds on x, y and z, a 5-fold on (0.525731, 0, 0.85
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 _T_TWO_FOLD = (0.0, 0.816496, 0.577350)
 _I_FIVE_FOLD = (0.525731114, 0.0, 0.850650807)
@@ -89,6 +92,8 @@ def symmetrize_grid(grid: torch.Tensor, operators: np.ndarray | torch.Tensor) ->
     """``mean_g grid(g·q)`` of a centred real (…, D, D, D) grid ([z, y, x], centre D // 2), by trilinear
     interpolation (zero outside); differentiable. The same call symmetrises a real-space map, a Fourier
     or Hartley grid, or a backprojection's sums (a rotation acts alike on p and on k)."""
+    import torch  # here, not at module level: the settings check this module's group names without torch
+
     if grid.is_complex():
         return torch.complex(symmetrize_grid(grid.real, operators), symmetrize_grid(grid.imag, operators))
     d = grid.shape[-1]
