@@ -11,6 +11,7 @@ from napari_cryospin._napari._map_display import MapDisplay, default_iso_level, 
 from napari_cryospin._napari._plots import RunPlots
 from napari_cryospin._napari._posterior_view import PosteriorView
 from napari_cryospin._napari._reader import get_run_reader
+from napari_cryospin._napari._volume import show_volume
 from napari_cryospin.data.particles import load_particles
 
 LONG_MS = 120_000  # a loaded machine: the checkpoint and each posterior take seconds each
@@ -48,10 +49,14 @@ def test_explorer_opens_a_run_browses_posteriors_brushes_and_exports(
     posterior, plots, explorer = PosteriorView(ui_viewer), RunPlots(ui_viewer), RunExplorer(ui_viewer)
     for widget in (posterior, plots, explorer):
         qtbot.addWidget(widget)
+    live = show_volume(ui_viewer, np.ones((16, 16, 16), np.float32), 2.0)  # a live run's map
     explorer.open_folder(finished_run)
     qtbot.waitUntil(lambda: explorer.model is not None, timeout=LONG_MS)
     assert threads == [False]  # torch came in a worker thread, not the GUI's
     assert ui_viewer.layers[RUN_MAP].data.shape == (32, 32, 32)
+    assert ui_viewer.layers[RUN_MAP].visible and not live.visible  # one map at a time, in Å
+    assert ui_viewer.scale_bar.visible and str(ui_viewer.layers[RUN_MAP].units[0]) == "angstrom"
+    assert len(plots.trace.loss) == len(explorer.results.history) == 3  # the run's history, every epoch
     assert "run half A" in ui_viewer.layers and not ui_viewer.layers["run half A"].visible
     assert explorer.table_model.rowCount() == 200
     assert plots.trace.fsc is not None and plots.bar_heights().sum() > 99.0
@@ -81,6 +86,8 @@ def test_explorer_opens_a_run_browses_posteriors_brushes_and_exports(
     assert len(load_particles(out)) == len(explorer.selection)
     explorer.clear_selection()
     assert not explorer.export_button.isEnabled()
+    explorer.close()  # the live map comes back
+    assert live.visible and not ui_viewer.layers[RUN_MAP].visible
 
 
 def test_open_a_folder_that_is_no_run_says_so(qtbot, ui_viewer, tmp_path):
@@ -101,7 +108,7 @@ def test_run_folder_reader_gives_iso_map_and_hidden_halves(finished_run, tmp_pat
     assert reader is not None and get_run_reader(str(tmp_path)) is None
     layers = reader(str(finished_run))
     names = [meta["name"] for _, meta, _ in layers]
-    assert names == ["run map", "run half A", "run half B"]
+    assert names == ["run map", "run map, local resolution (Å)", "run half A", "run half B"]
     data, meta, kind = layers[0]
     assert kind == "image" and meta["rendering"] == "iso" and data.min() < meta["iso_threshold"] < data.max()
     assert meta["metadata"]["run_folder"] == str(finished_run)

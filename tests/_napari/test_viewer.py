@@ -93,3 +93,26 @@ def test_docks_opened_from_the_plugins_menu_fit_a_1920x1080_screen(qtbot, make_n
         assert dock.widget().height() >= dock.widget().minimumSizeHint().height(), dock.name
     shot = viewer.window.screenshot(path=str(tmp_path / "docks.png"), flash=False)
     assert shot.shape[0] <= screen.height()
+
+
+def test_the_advanced_header_stays_after_a_run(qtbot, make_napari_viewer):
+    from napari_cryospin.engine.events import Snapshot, Stage
+
+    viewer = make_napari_viewer(show=True)
+    for name in WIDGETS:
+        dock_widget, widget = viewer.window.add_plugin_dock_widget("napari-cryospin", name)
+        if name == "cryoSPIN reconstruction":
+            front, dock = dock_widget, widget
+    front.raise_()
+    header = dock.settings.advanced._toggle_btn
+    dock.worker = object()  # pretend a run is going: only the GUI side is under test here
+    message = "done: 24.7 Å (mask-corrected FSC 0.143 of the 64-px half maps); " + "a long verdict; " * 20
+    dock._on_snapshot(Snapshot(3, 9, Stage.DONE, 1.0, 90.0, 0.0, 0.8, 2.0, resolution=24.7, message=message))
+    qtbot.waitUntil(lambda: dock.status.text().endswith(message))
+    dock.worker = None
+    dock._update_buttons()
+    status = (
+        dock.status
+    )  # laid out with all its lines (stacked docks clipped it and squeezed the header to 0 px)
+    qtbot.waitUntil(lambda: status.height() >= status.heightForWidth(status.width()) > 3 * header.height())
+    assert header.isVisible() and header.height() >= header.sizeHint().height()

@@ -163,6 +163,7 @@ def test_dock_flush_updates_layer_in_place_and_switch_button(qtbot, ui_viewer, u
     layer = ui_viewer.layers[MAP_LAYER]
     assert ui_viewer.dims.ndisplay == 3
     assert tuple(layer.scale) == (2.5, 2.5, 2.5)
+    assert ui_viewer.scale_bar.visible and str(layer.units[0]) == "angstrom"  # a scale bar in Å
     assert dock.switch_button.isEnabled()
     dock.switch()
     assert not dock.switch_button.isEnabled()

@@ -37,7 +37,7 @@ from ._layout import dock_in_tabs, scrolled
 from ._map_display import MapDisplay
 from ._run import EngineWorker, engine_stream, merge_snapshots
 from ._settings import RunSettings
-from ._volume import MAP_LAYER, show_volume
+from ._volume import MAP_LAYER, RUN_MAP, hide_map, show_volume
 
 FLUSH_MS = 150
 ETA_AFTER = 0.03
@@ -202,6 +202,8 @@ class ReconstructionDock(QWidget):
         self.worker.finished.connect(self._on_finished)
         self._progress = progress(total=1000, desc="cryoSPIN")
         self.hub.attach(self.send)
+        hide_map(self.viewer, RUN_MAP)  # a run opened in the explorer would hide the live map
+        self.map_display.apply()
         self.status.setText("Loading particles and building the model…")
         self._update_buttons()
         self.worker.start()

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.widgets import SpanSelector
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from qtpy.QtCore import QAbstractTableModel, QEvent, QModelIndex, QSortFilterProxyModel, Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -38,10 +38,7 @@ from ..error_funnel import explain
 from ._hub import hub_for
 from ._layout import dock_in_tabs
 from ._map_display import MapDisplay
-from ._volume import show_volume
-
-RUN_MAP = "run map"
-"""Name of the layer holding the opened run's map (half maps: ``run half A`` / ``run half B``)."""
+from ._volume import ANGSTROM, MAP_LAYER, RUN_MAP, hide_map, show_volume
 
 
 def warm_up() -> None:
@@ -107,6 +104,7 @@ class RunExplorer(QWidget):
         self._busy = False
         self._pending: int | None = None
         self._span: tuple[float, float] | None = None
+        self._live_hidden: list = []  # the live map's layers this dock hid (shown again when it closes)
 
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("a run folder (--out of cryospin reconstruct)")
@@ -188,6 +186,26 @@ class RunExplorer(QWidget):
         worker.start()
         return worker
 
+    def closeEvent(self, event) -> None:
+        """Closing the explorer hides its map and shows the live map it hid."""
+        self._give_back_the_view()
+        super().closeEvent(event)
+
+    def event(self, event) -> bool:
+        """A dock taken out of napari's window (its close button) gives back the view as closing does."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self._give_back_the_view()
+        return super().event(event)
+
+    def _give_back_the_view(self) -> None:
+        if not self._live_hidden:
+            return
+        hide_map(self.viewer, RUN_MAP)
+        for layer in self._live_hidden:
+            if layer in self.viewer.layers:
+                layer.visible = True
+        self._live_hidden = []
+
     def _failed(self, exc: BaseException) -> None:
         message = explain(exc)
         self.status.setText(message)
@@ -198,13 +216,17 @@ class RunExplorer(QWidget):
         self.selection = np.zeros(0, dtype=np.int64)
         self._span = None
         if results.volume is not None:
+            self._live_hidden += hide_map(self.viewer, MAP_LAYER)  # two maps in one place hide each other
             show_volume(self.viewer, results.volume, results.voxel_size, name=RUN_MAP)
+            self.map_display.apply()  # the run map shown again the chosen way (a live run may have hidden it)
             self.viewer.layers[RUN_MAP].metadata["run_folder"] = str(results.folder)
         for name, half in zip(("run half A", "run half B"), results.half_maps or (), strict=False):
             if name in self.viewer.layers:
                 self.viewer.layers[name].data = half
             else:
-                self.viewer.add_image(half, name=name, scale=(results.voxel_size,) * 3, visible=False)
+                self.viewer.add_image(
+                    half, name=name, scale=(results.voxel_size,) * 3, units=ANGSTROM, visible=False
+                )
         table = results.table if results.table is not None else pd.DataFrame()
         self.table_model.set_frame(table)
         self.column_combo.blockSignals(True)

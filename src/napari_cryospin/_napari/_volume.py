@@ -5,15 +5,19 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image
 
+from ._map_display import slice_layer_name
 from ._reader import volume_contrast
 
 MAP_LAYER = "cryoSPIN map"
+RUN_MAP = "run map"
+"""The layer of the run opened in the Run explorer (its half maps: ``run half A`` / ``run half B``)."""
+ANGSTROM = "angstrom"
 
 
 def show_volume(viewer, volume: np.ndarray, voxel_size: float, name: str = MAP_LAYER) -> Image:
     """Put `volume` (Å voxels) in the layer `name`, keeping contrast the user chose by hand.
 
-    The first time, the view turns 3D and particle-stack layers are hidden."""
+    The first time, the view turns 3D, particle-stack layers are hidden and the scale bar (Å) shows."""
     limits = volume_contrast(volume)
     scale = (float(voxel_size),) * 3
     if name in viewer.layers:
@@ -35,7 +39,9 @@ def show_volume(viewer, volume: np.ndarray, voxel_size: float, name: str = MAP_L
         colormap="gray",
         contrast_limits=limits,
         metadata={"voxel_size": float(voxel_size)},
+        units=ANGSTROM,
     )
+    viewer.scale_bar.visible = True  # its unit is the layers' (Å)
     layer.metadata["auto_contrast"] = tuple(layer.contrast_limits)
     for other in viewer.layers:
         if other.metadata.get("particles_path"):
@@ -44,6 +50,15 @@ def show_volume(viewer, volume: np.ndarray, voxel_size: float, name: str = MAP_L
         viewer.dims.ndisplay = 3
     frame(viewer, layer)
     return layer
+
+
+def hide_map(viewer, name: str) -> list:
+    """Hide the map layer ``name`` and its slice layers; returns those that were shown (to show again)."""
+    names = {name} | {slice_layer_name(name, axis) for axis in "zyx"}
+    shown = [layer for layer in viewer.layers if layer.name in names and layer.visible]
+    for layer in shown:
+        layer.visible = False
+    return shown
 
 
 def frame(viewer, layer: Image) -> None:
