@@ -130,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("nothing to evaluate. Fix: give --poses, --volume or both.")
     if args.volume is not None and args.volume_truth is None:
         raise ValueError("--volume needs the true map. Fix: add --volume-truth MAP.mrc.")
+    if args.json is not None and args.json.is_dir():
+        raise ValueError(
+            f"{args.json}: is a folder. Fix: give --json a file path, e.g. {args.json / 'eval.json'}."
+        )
     truth = _load_poses(args.truth, "ground-truth")
     report: dict[str, float | bool | int | str] = {"truth": str(args.truth)}
     rows: list[tuple[str, str]] = []
