@@ -181,6 +181,7 @@ def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):
     halves = eng.halves.cpu().numpy()
     junk = poses.table["rlnParticleSelectZScore"].to_numpy() > Z_JUNK
     assert len(load_particles(out / "particles_kept.star")) == 200 - junk.sum()
+    assert (f"{junk.sum()} junk left out" in snaps[-1].message) == (junk.sum() > 0)  # said only when so
     a, b = np.flatnonzero((halves == 0) & ~junk), np.flatnonzero((halves == 1) & ~junk)
     assert len(a) + len(b) + junk.sum() == 200 and abs(len(a) - len(b)) <= 1 + junk.sum()
     for name, members in (("half_a.mrc", a), ("half_b.mrc", b)):

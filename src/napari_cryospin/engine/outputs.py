@@ -204,10 +204,12 @@ def write_results(engine: Engine) -> FinalReport:
 
     labelled = labelled_curves(curves)
     plot_run(out, engine.history, labelled)
-    junk_note = f"{engine.n - n_kept} junk " + ("left out" if keep is not None else "kept (--junk keep)")
+    n_junk = engine.n - n_kept if keep is not None else int(np.count_nonzero(junk.junk))
+    fate = "left out" if keep is not None else "kept (--junk keep)"
+    junk_note = f"; {n_junk} junk {fate}" if n_junk else ""  # said only when there is junk
     summary = (
         f"done: {res:.1f} Å (mask-corrected FSC 0.143 of the {maps.box}-px half maps; B "
         f"{post.guinier.bfactor:.0f} Å², volume_sharpened.mrc), {engine.polarity.summary()}; "
-        f"{validity['message']}; {junk_note}; {sizes['box']}-px map; results in {out}"
+        f"{validity['message']}{junk_note}; {sizes['box']}-px map; results in {out}"
     )
     return FinalReport(summary, res, (freq, curve), labelled)
