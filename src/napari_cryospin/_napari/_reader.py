@@ -111,10 +111,12 @@ def get_particles_reader(path: PathLike | list) -> Callable[[PathLike], LayerDat
 
 
 def read_run_layers(path: PathLike) -> LayerData:
-    """A run folder's map (iso-surface) and half maps (hidden); the folder is in each layer's metadata,
+    """A run folder's map (iso-surface), the same surface coloured by local resolution (when the run wrote
+    local_resolution.mrc) and half maps (hidden); the folder is in each layer's metadata,
     where the Run explorer dock finds it to show the particles and posteriors. Each file that cannot be
     read is one warning (napari shows it as a notification); the rest opens."""
     from ..engine.run_results import read_run
+    from ._local_resolution import local_resolution_layer
     from ._map_display import default_iso_level
 
     results = read_run(path)
@@ -137,6 +139,11 @@ def read_run_layers(path: PathLike) -> LayerData:
                 "image",
             )
         )
+        coloured = local_resolution_layer(
+            results.folder, results.volume, results.voxel_size, layers[-1][1]["iso_threshold"], meta
+        )
+        if coloured is not None:
+            layers.append(coloured)
     for name, half in zip(("run half A", "run half B"), results.half_maps or (), strict=False):
         layers.append(
             (
