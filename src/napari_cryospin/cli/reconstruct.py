@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from ..engine.config import RunConfig, config_defaults
@@ -121,6 +122,19 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+class _StepLines(logging.Handler):
+    """Prints each final step the engine logs ("writing full-size maps…") as a line above the bar."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(logging.INFO)
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(record.getMessage(), file=self.stream)
+
+
 def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> str:
     """Drive an engine to the end with a tqdm bar and return its last message.
 
@@ -135,6 +149,10 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
 
     if signals is not None:  # also heard inside the long stretches between snapshots
         engine.poll = lambda: Command("stop") if signals.received is not None else None
+    steps = logging.getLogger("napari_cryospin.engine.outputs")  # the final steps, a line each
+    step_lines = _StepLines(stream) if engine.dp.main else logging.NullHandler()
+    steps.addHandler(step_lines)
+    steps.setLevel(logging.INFO)
     gen = engine.run()
     bar = tqdm(
         total=1000,
@@ -155,6 +173,7 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
     finally:
         bar.close()
         gen.close()
+        steps.removeHandler(step_lines)
     stopped = signals is not None and signals.received is not None  # sent here, or heard through poll
     if stopped and not (engine.out / RUN_RECORD).exists():  # not stopped if it finished meanwhile
         where = engine.out / CHECKPOINT_NAME

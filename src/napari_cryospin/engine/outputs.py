@@ -7,6 +7,7 @@ gold-standard resolution of what the poses achieve.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,8 @@ from .validity import masked_fsc, radius_at, verdict
 if TYPE_CHECKING:
     from .engine import Engine
 
+log = logging.getLogger(__name__)
+"""Each final step is logged at INFO before it starts (the CLI prints them: they take minutes on big data)."""
 
 MONITOR_PARTICLES = 2000
 """Per-epoch half maps use at most this many particles (the final ones use all): monitoring stays cheap."""
@@ -152,6 +155,7 @@ def write_results(engine: Engine) -> FinalReport:
     maps' (the stack's own box); the working box's FSC is kept in metrics.json as ``final.working_box_fsc``.
     """
     out, voxel = engine.out, engine.particles.pixel_size
+    log.info("scoring junk, final half maps, per-particle scores…")
     junk = score_junk(engine)
     keep = ~junk.junk if engine.config.junk == "auto" else None
     full, half_a, half_b, rot, shift = _gold_standard(engine, keep=keep)
@@ -160,12 +164,14 @@ def write_results(engine: Engine) -> FinalReport:
         return FinalReport("")
     halves = engine.halves.cpu().numpy()
     kept = np.ones(engine.n, bool) if keep is None else keep
+    log.info("writing full-size maps…")
     sizes, maps = write_final_maps(
         engine, (full, half_a, half_b), [np.flatnonzero((halves == c) & kept) for c in (0, 1)], (rot, shift)
     )
     write_poses_star(out / "poses.star", engine.particles, rot, shift, {**scores, **junk.columns()})
     n_kept = write_kept(out / KEPT_STAR, engine, junk, (rot, shift))
     work_freq, work_curve = _masked_fsc(half_a, half_b, voxel)
+    log.info("mask, FSC, sharpening and local resolution of the full-size maps…")
     post = _postprocessed(engine, maps)
     curves = post.fsc.to_dict()
     freq, curve, res = post.fsc.frequency, post.fsc.corrected, post.resolution
@@ -175,6 +181,7 @@ def write_results(engine: Engine) -> FinalReport:
     )
     final_radius = radius_at(curve, 0.143) * engine.box / maps.box
     validity = verdict(engine.agreement, final_radius, top, engine.ctf_check)
+    log.info("writing metrics.json and plots…")
     write_json(
         out / "metrics.json",
         {
