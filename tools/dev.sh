@@ -10,14 +10,16 @@ system_packages() {
   local pkgs="xvfb xauth libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri libxkbcommon-x11-0 libxcb-icccm4
     libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0
     libxcb-shape0 libxcb-cursor0 libxcb-xkb1 libfontconfig1 libdbus-1-3"
-  if command -v xvfb-run >/dev/null && dpkg -s libxcb-cursor0 libgl1-mesa-dri >/dev/null 2>&1; then
-    return
-  fi
+  local missing="" p
+  for p in $pkgs; do  # every one: Qt aborts naming the wrong library when any xcb one is missing
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+  [ -z "$missing" ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
   else
-    echo "warning: cannot install system packages (need root + apt); GUI tests need: $pkgs" >&2
+    echo "warning: cannot install system packages (need root + apt); napari and its tests need:$missing" >&2
   fi
 }
 
@@ -32,7 +34,7 @@ python_env() {
 case "$what" in
   demo)
     python_env
-    .venv/bin/cryospin demo --out cryospin-demo
+    .venv/bin/cryospin demo --out runs/demo  # runs/ is in .gitignore
     ;;
   setup)
     system_packages
