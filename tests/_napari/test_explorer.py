@@ -57,6 +57,12 @@ def test_explorer_opens_a_run_browses_posteriors_brushes_and_exports(
     assert ui_viewer.layers[RUN_MAP].visible and not live.visible  # one map at a time, in Å
     assert ui_viewer.scale_bar.visible and str(ui_viewer.layers[RUN_MAP].units[0]) == "angstrom"
     assert len(plots.trace.loss) == len(explorer.results.history) == 3  # the run's history, every epoch
+    assert explorer.column_combo.currentText() == "confidence"  # a score that separates particles
+    header = explorer.table_model.headerData
+    head = list(explorer.table_model.frame.columns).index("head")
+    assert "counted from 1" in header(
+        head, explorer_module.Qt.Orientation.Horizontal, explorer_module.Qt.ItemDataRole.ToolTipRole
+    )
     assert "run half A" in ui_viewer.layers and not ui_viewer.layers["run half A"].visible
     assert explorer.table_model.rowCount() == 200
     assert plots.trace.fsc is not None and plots.bar_heights().sum() > 99.0

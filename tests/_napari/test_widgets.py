@@ -37,6 +37,21 @@ def test_posterior_view_marks_every_head_and_rings_the_winner(qtbot, ui_viewer, 
     ] or (heads == 1)
 
 
+def test_when_the_kept_pose_wins_the_posterior_says_how_far_each_head_was(qtbot, ui_viewer, ui_snapshot):
+    view = PosteriorView(ui_viewer)
+    qtbot.addWidget(view)
+    snapshot = ui_snapshot(heads=3)
+    particle = snapshot.particle
+    particle.labels, particle.winner = ["head 1", "head 2", "kept"], 2
+    _publish(ui_viewer, snapshot)
+    a, b = particle.candidates[0], particle.candidates[2]
+    degrees = np.degrees(np.arccos(np.clip((np.trace(a.T @ b) - 1) / 2, -1, 1)))
+    assert "kept wins" in view.info.text() and f"head 1 {degrees:.0f}°" in view.info.text()
+    particle.winner = 0
+    _publish(ui_viewer, snapshot)
+    assert "No head found" not in view.info.text()
+
+
 def test_posterior_view_ignores_other_particles_and_asks_the_run(qtbot, ui_viewer, ui_snapshot):
     view = PosteriorView(ui_viewer)
     qtbot.addWidget(view)

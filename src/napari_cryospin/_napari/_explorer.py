@@ -33,12 +33,31 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from ..engine.events import Snapshot, Stage
-from ..engine.run_results import RunResults, export_selection, read_run
+from ..engine.run_results import POSE_CHANGE, RunResults, export_selection, read_run
 from ..error_funnel import explain
 from ._hub import hub_for
 from ._layout import dock_in_tabs
 from ._map_display import MapDisplay
 from ._volume import ANGSTROM, MAP_LAYER, RUN_MAP, hide_map, show_volume
+
+COLUMN_TIPS = {
+    "particle": "The particle's row in poses.star, counted from 0.",
+    "head": "Which encoder head's pose won, counted from 1 as in the plots' legend (poses.star's "
+    "cryospinHead counts from 0). One more than the number of heads: the kept pose beat every head.",
+    "loss": "How badly the final map, seen at the particle's final pose, explains its image (mean squared "
+    "residual). High: the image does not look like the map there.",
+    "confidence": "How much better the final pose fits than the best rival pose more than 15° away "
+    "(log-likelihood, nats). Near 0 or below: another pose fits as well. Empty: every head agrees.",
+    POSE_CHANGE: "How far the pose moved between the last two saved epochs (degrees).",
+    "ParticleSelectZScore": "Junk score: how much worse the image matches the map than most particles do "
+    "(robust z). High: likely junk (empty picks, ice, aggregates); the run leaves out those above its "
+    "threshold (metrics.json, junk).",
+    "LogLikeliContribution": "How much better the map at the pose explains the image than noise alone "
+    "(log-likelihood ratio, nats). Low: the image holds little of the map.",
+}
+"""Plain-words tooltips of the particle table's columns (RELION's names kept for the columns RELION has)."""
+HISTOGRAM_FIRST = ("confidence", "ParticleSelectZScore")
+"""The histogram opens on the first of these columns the run has (a score that separates particles)."""
 
 
 def warm_up() -> None:
@@ -86,9 +105,12 @@ class TableModel(QAbstractTableModel):
         return None
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
-        if role != Qt.ItemDataRole.DisplayRole:
+        if orientation != Qt.Orientation.Horizontal:
             return None
-        return str(self.frame.columns[section]) if orientation == Qt.Orientation.Horizontal else None
+        name = str(self.frame.columns[section])
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return COLUMN_TIPS.get(name)
+        return name if role == Qt.ItemDataRole.DisplayRole else None
 
 
 class RunExplorer(QWidget):
@@ -232,6 +254,11 @@ class RunExplorer(QWidget):
         self.column_combo.blockSignals(True)
         self.column_combo.clear()
         self.column_combo.addItems([c for c in table.columns if c != "particle"])
+        for index, name in enumerate(table.columns.drop("particle", errors="ignore")):
+            self.column_combo.setItemData(index, COLUMN_TIPS.get(name), Qt.ItemDataRole.ToolTipRole)
+        first = [name for name in HISTOGRAM_FIRST if name in table.columns]
+        if first:
+            self.column_combo.setCurrentText(first[0])
         self.column_combo.blockSignals(False)
         self._draw_histogram()
         self._update_buttons()

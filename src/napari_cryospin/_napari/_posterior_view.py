@@ -70,6 +70,11 @@ def _degrees_box(limit: float) -> QDoubleSpinBox:
     return box
 
 
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """The rotation angle between two rotation matrices (3, 3), in degrees."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(a.T @ b) - 1.0) / 2.0, -1.0, 1.0))))
+
+
 def candidate_label(view, index: int) -> str:
     """The name of a candidate ("head 2", "kept", "grid 1"); "head N" when the engine gave no labels."""
     labels = getattr(view, "labels", None) or []
@@ -405,4 +410,14 @@ class PosteriorView(QWidget):
             return f"Particle {view.index}: auto-decoding, loss {view.candidate_losses[view.winner]:.4g}."
         losses = ", ".join(f"{loss:.3g}" for loss in view.candidate_losses)
         winner = candidate_label(view, view.winner)
-        return f"Particle {view.index}: {winner} wins; losses per candidate: {losses}."
+        text = f"Particle {view.index}: {winner} wins; losses per candidate: {losses}."
+        heads = [k for k in range(len(view.candidates)) if candidate_label(view, k).startswith("head ")]
+        if (
+            heads and view.winner not in heads
+        ):  # the kept (or final) pose beat every head: how far off were they
+            best = view.candidates[view.winner]
+            off = ", ".join(
+                f"{candidate_label(view, k)} {_angle_deg(view.candidates[k], best):.0f}°" for k in heads
+            )
+            text += f" No head found this pose; each head's candidate from it: {off}."
+        return text
