@@ -54,6 +54,7 @@ from .config import RunConfig
 from .device import resolve_device
 from .events import Command, ParticleView, Snapshot, Stage
 from .inputs import check_enough_particles, input_identity
+from .mates import map_twofolds, score_hypotheses
 from .optimizers import RowAdam, adam
 from .outputs import write_epoch_record, write_results
 from .run_folder import write_run_record
@@ -588,35 +589,67 @@ class Engine:
         now, err, grid_rot, grid_shift = self._by_copy(batch, search)
         return now, err, grid_rot, grid_shift
 
+    def _reseed(self, which: torch.Tensor, rot: torch.Tensor, shift: torch.Tensor) -> None:
+        """Restart particles ``which`` from new poses; their Adam moments are zeroed."""
+        assert self.poses is not None and self.pose_opt is not None
+        self.poses.reseed(which, rot, shift)
+        for state in self.pose_opt.state.values():
+            for moment in state.values():
+                if torch.is_tensor(moment) and moment.dim() == 2:
+                    moment[which] = 0.0
+
     @torch.no_grad()
     def _research_poses(self) -> None:
-        """Give every particle the best fine-grid pose against its half map when that fits better.
+        """Give every particle its best mate (``mates.py``), or else the best fine-grid pose, against its
+        half map whenever that fits better.
 
-        Scored at exploration's top radius, where a grid pose ~7° off is still inside the basin; the
-        particles that move continue from there by local refinement.
+        The mates (in-plane 180°, the view from the other side, the map's near 2-folds) are scored at the
+        current radius against the map the pose steps see: a flipped particle's right pose is ~180° away,
+        beyond any local step, and the grid (15° apart, at exploration's lower radius, where an elongated
+        map looks alike both ways) lands a few degrees off it, or beside the flip. The grid pose is scored
+        at exploration's top radius, where a grid pose ~7° off is still inside the basin; for a particle just
+        moved to a mate it must also beat the mate as the mate was scored (on a tiny run with 30 % of the
+        poses put on a mate, the mates brought 59 of 60 back, and the grid's test alone then moved 31 of
+        them away again, 17 to 95–180° off). The particles that move continue by local refinement.
         """
         assert self.poses is not None
         n_points = self.schedule.points(self.disk, Stage.EXPLORING, self.schedule.explore_epochs - 1)
-        moved = 0
+        mate_points = self.schedule.points(self.disk, Stage.DECODING, self.epoch)
+        twofolds = map_twofolds(self)
+        moved = flipped = 0
         block = self.dp.block(self.n)  # each process its block, gathered below
         for start in range(0, len(block), self.schedule.explore_batch):
             idx = block[start : start + self.schedule.explore_batch]
             batch = self._batch(idx)
             rot, shift = self.poses(batch.idx)
+            with self.volume.frozen(self._reference_weight, self._reference_mask):
+                err, mate_rot, mate_shift = score_hypotheses(self, batch, rot, shift, mate_points, twofolds)
+            best = err.argmin(1)
+            to_mate = best > 0  # a mate beats the pose and its own local search
+            ar = torch.arange(len(idx), device=self.device)
+            if to_mate.any():
+                self._reseed(batch.idx[to_mate], mate_rot[ar, best][to_mate], mate_shift[ar, best][to_mate])
             now, grid_err, grid_rot, grid_shift = self._fine_grid_search(batch, rot, shift, n_points)
             better = grid_err < now
+            if (better & to_mate).any():  # a grid pose replaces a mate only if it fits better as the mate did
+                with self.volume.frozen(self._reference_weight, self._reference_mask):
+                    g_err, _ = self._score_candidates(
+                        batch, grid_rot[:, None], grid_shift[:, None], mate_points
+                    )
+                better &= ~to_mate | (g_err[:, 0] < err[ar, best])
             if better.any():
-                which = batch.idx[better]
-                self.poses.reseed(which, grid_rot[better], grid_shift[better])
-                for state in self.pose_opt.state.values():  # moved rows forget their Adam moments
-                    for moment in state.values():
-                        if torch.is_tensor(moment) and moment.dim() == 2:
-                            moment[which] = 0.0
-                moved += int(better.sum())
+                self._reseed(batch.idx[better], grid_rot[better], grid_shift[better])
+            flipped += int(to_mate.sum())
+            moved += int((better | to_mate).sum())
         self.dp.sync_blocks(distributed.particle_state(self), self.n)
-        moved = self.dp.sum_scalar(moved)
+        moved, flipped = self.dp.sum_scalar(moved), self.dp.sum_scalar(flipped)
         self.research_moved = moved / self.n
-        log.info("global re-search at epoch %d moved %.1f%% of particles", self.epoch, 100 * moved / self.n)
+        log.info(
+            "global re-search at epoch %d moved %.1f%% of particles (%.1f%% to a mate)",
+            self.epoch,
+            100 * moved / self.n,
+            100 * flipped / self.n,
+        )
 
     # ------------------------------------------------------------------------------------- reporting
     def current_poses(self) -> tuple[np.ndarray, np.ndarray]:

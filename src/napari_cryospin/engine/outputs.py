@@ -21,6 +21,7 @@ from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
 from .full_size import FullSizeMaps, write_final_maps
 from .junk import KEPT_STAR, score_junk, write_kept
+from .mates import check_mates
 from .particle_scores import particle_scores
 from .run_results import labelled_curves
 from .validity import masked_fsc, radius_at, verdict
@@ -160,6 +161,7 @@ def write_results(engine: Engine) -> FinalReport:
     keep = ~junk.junk if engine.config.junk == "auto" else None
     full, half_a, half_b, rot, shift = _gold_standard(engine, keep=keep)
     scores = particle_scores(engine)
+    mates = check_mates(engine)
     if not engine.dp.main:  # the maps and scores are every process's work; the files are process 0's
         return FinalReport("")
     halves = engine.halves.cpu().numpy()
@@ -168,7 +170,8 @@ def write_results(engine: Engine) -> FinalReport:
     sizes, maps = write_final_maps(
         engine, (full, half_a, half_b), [np.flatnonzero((halves == c) & kept) for c in (0, 1)], (rot, shift)
     )
-    write_poses_star(out / "poses.star", engine.particles, rot, shift, {**scores, **junk.columns()})
+    columns = {**scores, **junk.columns(), **mates.columns()}
+    write_poses_star(out / "poses.star", engine.particles, rot, shift, columns)
     n_kept = write_kept(out / KEPT_STAR, engine, junk, (rot, shift))
     work_freq, work_curve = _masked_fsc(half_a, half_b, voxel)
     log.info("mask, FSC, sharpening and local resolution of the full-size maps…")
@@ -180,7 +183,7 @@ def write_results(engine: Engine) -> FinalReport:
         engine.agreement["top_radius"] if engine.agreement else engine.schedule.explored_radius(engine.epoch)
     )
     final_radius = radius_at(curve, 0.143) * engine.box / maps.box
-    validity = verdict(engine.agreement, final_radius, top, engine.ctf_check)
+    validity = verdict(engine.agreement, final_radius, top, engine.ctf_check, mates.reason())
     log.info("writing metrics.json and plots…")
     write_json(
         out / "metrics.json",
@@ -200,6 +203,7 @@ def write_results(engine: Engine) -> FinalReport:
                 "halves_agreement": engine.agreement,
                 "validity": validity,
                 "junk": junk.summary(keep is not None),
+                "mates": mates.summary(),
                 "maps": sizes,
                 "noise": engine.noise.to_dict(),
                 "semi_amortized": engine.semi.report,

@@ -26,6 +26,8 @@ from ..safe_write import replacing
 
 HEAD_COLUMN, LOSS_COLUMN, CONFIDENCE_COLUMN = "cryospinHead", "cryospinLoss", "cryospinConfidence"
 """poses.star columns the engine adds (``particle_scores.py``): winning head (0-based), loss, confidence."""
+MATE_MARGIN_COLUMN, MATE_COLUMN = "cryospinMateMargin", "cryospinMate"
+"""poses.star columns of the mate check (``mates.py``): the pose's margin (nats) over its best mate, which."""
 POSE_CHANGE = "pose change (°)"
 """Table column: each particle's rotation change between the last two saved epochs, in degrees."""
 
@@ -49,7 +51,13 @@ _RELION_COLUMNS = {
     "rlnGroupNumber",
 }
 HALF_MAPS = ("half_a.mrc", "half_b.mrc")
-_NAMES = {HEAD_COLUMN: "head", LOSS_COLUMN: "loss", CONFIDENCE_COLUMN: "confidence"}
+_NAMES = {
+    HEAD_COLUMN: "head",
+    LOSS_COLUMN: "loss",
+    CONFIDENCE_COLUMN: "confidence",
+    MATE_MARGIN_COLUMN: "mate margin",
+    MATE_COLUMN: "mate",
+}
 FSC_CURVE_LABELS = {
     "unmasked": "unmasked",
     "masked": "masked",

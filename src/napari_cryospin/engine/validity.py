@@ -55,11 +55,15 @@ def half_agreement(map_a: np.ndarray, map_b_aligned: np.ndarray, top_radius: flo
     }
 
 
-def verdict(agreement: dict | None, final_radius: float, top_radius: float, ctf: CTFCheck) -> dict:
+def verdict(
+    agreement: dict | None, final_radius: float, top_radius: float, ctf: CTFCheck, mates: str | None = None
+) -> dict:
     """The run's validity: reliable when the images follow their CTFs, the independent halves agreed at the
-    end of exploration, and the final half maps agree (FSC 0.143) beyond half of exploration's top radius.
+    end of exploration, the final half maps agree (FSC 0.143) beyond half of exploration's top radius, and
+    few particles fit a mate of their pose as well (``mates``: the mate check's warning, ``mates.py``).
 
     ``agreement`` None (the paper's path, or no half maps) means no independent check of the map was made.
+    Halves that agree can still both hold the same mix of right and flipped particles: hence the mates.
     """
     reasons = (
         []
@@ -72,6 +76,8 @@ def verdict(agreement: dict | None, final_radius: float, top_radius: float, ctf:
         reasons.append(agreement["summary"])
     if final_radius < AGREE_FRACTION * top_radius:
         reasons.append(f"the final half maps agree only to {final_radius:.1f} cycles per box (FSC 0.143)")
+    if mates is not None:
+        reasons.append(mates)
     reliable = not reasons
     message = (
         "validity: the two independent halves agree and the images follow their CTFs"

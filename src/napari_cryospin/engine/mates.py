@@ -1,0 +1,201 @@
+"""A pose's mates: the 2-fold turns an image of a small elongated particle barely tells apart at low SNR.
+
+The mates of a pose R are the in-plane 180° turn ``R·Rz(π)``, the view from the other side with the
+image flipped, ``R·Rx(π)`` and ``R·Ry(π)``, and the 2-folds about the half map's own principal (inertia)
+axes, ``S·R`` (``S = 2·e·eᵀ − I``; a near 2-fold of the map leaves its projection almost unchanged, and
+for an elongated map two of them reverse its long axis). Each hypothesis (the pose and every mate) gets
+the same small local search — its rotation turned by ±``LOCAL_DEG`` about x, y and z, and the 1-px shift
+search — against the particle's own half map as the pose steps see it (masked, FSC-filtered), so the pose
+and its mates are compared on equal terms. The margin is the log-likelihood (nats) of the pose over its
+best mate, in the units of ``particle_scores.pose_confidence``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..geometry.rotations import axis_angle_to_matrix
+from ..model.likelihood import ImageBatch, searched_error
+from .events import Stage
+from .run_results import MATE_COLUMN, MATE_MARGIN_COLUMN
+from .validity import half_map_mask
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+MATE_NAMES = ("in-plane 180°", "flip about x", "flip about y", "map axis 1", "map axis 2", "map axis 3")
+"""The mates in the order of :func:`mate_rotations`; map axes from the largest spread to the smallest."""
+LOCAL_DEG = 3.0
+"""Each hypothesis is also scored turned by ± this about x, y and z: a mate's best pose is near, not at,
+the exact 2-fold of a refined pose (the fine grid's spacing is 15°, the refined poses' error ~2–3°)."""
+AS_GOOD_NATS = 1.0
+"""A mate fits as well as the pose when the pose's margin over it is at most this (nats): a likelihood
+ratio below e (posterior odds under 73:27) is, on Jeffreys' scale, not worth more than a bare mention."""
+WARN_FRACTION = 0.10
+"""The verdict warns (and the map is not called reliable) when more particles than this fit a mate as well."""
+
+
+def view_twofolds() -> torch.Tensor:
+    """(3, 3, 3) the 2-folds about the image's z, x and y axes, applied on the right (``R·Q``)."""
+    return torch.tensor(
+        [
+            [[-1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, 1.0]],
+            [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]],
+            [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]],
+        ]
+    )
+
+
+def principal_twofolds(volume: np.ndarray) -> np.ndarray:
+    """(3, 3, 3) 2-folds ``S = 2·e·eᵀ − I`` about the principal axes e of a (D, D, D) map ``V[z, y, x]``
+    (its positive density under the half maps' mask), in (x, y, z) coordinates; largest spread first."""
+    box = volume.shape[0]
+    weight = np.clip(volume, 0.0, None) * half_map_mask(box)
+    if weight.sum() <= 0:
+        weight = np.abs(volume)
+    k = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(k, k, k, indexing="ij")
+    points = np.stack([x.ravel(), y.ravel(), z.ravel()], 1).astype(np.float64)
+    w = weight.ravel().astype(np.float64) / weight.sum()
+    centred = points - w @ points
+    spread = (centred * w[:, None]).T @ centred
+    _, axes = np.linalg.eigh(spread)  # ascending spread
+    axes = axes[:, ::-1].T
+    return 2.0 * axes[:, :, None] * axes[:, None, :] - np.eye(3)
+
+
+def _local_turns(device: torch.device) -> torch.Tensor:
+    """(7, 3, 3): the identity and ± LOCAL_DEG about x, y and z (applied on the left)."""
+    w = torch.zeros(7, 3)
+    for i in range(3):
+        w[1 + 2 * i, i], w[2 + 2 * i, i] = np.deg2rad(LOCAL_DEG), -np.deg2rad(LOCAL_DEG)
+    return axis_angle_to_matrix(w).to(device)
+
+
+def mate_rotations(rot: torch.Tensor, map_twofolds: torch.Tensor) -> torch.Tensor:
+    """(B, 6, 3, 3): the mates of poses ``rot`` (B, 3, 3), in the order of MATE_NAMES (``map_twofolds``
+    (3, 3, 3) from :func:`principal_twofolds` of the particles' own half map)."""
+    view = rot[:, None] @ view_twofolds().to(rot)[None]
+    own = map_twofolds.to(rot)[None] @ rot[:, None]
+    return torch.cat([view, own], 1)
+
+
+def map_twofolds(engine: Engine) -> list[torch.Tensor]:
+    """Each map copy's :func:`principal_twofolds` (3, 3, 3), from its map as it is now."""
+    return [
+        torch.from_numpy(principal_twofolds(engine.volume.real_space(c).cpu().numpy())).float()
+        for c in range(engine.volume.copies)
+    ]
+
+
+def score_hypotheses(
+    engine: Engine,
+    batch: ImageBatch,
+    rot: torch.Tensor,
+    shift: torch.Tensor,
+    n_points: int,
+    twofolds: list[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pose and its mates after the local search, each against the particle's own half map:
+    errors (B, 7), rotations (B, 7, 3, 3) and shifts (B, 7, 2) px; column 0 is the pose, then MATE_NAMES.
+    ``twofolds``: :func:`map_twofolds`. Call it inside ``engine.volume.frozen(...)`` to score against the
+    pose steps' reference (masked, FSC-filtered)."""
+    turns = _local_turns(rot.device)
+
+    def score(sub: ImageBatch, c: int, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        hyp = torch.cat([rot[m][:, None], mate_rotations(rot[m], twofolds[c])], 1)  # (b, H, 3, 3)
+        b, h = hyp.shape[:2]
+        cand = turns[None, None] @ hyp[:, :, None]  # (b, H, 7, 3, 3)
+        start = shift[m][:, None, None].expand(b, h, len(turns), 2)
+        err, best = searched_error(
+            engine.volume,
+            sub,
+            cand.reshape(b, -1, 3, 3),
+            start.reshape(b, -1, 2),
+            engine.offsets,
+            engine.disk,
+            n_points,
+            c,
+        )
+        err, which = err.reshape(b, h, -1).min(-1)
+        pick = which[:, :, None, None]
+        rots = torch.gather(cand, 2, pick[..., None].expand(b, h, 1, 3, 3))[:, :, 0]
+        shifts = torch.gather(best.reshape(b, h, -1, 2), 2, pick.expand(b, h, 1, 2))[:, :, 0]
+        return err, rots, shifts
+
+    err, rots, shifts = engine._by_copy(batch, score)
+    return err, rots, shifts
+
+
+def margins(errors: torch.Tensor, n_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """From :func:`score_hypotheses`' errors (B, 7): the pose's margin over its best mate in nats (B,)
+    (Gaussian likelihood with the pose's residual as noise variance) and that mate's index (B,)."""
+    best, which = errors[:, 1:].min(1)
+    sigma2 = errors[:, 0].clamp_min(1e-12)
+    return (best - errors[:, 0]) * n_points / (2.0 * sigma2), which
+
+
+@dataclass
+class MateCheck:
+    """Per particle: the pose's margin (nats) over its best mate and which mate (index into MATE_NAMES)."""
+
+    margin: np.ndarray  # (n,) nats
+    mate: np.ndarray  # (n,) int
+
+    @property
+    def as_good(self) -> np.ndarray:
+        """(n,) bool: the best mate fits as well as the pose (margin ≤ AS_GOOD_NATS)."""
+        return self.margin <= AS_GOOD_NATS
+
+    def summary(self) -> dict:
+        """metrics.json's ``final.mates``: the share of particles a mate fits as well, and by which mate."""
+        as_good = self.as_good
+        return {
+            "fraction_as_good": float(as_good.mean()),
+            "threshold_nats": AS_GOOD_NATS,
+            "median_margin_nats": float(np.median(self.margin)),
+            "per_mate": {
+                name: float((as_good & (self.mate == i)).mean()) for i, name in enumerate(MATE_NAMES)
+            },
+        }
+
+    def reason(self) -> str | None:
+        """The verdict's warning when more than WARN_FRACTION of the particles fit a mate as well."""
+        fraction = float(self.as_good.mean())
+        if fraction <= WARN_FRACTION:
+            return None
+        return (
+            f"{100 * fraction:.0f} % of the particles fit a flipped pose as well: "
+            "the map is blurred by mixed orientations"
+        )
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """poses.star columns: the margin and the best mate (1-based, as the napari table shows it)."""
+        return {MATE_MARGIN_COLUMN: self.margin, MATE_COLUMN: self.mate.astype(np.int64) + 1}
+
+
+@torch.no_grad()
+def check_mates(engine: Engine, batch_size: int = 256) -> MateCheck:
+    """Score every particle's final pose against its mates on its own half map at the run's last radius."""
+    rot, shift = engine.current_poses()
+    twofolds = map_twofolds(engine)
+    stage = Stage.DECODING if engine.stage == Stage.DONE else engine.stage
+    n_points = engine.schedule.points(engine.disk, stage, min(engine.epoch, engine.config.epochs - 1))
+    out = torch.zeros(engine.n, 2, dtype=torch.float64)  # (margin, mate); each process its block
+    block = engine.dp.block(engine.n)
+    with engine.volume.frozen(engine._reference_weight, engine._reference_mask):
+        for start in range(0, len(block), batch_size):
+            idx = block[start : start + batch_size]
+            batch = engine._batch(idx)
+            pose_rot = torch.from_numpy(rot[idx]).to(engine.device)
+            pose_shift = torch.from_numpy(shift[idx]).to(engine.device)
+            err, _, _ = score_hypotheses(engine, batch, pose_rot, pose_shift, n_points, twofolds)
+            margin, which = margins(err, n_points)
+            out[idx, 0] = margin.cpu().double()
+            out[idx, 1] = which.cpu().double()
+    engine.dp.sync_blocks([out], engine.n)
+    return MateCheck(out[:, 0].numpy(), out[:, 1].numpy().astype(np.int64))

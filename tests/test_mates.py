@@ -1,0 +1,113 @@
+"""The mate check: a pose's 2-fold mates, and particles deliberately left on a mate found and reported."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cryospin.engine.config import RunConfig
+from napari_cryospin.engine.engine import Engine
+from napari_cryospin.engine.mates import (
+    LOCAL_DEG,
+    MATE_NAMES,
+    WARN_FRACTION,
+    check_mates,
+    mate_rotations,
+    principal_twofolds,
+)
+from napari_cryospin.engine.outputs import write_results
+from napari_cryospin.engine.run_results import read_run
+from napari_cryospin.geometry.rotations import geodesic_distance, random_rotations
+from tiny_run import TINY_RUN
+
+PLANTED = 0.3
+
+
+def _rod(box: int = 32) -> np.ndarray:
+    """A map elongated along x (with a bump that breaks its symmetry)."""
+    k = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(k, k, k, indexing="ij")
+    rod = np.exp(-(x**2 / 60.0 + y**2 / 8.0 + z**2 / 4.0))
+    return rod + 0.5 * np.exp(-((x - 5) ** 2 + (y - 2) ** 2 + z**2) / 4.0)
+
+
+def test_principal_twofolds_of_a_rod():
+    s = principal_twofolds(_rod())
+    assert np.allclose(s[0], np.diag([1.0, -1.0, -1.0]), atol=0.1)  # about the long axis, x
+    assert np.allclose(s[2], np.diag([-1.0, -1.0, 1.0]), atol=0.1)  # about the shortest, z
+
+
+def test_mates_are_distinct_twofolds():
+    rot = random_rotations(50, torch.Generator().manual_seed(1))
+    twofolds = torch.from_numpy(principal_twofolds(_rod())).float()
+    mates = mate_rotations(rot, twofolds)
+    assert mates.shape == (50, len(MATE_NAMES), 3, 3)
+    for i in range(len(MATE_NAMES)):
+        twice = mate_rotations(mates[:, i], twofolds)[:, i]  # R·Q·Q = R and S·S·R = R
+        assert torch.rad2deg(geodesic_distance(twice, rot)).max() < 1e-3
+        assert torch.rad2deg(geodesic_distance(mates[:, i], rot)).min() > 179.0  # each a half turn
+    for family in (mates[:, :3], mates[:, 3:]):  # view 2-folds; map 2-folds (the two meet for a view down
+        for i in range(3):  # a map axis, where the in-plane turn is that axis's 2-fold)
+            for j in range(i):
+                assert torch.rad2deg(geodesic_distance(family[:, i], family[:, j])).min() > 179.0
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_dataset, tmp_path_factory) -> Engine:
+    """The tiny run, finished, its engine kept (poses, half maps, pose filter) for the checks below."""
+    out = tmp_path_factory.mktemp("mates") / "run"
+    config = RunConfig(
+        particles=str(tiny_dataset / "particles.star"), out=str(out), **TINY_RUN, snapshot_interval_s=60.0
+    )
+    engine = Engine(config)
+    for _ in engine.run():
+        pass
+    return engine
+
+
+def _plant(engine: Engine, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """Put PLANTED of the particles on a mate of their pose (in-plane or flipped); returns them and the
+    poses they had."""
+    rng = np.random.default_rng(seed)
+    which = np.sort(rng.choice(engine.n, int(PLANTED * engine.n), replace=False))
+    rot, shift = engine.poses.all_poses()
+    idx = torch.from_numpy(which)
+    mates = mate_rotations(rot[idx], torch.eye(3).expand(3, 3, 3))
+    kind = torch.from_numpy(rng.integers(0, 3, len(which)))  # in-plane 180°, flip about x or y
+    engine.poses.reseed(idx, mates[torch.arange(len(which)), kind], shift[idx])
+    return which, rot
+
+
+def test_mate_check_finds_planted_flips(tiny_engine, tmp_path):
+    clean = check_mates(tiny_engine)
+    assert clean.as_good.mean() < WARN_FRACTION
+    saved = tiny_engine.poses.all_poses()
+    try:
+        which, _ = _plant(tiny_engine, seed=0)
+        found = check_mates(tiny_engine)
+        assert found.as_good[which].mean() > 0.9
+        assert abs(found.as_good.mean() - PLANTED) < 0.1
+        tiny_engine.out = tmp_path
+        write_results(tiny_engine)
+    finally:
+        tiny_engine.poses.reseed(torch.arange(tiny_engine.n), *saved)
+    final = json.loads((tmp_path / "metrics.json").read_text())["final"]
+    assert abs(final["mates"]["fraction_as_good"] - found.as_good.mean()) < 1e-9
+    assert final["validity"]["reliable"] is False
+    assert "fit a flipped pose as well" in final["validity"]["message"]
+    table = read_run(tmp_path).table
+    assert (table["mate margin"].to_numpy() <= 1.0).sum() == found.as_good.sum()
+    assert set(np.unique(table["mate"])) <= set(range(1, len(MATE_NAMES) + 1))
+
+
+def test_research_brings_planted_flips_back(tiny_engine):
+    saved = tiny_engine.poses.all_poses()
+    try:
+        which, before = _plant(tiny_engine, seed=1)
+        tiny_engine._research_poses()
+        after, _ = tiny_engine.poses.all_poses()
+    finally:
+        tiny_engine.poses.reseed(torch.arange(tiny_engine.n), *saved)
+    back = torch.rad2deg(geodesic_distance(after[which], before[which]))
+    assert (back < LOCAL_DEG + 0.5).float().mean() > 0.6  # 73 %; the grid alone: 3 of 60 (35 % > 90°)
