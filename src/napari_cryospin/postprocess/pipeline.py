@@ -50,7 +50,7 @@ def postprocess(
     """Mask, corrected FSC, sharpened map and local resolution of a run's maps (D, D, D; ``voxel`` Å)."""
     mask, mask_info = auto_mask(full, half_a, half_b, voxel)
     curves = mask_corrected_fsc(half_a, half_b, mask, voxel, seed)
-    sharpened, fit = sharpen(full, voxel, curves.resolution, curves.corrected)
+    sharpened, fit = sharpen(full, voxel, curves.resolution, curves.corrected, mask)
     local, local_info = local_resolution(half_a, half_b, mask, voxel, curves.resolution)
     return Postprocessed(
         mask, sharpened, local, curves, fit, {"mask": mask_info, "local_resolution": local_info}

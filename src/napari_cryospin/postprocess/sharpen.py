@@ -62,12 +62,17 @@ def guinier_fit(vol: np.ndarray, voxel: float, resolution: float, low: float = G
 
 
 def sharpen(
-    vol: np.ndarray, voxel: float, resolution: float, fsc_curve: np.ndarray
+    vol: np.ndarray, voxel: float, resolution: float, fsc_curve: np.ndarray, mask: np.ndarray
 ) -> tuple[np.ndarray, GuinierFit]:
     """The sharpened map (D, D, D float32) of ``vol``, FSC-weighted by ``fsc_curve`` (shells 0 … D/2) and
-    low-pass filtered at ``resolution``, and the Guinier fit (of the weighted map, as RELION) it undoes."""
-    weighted = apply_per_shell(vol, fsc_weight(fsc_curve))
-    fit = guinier_fit(weighted, voxel, resolution)
+    low-pass filtered at ``resolution``, and the Guinier fit it undoes.
+
+    The fit is made on the masked map weighted by the (masked) FSC, as RELION: ``C_ref`` then scales each
+    shell to its signal's amplitude. Unmasked, the solvent's noise raises the high shells, which the masked
+    FSC does not weigh down, and B comes out low (116 instead of 147 Å² on a known-pose map)."""
+    weights = fsc_weight(fsc_curve)
+    fit = guinier_fit(apply_per_shell(vol * mask, weights), voxel, resolution)
+    weighted = apply_per_shell(vol, weights)
     box = vol.shape[0]
     s2 = (np.arange(box // 2 + 1) / (box * voxel)) ** 2
     boosted = apply_per_shell(weighted, np.exp(fit.bfactor * s2 / 4))
