@@ -56,6 +56,7 @@ def read_volume_layer(path: PathLike) -> LayerData:
     meta = {
         "name": path.stem,
         "scale": (voxel,) * 3,
+        "units": "angstrom",
         "rendering": "mip",
         "colormap": "gray",
         "contrast_limits": volume_contrast(volume),
@@ -72,6 +73,7 @@ def read_stack_layer(path: PathLike) -> LayerData:
     meta = {
         "name": path.stem,
         "scale": (1.0, pixel, pixel),
+        "units": "angstrom",  # as the maps' (napari drops units that differ between layers)
         "colormap": "gray",
         "contrast_limits": image_contrast(stack[: min(len(stack), 16)]),
         "metadata": {"particles_path": str(path), "pixel_size": pixel},
@@ -88,6 +90,7 @@ def read_particles_layer(path: PathLike) -> LayerData:
     meta = {
         "name": path.stem,
         "scale": (1.0, pixel, pixel),
+        "units": "angstrom",  # as the maps' (napari drops units that differ between layers)
         "colormap": "gray",
         "contrast_limits": image_contrast(images[: min(len(images), 16)]),
         "metadata": {"particles_path": str(path), "pixel_size": pixel, "table": particles.table},
