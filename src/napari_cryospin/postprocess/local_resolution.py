@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft, ndimage
 
-from .shells import rfft_radius
+from .shells import half_space_weights, rfft_radius
 
 WINDOW_PER_RESOLUTION = 8.0
 """Window width in units of the global resolution…"""
@@ -60,8 +60,9 @@ def local_resolution(
     a = np.pad(half_a.astype(np.float32), pad)
     b = np.pad(half_b.astype(np.float32), pad)
     shell = np.round(rfft_radius((w, w, w))).astype(np.int64).ravel()
+    weight = np.broadcast_to(half_space_weights((w, w, w)), (w, w, w // 2 + 1)).ravel()
     keep = shell <= w // 2
-    shell = shell[keep]
+    shell, weight = shell[keep], weight[keep]
     n_shells = w // 2 + 1
     values = np.empty(len(centres))
     for start in range(0, len(centres), BATCH):
@@ -71,9 +72,9 @@ def local_resolution(
         fa = fft.rfftn(wa, axes=(1, 2, 3)).reshape(len(chunk), -1)[:, keep]
         fb = fft.rfftn(wb, axes=(1, 2, 3)).reshape(len(chunk), -1)[:, keep]
         for i in range(len(chunk)):
-            cross = np.bincount(shell, (fa[i] * fb[i].conj()).real, minlength=n_shells)
-            pa = np.bincount(shell, np.abs(fa[i]) ** 2, minlength=n_shells)
-            pb = np.bincount(shell, np.abs(fb[i]) ** 2, minlength=n_shells)
+            cross = np.bincount(shell, weight * (fa[i] * fb[i].conj()).real, minlength=n_shells)
+            pa = np.bincount(shell, weight * np.abs(fa[i]) ** 2, minlength=n_shells)
+            pb = np.bincount(shell, weight * np.abs(fb[i]) ** 2, minlength=n_shells)
             curve = cross / np.maximum(np.sqrt(pa * pb), 1e-30)
             below = np.flatnonzero(curve[1:] < 0.143)
             r = float(below[0]) + 1 if below.size else float(n_shells - 1)

@@ -49,7 +49,7 @@ def shell_mean_amplitude(vol: np.ndarray) -> np.ndarray:
     return np.divide(total, count, out=np.zeros(box // 2 + 1), where=count > 0)
 
 
-def _half_space_weights(shape: tuple[int, ...]) -> np.ndarray:
+def half_space_weights(shape: tuple[int, ...]) -> np.ndarray:
     """How many coefficients of the full spectrum each ``rfftn`` coefficient stands for (1 or 2)."""
     n = shape[-1]
     weight = np.full(n // 2 + 1, 2.0)
@@ -64,7 +64,7 @@ def shell_fsc(vol_a: np.ndarray, vol_b: np.ndarray) -> np.ndarray:
     box = vol_a.shape[0]
     fa, fb = fft.rfftn(vol_a), fft.rfftn(vol_b)
     shell = np.round(rfft_radius(vol_a.shape)).astype(np.int64)
-    weight = np.broadcast_to(_half_space_weights(vol_a.shape), shell.shape)
+    weight = np.broadcast_to(half_space_weights(vol_a.shape), shell.shape)
     keep = shell <= box // 2
     shell, weight, fa, fb = shell[keep], weight[keep], fa[keep], fb[keep]
     n = box // 2 + 1
