@@ -73,6 +73,7 @@ def test_written_maps_are_full_size_and_the_working_map_is_kept(box96, tmp_path)
         particles=working,
         box=32,
         device="cpu",
+        symmetry=None,  # no point group (Engine.symmetry: its operators)
         config=SimpleNamespace(half_maps=True),
     )
     small = np.zeros((32, 32, 32), np.float32)
