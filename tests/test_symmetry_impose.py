@@ -56,3 +56,21 @@ def test_imposed_volume_slices_alike_at_a_pose_and_its_mates():
     assert not torch.allclose(unsym, unsym[:1].expand_as(unsym), atol=1e-2 * float(unsym.abs().max()))
     expected = symmetrize_grid(hartley_centered(vol, 3), ops)  # the mean over the group, D2 exact on the grid
     assert torch.allclose(volume.hartley(), expected, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_the_symmetrised_grid_follows_every_map_update():
+    box = 24
+    ops = group_operators("C4")
+    volume = HartleyVolume(box, torch.zeros(box, box, box), copies=2, operators=ops)
+    first, second = (torch.as_tensor(_blob_volume(box, seed=s)) for s in (1, 2))
+    with torch.no_grad():
+        volume.set_from_real_space(first)
+        read_first = volume.hartley(0).clone()
+        assert volume.hartley(0) is volume.hartley(0)  # kept between reads of an unchanged map
+        volume.set_from_real_space(second, copy=1)
+        assert torch.equal(volume.hartley(0), read_first)
+        assert not torch.allclose(volume.hartley(1), read_first)  # each copy its own
+        volume.set_from_real_space(second, copy=0)
+        assert not torch.allclose(volume.hartley(0), read_first)  # a new map is read anew
+    expected = symmetrize_grid(hartley_centered(second, 3), ops)
+    assert torch.allclose(volume.hartley(0), expected, atol=1e-4 * float(expected.abs().max()))

@@ -28,6 +28,7 @@ class HartleyVolume(nn.Module):
         super().__init__()
         self.box = box
         self.operators = None if operators is None or len(operators) < 2 else np.asarray(operators)
+        self._symmetric_cache: dict[int, tuple] = {}  # copy → (parameter versions, grid), without autograd
         self.mantissa = nn.Parameter(torch.zeros(copies, box, box, box))
         self.exponent = nn.Parameter(exponent.expand(copies, box, box, box).clone())
         self._frozen: dict[int, torch.Tensor] | None = None  # detached grids, inside ``frozen()`` only
@@ -44,15 +45,27 @@ class HartleyVolume(nn.Module):
         """The Hartley grid of one copy."""
         if self._shared is not None:
             return self._shared[copy]
-        return self._symmetric(self.mantissa[copy] * torch.exp(self.exponent[copy]))
+        return self._symmetric(self.mantissa[copy] * torch.exp(self.exponent[copy]), copy)
 
     def _all_grids(self) -> torch.Tensor:
         """Every copy's Hartley grid (copies, D, D, D), from one product."""
-        return self._symmetric(self.mantissa * torch.exp(self.exponent))
+        return self._symmetric(self.mantissa * torch.exp(self.exponent), -1)
 
-    def _symmetric(self, grid: torch.Tensor) -> torch.Tensor:
-        """The grid averaged over the imposed point group (``H(g·k)`` of a symmetric map is ``H(k)``)."""
-        return grid if self.operators is None else symmetrize_grid(grid, self.operators)
+    def _symmetric(self, grid: torch.Tensor, copy: int) -> torch.Tensor:
+        """The grid averaged over the imposed point group (``H(g·k)`` of a symmetric map is ``H(k)``).
+
+        Without autograd (grid searches read the map chunk by chunk) the result for ``copy`` (−1: all) is
+        kept until the parameters change (their in-place version counters): once per map update."""
+        if self.operators is None:
+            return grid
+        if torch.is_grad_enabled():
+            return symmetrize_grid(grid, self.operators)
+        params = (self.mantissa, self.exponent)
+        key = tuple(p._version for p in params) + tuple(id(p) for p in params)
+        cached = self._symmetric_cache.get(copy)
+        if cached is None or cached[0] != key:
+            cached = self._symmetric_cache[copy] = (key, symmetrize_grid(grid, self.operators))
+        return cached[1]
 
     def slices(
         self, rotations: torch.Tensor, k2: torch.Tensor, copy: int = 0, detach: bool = False
