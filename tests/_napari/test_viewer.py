@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 
 pytestmark = [
@@ -70,7 +71,7 @@ def test_bundled_map_renders_in_3d(make_napari_viewer):
 
 
 def test_docks_opened_from_the_plugins_menu_fit_a_1920x1080_screen(qtbot, make_napari_viewer, tmp_path):
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtWidgets import QApplication, QScrollArea
 
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
@@ -84,6 +85,10 @@ def test_docks_opened_from_the_plugins_menu_fit_a_1920x1080_screen(qtbot, make_n
     for dock in docks:
         assert dock.minimumSizeHint().height() <= screen.height(), dock.name
     assert window.minimumSizeHint().height() <= screen.height()
+    # A particle layer opened afterwards: the dock's "open stack" list names it, which widens its content.
+    viewer.add_image(
+        np.zeros((2, 8, 8)), name="simulated particles, " * 3, metadata={"particles_path": "p.star"}
+    )
     window.setGeometry(screen)  # as a window manager's maximise does
     QApplication.processEvents()
     assert window.height() <= screen.height()
@@ -91,6 +96,10 @@ def test_docks_opened_from_the_plugins_menu_fit_a_1920x1080_screen(qtbot, make_n
         dock.raise_()
         QApplication.processEvents()
         assert dock.widget().height() >= dock.widget().minimumSizeHint().height(), dock.name
+        for area in dock.widget().findChildren(QScrollArea):  # a scrolled content is not cut on the right
+            content = area.widget()
+            fits = content.minimumSizeHint().width() <= content.width() <= area.viewport().width()
+            assert fits or area.horizontalScrollBar().isVisible(), dock.name
     shot = viewer.window.screenshot(path=str(tmp_path / "docks.png"), flash=False)
     assert shot.shape[0] <= screen.height()
 

@@ -6,7 +6,7 @@ tab group of the cryoSPIN docks already in its dock area. A dock the user drags 
 
 from __future__ import annotations
 
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, QSize, QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QWidget
 
 TABBED = "cryospin_tabbed"
@@ -57,11 +57,28 @@ def tab_with_siblings(widget: QWidget) -> None:
         window.resize(window.width(), screen.height())  # stacked for a moment, the docks had grown it
 
 
+class _VerticalScroll(QScrollArea):
+    """A scroll area that asks for its content's minimum width (a horizontal bar only when the dock
+    area is narrower still, e.g. a hidden tab's width not yet updated)."""
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        if self.widget() is not None:
+            width = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+            hint.setWidth(max(hint.width(), width))
+        return hint
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()  # the content's minimum width may have changed
+        return super().eventFilter(watched, event)
+
+
 def scrolled(content: QWidget) -> QScrollArea:
-    """``content`` in a frameless vertical scroll area: a dock shorter than the content scrolls, not clips."""
-    area = QScrollArea()
+    """``content`` in a frameless scroll area: a dock shorter than the content scrolls, not clips; it asks
+    to be as wide as the content needs, whatever it holds later (a long layer name, a device)."""
+    area = _VerticalScroll()
     area.setWidget(content)
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     return area
