@@ -16,6 +16,7 @@ import numpy as np
 from ..data.poses_out import write_poses_star
 from ..metrics.alignment import register_maps
 from ..metrics.fsc import resolution_at
+from ..metrics.symmetry_detect import detect_symmetry
 from ..postprocess.pipeline import Postprocessed, postprocess, write_postprocessed
 from ..reconstruction import accumulate, solve_map
 from ..safe_write import save_npz, write_json
@@ -184,6 +185,7 @@ def write_results(engine: Engine) -> FinalReport:
     )
     final_radius = radius_at(curve, 0.143) * engine.box / maps.box
     validity = verdict(engine.agreement, final_radius, top, engine.ctf_check, mates.reason())
+    symmetry = detect_symmetry(half_a, half_b, engine.config.seed)  # the working box's half maps
     log.info("writing metrics.json and plots…")
     write_json(
         out / "metrics.json",
@@ -204,6 +206,7 @@ def write_results(engine: Engine) -> FinalReport:
                 "validity": validity,
                 "junk": junk.summary(keep is not None),
                 "mates": mates.summary(),
+                "symmetry": symmetry.to_dict(engine.config.symmetry),
                 "maps": sizes,
                 "noise": engine.noise.to_dict(),
                 "semi_amortized": engine.semi.report,
@@ -221,6 +224,7 @@ def write_results(engine: Engine) -> FinalReport:
     summary = (
         f"done: {res:.1f} Å (mask-corrected FSC 0.143 of the {maps.box}-px half maps; B "
         f"{post.guinier.bfactor:.0f} Å², volume_sharpened.mrc), {engine.polarity.summary()}; "
-        f"{validity['message']}{junk_note}; {sizes['box']}-px map; results in {out}"
+        f"{validity['message']}; {symmetry.message(engine.config.symmetry)}{junk_note}; "
+        f"{sizes['box']}-px map; results in {out}"
     )
     return FinalReport(summary, res, (freq, curve), labelled)
