@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--overwrite", action="store_true", help="remove the results of a previous run in OUT first"
     )
+    parser.add_argument(
+        "--symmetry", default="C1", help="point group imposed on the maps (C1, Cn, Dn, T, O, I; RELION's)"
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.device import resolve_device
     from ..engine.inputs import input_identity
     from ..engine.run_folder import claim_output, write_run_record
+    from ..geometry.symmetry import group_operators
     from ..polarity import choose_polarity
     from ..reconstruction import half_maps
 
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         device=device,
+        operators=group_operators(args.symmetry),
     )
     apix = particles.pixel_size
     for name, vol in (("volume.mrc", full), ("half_a.mrc", half_a), ("half_b.mrc", half_b)):
