@@ -119,10 +119,16 @@ def load_checkpoint(out_dir: Path, required: tuple[str, ...] = REQUIRED_KEYS) ->
                 warnings.simplefilter("ignore")
                 raw = torch.load(fh, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: never repeat it
+            named = _refused_global(exc)
+            held = (
+                f"it holds objects other than tensors and plain values{named}"
+                if named
+                else ("its bytes are no tensors and plain values the safe reader can parse")
+            )
             raise CheckpointError(
-                f"{path}: not a checkpoint this program wrote, or a damaged one: it holds objects other "
-                f"than tensors and plain values{_refused_global(exc)}, so it was refused for safety (nothing "
-                "in it was run). Fix: start the run again with --overwrite, or choose a new --out."
+                f"{path}: not a checkpoint this program wrote, or a damaged one: {held}, so it was refused "
+                "for safety (nothing in it was run). Fix: start the run again with --overwrite, or choose a "
+                "new --out."
             ) from None
         except Exception as exc:  # a data file must never crash us: every parse failure is the file's
             raise CheckpointError(f"{path}: damaged or not a checkpoint ({_first_line(exc)}). {fix}") from exc
