@@ -34,6 +34,9 @@ MAX_N = 12
 """Highest Cn and Dn order tested."""
 THRESHOLD = 0.95
 """A group is detected when its score (correlation relative to the halves' own) reaches this."""
+MIN_BAND = 8
+"""No group is called when the halves agree (FSC ≥ 0.5) over fewer shells than this (cycles per box): a
+blurred map looks symmetric about any axis of its outline."""
 SHORTLIST = 0.90
 """Groups whose low-resolution score reaches this are scored again at full resolution (``fsc_score``)."""
 PSEUDO = 0.80
@@ -58,6 +61,7 @@ class SymmetryReport:
     pseudo: dict | None = None
     candidates: dict[str, float] = field(default_factory=dict)  # full-resolution scores (shortlist)
     coarse: dict[str, float] = field(default_factory=dict)  # low-resolution scores of every group tried
+    band: int = 0  # shells (cycles per box) over which the halves agree, FSC ≥ 0.5
 
     def to_dict(self, imposed: str = "C1") -> dict:
         """Plain JSON for metrics.json (``imposed``: the run's ``--symmetry``)."""
@@ -72,6 +76,7 @@ class SymmetryReport:
             "coarse": {k: round(v, 4) for k, v in self.coarse.items()},
             "imposed": imposed,
             "threshold": THRESHOLD,
+            "agreement_band": self.band,
         }
 
     def message(self, imposed: str = "C1") -> str:
@@ -81,6 +86,8 @@ class SymmetryReport:
             return text + (f": rerun with --symmetry {self.group}" if imposed == "C1" else "")
         if self.group != "C1":
             return f"{imposed} imposed (the map scores {self.score:.2f} to its rotated copies)"
+        if self.band < MIN_BAND:
+            return f"symmetry not judged: the half maps agree (FSC 0.5) only to {self.band} cycles per box"
         if self.pseudo is not None:
             p = self.pseudo
             return (
@@ -259,12 +266,13 @@ def detect_symmetry(map_a: np.ndarray, map_b: np.ndarray | None = None, seed: in
         for k, s in coarse.items()
         if s >= SHORTLIST
     }
-    passing = [k for k, s in scores.items() if s >= THRESHOLD]
+    band = _agreement_band(full_a, full_b, centre)
+    passing = [k for k, s in scores.items() if s >= THRESHOLD] if band >= MIN_BAND else []
     if passing:
         group = max(passing, key=lambda k: (len(group_operators(k)), scores[k]))
         frame = cands[group][1]
         axes = _axes_of(frame, group_operators(group))
-        return SymmetryReport(group, scores[group], frame, axes, centre.tolist(), None, scores, coarse)
+        return SymmetryReport(group, scores[group], frame, axes, centre.tolist(), None, scores, coarse, band)
     pseudo = None
     if scores and max(scores.values()) >= PSEUDO:
         top = max(scores, key=scores.get)
@@ -273,7 +281,7 @@ def detect_symmetry(map_a: np.ndarray, map_b: np.ndarray | None = None, seed: in
             "score": round(scores[top], 4),
             "axes": _axes_of(cands[top][1], group_operators(top)),
         }
-    return SymmetryReport("C1", 1.0, np.eye(3), {}, centre.tolist(), pseudo, scores, coarse)
+    return SymmetryReport("C1", 1.0, np.eye(3), {}, centre.tolist(), pseudo, scores, coarse, band)
 
 
 def _turned(vol: np.ndarray, m: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -286,20 +294,30 @@ def _turned(vol: np.ndarray, m: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return ndimage.map_coordinates(vol, p[::-1].reshape(3, box, box, box), order=3, mode="constant")
 
 
+def _masked(vol: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """``vol`` under a soft sphere (edge 0.35–0.45 of the box) about ``centre`` (voxels from box centre)."""
+    box = vol.shape[0]
+    k = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(k, k, k, indexing="ij")
+    r = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+    return vol * 0.5 * (1 + np.cos(np.pi * np.clip((r - 0.35 * box) / (0.1 * box), 0, 1)))
+
+
+def _agreement_band(map_a: np.ndarray, map_b: np.ndarray, centre: np.ndarray) -> int:
+    """Shells (cycles per box) over which the masked halves agree (FSC ≥ 0.5), at most 0.75 of Nyquist."""
+    ref = fsc(_masked(map_a, centre), _masked(map_b, centre), 1.0)[1]
+    return min(int(0.75 * map_a.shape[0] / 2), int(_shell_below_half(ref)))
+
+
 def fsc_score(
     map_a: np.ndarray, map_b: np.ndarray, frame: np.ndarray, ops: np.ndarray, centre: np.ndarray
 ) -> float:
     """Mean over (up to 12) non-identity operators g of ``Σ n_s·FSC_s(A, B∘g) / Σ n_s·FSC_s(A, B)`` over
     the shells s (n_s voxels) where ``FSC(A, B)`` ≥ 0.5, up to 0.75 of Nyquist: the map's rotated copy
     against the map's own reproducibility, at every resolution the halves share."""
-    box = map_a.shape[0]
-    k = np.arange(box) - box // 2
-    z, y, x = np.meshgrid(k, k, k, indexing="ij")
-    r = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
-    mask = 0.5 * (1 + np.cos(np.pi * np.clip((r - 0.35 * box) / (0.1 * box), 0, 1)))
-    a = map_a * mask
-    ref = fsc(a, map_b * mask, 1.0)[1]
-    top = min(int(0.75 * box / 2), int(_shell_below_half(ref)))
+    a = _masked(map_a, centre)
+    ref = fsc(a, _masked(map_b, centre), 1.0)[1]
+    top = _agreement_band(map_a, map_b, centre)
     shells = np.arange(len(ref))
     weight = np.where((shells >= 1) & (shells <= top), shells.astype(np.float64) ** 2, 0.0)
     if weight.sum() == 0:
@@ -308,9 +326,8 @@ def fsc_score(
     if len(mats) > 12:
         mats = mats[np.linspace(0, len(mats) - 1, 12).astype(int)]
     own = float((weight * ref).sum())
-    return float(
-        np.mean([(weight * fsc(a, _turned(map_b, m, centre) * mask, 1.0)[1]).sum() / own for m in mats])
-    )
+    turned = [fsc(a, _masked(_turned(map_b, m, centre), centre), 1.0)[1] for m in mats]
+    return float(np.mean([(weight * t).sum() / own for t in turned]))
 
 
 def _shell_below_half(curve: np.ndarray) -> float:
