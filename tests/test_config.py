@@ -61,3 +61,13 @@ def test_cli_defaults_are_runconfig_defaults():
     for name in ("encoder_box", "encoder_width", "max_particles", "resume", "overwrite"):
         assert getattr(args, name) == defaults[name], name
     assert args.no_half_maps is (not defaults["half_maps"])
+
+
+@pytest.mark.parametrize("group", ["C5", "d7", "O"])
+def test_a_point_group_is_refused_in_ab_initio_until_it_can_be_imposed_right(group):
+    """Imposed from exploration's first maps a group gave a wrong C5 map whose halves agreed (measured)."""
+    with pytest.raises(ValueError, match=r"symmetry .+: imposing a point group during ab initio is not"):
+        RunConfig(particles="p.star", out="run", symmetry=group)
+    assert RunConfig(particles="p.star", out="run", symmetry="c1").symmetry == "C1"
+    with pytest.raises(ValueError, match="C0"):
+        RunConfig(particles="p.star", out="run", symmetry="C0")

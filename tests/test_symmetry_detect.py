@@ -41,7 +41,7 @@ def test_a_symmetric_map_is_found_with_its_axis(name, fold):
     (axis,) = report.axes[f"{fold}-fold"]
     assert _angle_deg(axis, TILT[:, 2]) < 3.0  # the group's z axis, turned by the tilt
     assert report.message() == (
-        f"the map looks {name} (score {report.score:.2f} to its rotated copies): rerun with --symmetry {name}"
+        f"the map looks {name} (score {report.score:.2f} to its rotated copies); its axes are in metrics.json"
     )
     assert report.to_dict(imposed="C1")["group"] == name
 

@@ -143,7 +143,8 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(qtbot, ui_dock, tmp_path, 
     assert ui_dock.resume_button.isEnabled()
     ui_dock.resume_button.click()
     qtbot.waitUntil(lambda: not ui_dock.running, timeout=MINUTE_MS)
-    assert len(shown) == 1 and shown[0].startswith(f"{out / 'checkpoint.pt'}: not a checkpoint this program wrote")
+    assert len(shown) == 1
+    assert shown[0].startswith(f"{out / 'checkpoint.pt'}: not a checkpoint this program wrote")
     assert "\n" not in shown[0] and "Fix:" in shown[0]
 
 

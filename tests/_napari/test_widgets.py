@@ -262,11 +262,6 @@ def test_dock_offers_open_particle_layers_and_detected_devices(qtbot, ui_viewer,
     config = settings.config()
     assert (config.junk, config.noise_model, config.box) == ("keep", "white", 48)
     assert config.symmetry == "C1"
-    settings.symmetry_edit.setText("d7")
-    assert settings.config().symmetry == "D7"
-    settings.symmetry_edit.setText("C0")
-    with pytest.raises(ValueError, match="--symmetry"):
-        settings.config()
 
 
 def test_status_line_reads_like_the_issue_asks(ui_snapshot):

@@ -142,11 +142,6 @@ class RunSettings(QWidget):
             "auto: weigh each frequency by the noise power measured in the images' background, per optics "
             "group; white: every frequency alike"
         )
-        self.symmetry_edit = QLineEdit(defaults["symmetry"])
-        self.symmetry_edit.setToolTip(
-            "Point group imposed on the maps: C1 (none), Cn, Dn, T, O or I in RELION's orientations "
-            "(Cn about z, Dn's 2-fold on x); the finished run says which group its map looks like"
-        )
         self.half_maps_check = QCheckBox("reconstruct half maps (gold-standard FSC)")
         self.half_maps_check.setChecked(defaults["half_maps"])
 
@@ -163,7 +158,6 @@ class RunSettings(QWidget):
         switch_row.addWidget(self.switch_combo, 1)
         switch_row.addWidget(self.switch_epoch_spin)
         form.addRow("switch", switch_row)
-        form.addRow("symmetry", self.symmetry_edit)
         advanced_form = QWidget()
         advanced = QFormLayout(advanced_form)
         advanced.setContentsMargins(0, 0, 0, 0)
@@ -279,5 +273,4 @@ class RunSettings(QWidget):
             polarity=self.polarity_combo.currentData(),
             junk=self.junk_combo.currentData(),
             noise_model=self.noise_combo.currentData(),
-            symmetry=self.symmetry_edit.text(),
         )

@@ -86,12 +86,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="explore and auto-encode only N random particles (≥ 100), pose the others with the encoder and "
         "grid-search those it is unsure about; for large sets (default %(default)s: explore every particle)",
     )
-    p.add_argument(
-        "--symmetry",
-        default=d["symmetry"],
-        help="point group imposed on the maps: C1 (default, none), Cn, Dn, T, O or I, in RELION's "
-        "orientations (Cn about z, Dn's 2-fold on x)",
-    )
     p.set_defaults(run=run)
 
 
@@ -118,7 +112,6 @@ def config_from_args(args: argparse.Namespace):
         noise_model=args.noise_model,
         junk=args.junk,
         explore_subset=args.explore_subset,
-        symmetry=args.symmetry,
     )
 
 

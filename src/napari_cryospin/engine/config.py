@@ -83,8 +83,9 @@ class RunConfig:
     (``engine/junk.py``) out of the final maps; ``"keep"`` scores them but keeps every particle. ``box``
     None lets ``engine/working_box.py`` choose the working box. ``explore_subset`` N > 0 explores and
     auto-encodes N particles only and poses the others with the encoder (``engine/amortized.py``); 0: all.
-    ``symmetry`` is the point group imposed on every map (C1: none; Cn, Dn, T, O, I in RELION's
-    orientations, ``geometry/symmetry.py``).
+    ``symmetry`` is the point group imposed on every map; only C1 (none) is accepted for now: imposed
+    from exploration's first, blob-like maps a group settles on a wrong map whose halves still agree
+    (docs/method.md, "Symmetry"). The run detects the group instead (``metrics/symmetry_detect.py``).
     ``overwrite`` lets a fresh run replace the results of another run in ``out`` (see ``run_folder.py``);
     ``resume`` continues the run there.
     """
@@ -142,7 +143,13 @@ class RunConfig:
                 "--explore-subset needs exploration (--explore-epochs 0 was given): the encoder learns from "
                 "the subset's grid-search poses. Fix: give --explore-epochs 1 or more, or --explore-subset 0."
             )
-        canonical(self.symmetry)  # ValueError naming --symmetry and the accepted groups
+        if canonical(self.symmetry) != "C1":  # canonical: ValueError naming the accepted groups
+            raise ValueError(
+                f"symmetry {self.symmetry}: imposing a point group during ab initio is not available yet "
+                "(imposed from the first maps it settles on a wrong map whose halves still agree). Fix: run "
+                "C1: the run names the group its map shows, and `cryospin backproject --symmetry` imposes "
+                "it on poses in that group's frame."
+            )
         check_box("box", self.box)
         check_box("encoder_box", self.encoder_box, 8)
         check_device(self.device)

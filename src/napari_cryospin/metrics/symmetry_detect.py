@@ -83,7 +83,7 @@ class SymmetryReport:
         """One line for the CLI verdict and the dock."""
         if self.group != "C1" and self.group != imposed:
             text = f"the map looks {self.group} (score {self.score:.2f} to its rotated copies)"
-            return text + (f": rerun with --symmetry {self.group}" if imposed == "C1" else "")
+            return text + ("; its axes are in metrics.json" if imposed == "C1" else "")
         if self.group != "C1":
             return f"{imposed} imposed (the map scores {self.score:.2f} to its rotated copies)"
         if self.band < MIN_BAND:
