@@ -12,10 +12,13 @@ from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.mates import (
     LOCAL_DEG,
     MATE_NAMES,
+    SYMMETRY_DEG,
     WARN_FRACTION,
     check_mates,
+    map_twofolds,
     mate_rotations,
     principal_twofolds,
+    symmetry_mates,
 )
 from napari_cryospin.engine.outputs import write_results
 from napari_cryospin.engine.run_results import read_run
@@ -126,3 +129,26 @@ def test_research_brings_planted_flips_back(tiny_engine):
         tiny_engine.poses.reseed(torch.arange(tiny_engine.n), *saved)
     back = torch.rad2deg(geodesic_distance(after[which], before[which]))
     assert (back < LOCAL_DEG + 0.5).float().mean() > 0.6  # the grid alone: 1 of 60
+
+
+def test_symmetry_mates_are_the_pose_turned_by_an_operator():
+    """A 2-fold about z (C2): the map-axis mate about z always, the in-plane mate for near-axial views."""
+    rot = random_rotations(400, torch.Generator().manual_seed(3), torch.float64)
+    axes = torch.diag(torch.ones(3, dtype=torch.float64))
+    twofolds = 2 * axes[:, :, None] * axes[:, None, :] - torch.eye(3, dtype=torch.float64)  # about x, y, z
+    rots = torch.cat([rot[:, None], mate_rotations(rot, twofolds)], 1)
+    c2 = twofolds[2:].numpy()
+    same = symmetry_mates(rots, c2)
+    assert same[:, 5].all() and not same[:, 3:5].any()  # map axis 3 is z here
+    view_tilt = torch.rad2deg(torch.arccos(rot[:, 2, 2].abs()))  # the view axis R·e_z from ±z
+    assert torch.equal(same[:, 0], view_tilt < SYMMETRY_DEG / 2)  # R·Rz(π)·Rᵀ: 2-fold about R·e_z
+    assert not symmetry_mates(rots, np.zeros((0, 3, 3))).any()
+
+
+def test_mates_of_a_detected_group_are_not_counted(tiny_engine):
+    long_axis = np.stack([t[0].numpy() for t in map_twofolds(tiny_engine)])  # each half's, as if C2 about it
+    check = check_mates(tiny_engine, ("C2", long_axis))
+    assert check.symmetry_share >= 0.95 / len(MATE_NAMES)  # the mate about the long axis, for every particle
+    counted = np.isfinite(check.margin)
+    assert counted.all() and not (check.mate == 3).any()  # "map axis 1" is never the best mate counted
+    assert check.summary()["symmetry_group"] == "C2"

@@ -36,6 +36,10 @@ the exact 2-fold of a refined pose (the fine grid's spacing is 15°, the refined
 AS_GOOD_NATS = 1.0
 """A mate fits as well as the pose when the pose's margin over it is at most this (nats): a likelihood
 ratio below e (posterior odds under 73:27) is, on Jeffreys' scale, not worth more than a bare mention."""
+SYMMETRY_DEG = 10.0
+"""A mate within this of the pose turned by an operator of the map's detected group is a symmetry mate:
+it projects as the pose does, blurs nothing, and is not counted (the view 2-folds match one only for views
+near a 2-fold axis; the ±LOCAL_DEG searches and the axes' error fit well inside it)."""
 WARN_FRACTION = 0.10
 """The verdict warns (and the map is not called reliable) when more particles than this fit a mate as well."""
 
@@ -134,9 +138,22 @@ def score_hypotheses(
     return err, rots, shifts
 
 
+def symmetry_mates(rots: torch.Tensor, operators: np.ndarray) -> torch.Tensor:
+    """(B, 6) bool from :func:`score_hypotheses`' rotations (B, 7, 3, 3): the mates that are the pose
+    turned by one of the map's symmetry ``operators`` (G, 3, 3), within SYMMETRY_DEG (poses R and g·R of
+    a map with V(g·p) = V(p) project alike)."""
+    if len(operators) == 0:
+        return torch.zeros(rots.shape[0], rots.shape[1] - 1, dtype=torch.bool, device=rots.device)
+    turn = rots[:, 1:] @ rots[:, :1].transpose(-1, -2)  # (B, 6, 3, 3): mate = turn · pose
+    ops = torch.as_tensor(operators, dtype=rots.dtype, device=rots.device)
+    cos = (torch.einsum("bmij,gij->bmg", turn, ops) - 1) / 2  # cos of the angle from each operator
+    return (cos >= np.cos(np.deg2rad(SYMMETRY_DEG))).any(-1)
+
+
 def margins(errors: torch.Tensor, n_points: int) -> tuple[torch.Tensor, torch.Tensor]:
     """From :func:`score_hypotheses`' errors (B, 7): the pose's margin over its best mate in nats (B,)
-    (Gaussian likelihood with the pose's residual as noise variance) and that mate's index (B,)."""
+    (Gaussian likelihood with the pose's residual as noise variance; +inf when every mate is left out
+    with an infinite error) and that mate's index (B,)."""
     best, which = errors[:, 1:].min(1)
     sigma2 = errors[:, 0].clamp_min(1e-12)
     return (best - errors[:, 0]) * n_points / (2.0 * sigma2), which
@@ -146,8 +163,10 @@ def margins(errors: torch.Tensor, n_points: int) -> tuple[torch.Tensor, torch.Te
 class MateCheck:
     """Per particle: the pose's margin (nats) over its best mate and which mate (index into MATE_NAMES)."""
 
-    margin: np.ndarray  # (n,) nats
+    margin: np.ndarray  # (n,) nats; NaN where every mate is a symmetry mate
     mate: np.ndarray  # (n,) int
+    group: str = "C1"  # the detected point group whose mates are not counted
+    symmetry_share: float = 0.0  # the share of the mate tests left out as symmetry mates
 
     @property
     def as_good(self) -> np.ndarray:
@@ -156,11 +175,13 @@ class MateCheck:
 
     def summary(self) -> dict:
         """metrics.json's ``final.mates``: the share of particles a mate fits as well, and by which mate."""
-        as_good = self.as_good
+        as_good, counted = self.as_good, np.isfinite(self.margin)
         return {
             "fraction_as_good": float(as_good.mean()),
             "threshold_nats": AS_GOOD_NATS,
-            "median_margin_nats": float(np.median(self.margin)),
+            "median_margin_nats": float(np.nanmedian(self.margin)) if counted.any() else None,
+            "symmetry_group": self.group,
+            "symmetry_mates_left_out": self.symmetry_share,
             "per_mate": {
                 name: float((as_good & (self.mate == i)).mean()) for i, name in enumerate(MATE_NAMES)
             },
@@ -182,17 +203,21 @@ class MateCheck:
 
 
 @torch.no_grad()
-def check_mates(engine: Engine, batch_size: int = 256) -> MateCheck:
+def check_mates(
+    engine: Engine, symmetry: tuple[str, np.ndarray] = ("C1", np.zeros((0, 3, 3))), batch_size: int = 256
+) -> MateCheck:
     """Score every particle's final pose against its mates at the run's last radius, on the other half's
     map once the halves share a frame (as the junk score): a particle's own half has fit its noise at its
     pose, right or wrong (on a run left at chance, 61 % of the particles > 90° off, the own half gave every
-    pose a median 8–9 nats over its mates and flagged 1.3 %)."""
+    pose a median 8–9 nats over its mates and flagged 1.3 %). ``symmetry``: the map's detected group and
+    its operators (:meth:`SymmetryReport.operators`); its mates are not counted."""
+    group, operators = symmetry
     rot, shift = engine.current_poses()
     twofolds = map_twofolds(engine)
     held_out = engine.volume.copies == 2 and engine.halves_aligned
     stage = Stage.DECODING if engine.stage == Stage.DONE else engine.stage
     n_points = engine.schedule.points(engine.disk, stage, min(engine.epoch, engine.config.epochs - 1))
-    out = torch.zeros(engine.n, 2, dtype=torch.float64)  # (margin, mate); each process its block
+    out = torch.zeros(engine.n, 3, dtype=torch.float64)  # (margin, mate, symmetry mates); each its block
     block = engine.dp.block(engine.n)
     with engine.volume.frozen(engine._reference_weight, engine._reference_mask):
         for start in range(0, len(block), batch_size):
@@ -200,9 +225,15 @@ def check_mates(engine: Engine, batch_size: int = 256) -> MateCheck:
             batch = engine._batch(idx)
             pose_rot = torch.from_numpy(rot[idx]).to(engine.device)
             pose_shift = torch.from_numpy(shift[idx]).to(engine.device)
-            err, _, _ = score_hypotheses(engine, batch, pose_rot, pose_shift, n_points, twofolds, held_out)
+            err, rots, _ = score_hypotheses(engine, batch, pose_rot, pose_shift, n_points, twofolds, held_out)
+            same = symmetry_mates(rots, operators)
+            err[:, 1:][same] = float("inf")
             margin, which = margins(err, n_points)
             out[idx, 0] = margin.cpu().double()
             out[idx, 1] = which.cpu().double()
+            out[idx, 2] = same.sum(1).cpu().double()
     engine.dp.sync_blocks([out], engine.n)
-    return MateCheck(out[:, 0].numpy(), out[:, 1].numpy().astype(np.int64))
+    margin = out[:, 0].numpy().copy()
+    margin[~np.isfinite(margin)] = np.nan
+    share = float(out[:, 2].sum()) / (engine.n * len(MATE_NAMES))
+    return MateCheck(margin, out[:, 1].numpy().astype(np.int64), group, share)

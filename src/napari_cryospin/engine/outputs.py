@@ -162,7 +162,8 @@ def write_results(engine: Engine) -> FinalReport:
     keep = ~junk.junk if engine.config.junk == "auto" else None
     full, half_a, half_b, rot, shift = _gold_standard(engine, keep=keep)
     scores = particle_scores(engine)
-    mates = check_mates(engine)
+    symmetry = detect_symmetry(half_a, half_b, engine.config.seed)  # the working box's half maps
+    mates = check_mates(engine, (symmetry.group, symmetry.operators()))  # its symmetry mates not counted
     if not engine.dp.main:  # the maps and scores are every process's work; the files are process 0's
         return FinalReport("")
     halves = engine.halves.cpu().numpy()
@@ -185,7 +186,6 @@ def write_results(engine: Engine) -> FinalReport:
     )
     final_radius = radius_at(curve, 0.143) * engine.box / maps.box
     validity = verdict(engine.agreement, final_radius, top, engine.ctf_check, mates.reason())
-    symmetry = detect_symmetry(half_a, half_b, engine.config.seed)  # the working box's half maps
     log.info("writing metrics.json and plots…")
     write_json(
         out / "metrics.json",

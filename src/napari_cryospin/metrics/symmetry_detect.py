@@ -63,6 +63,12 @@ class SymmetryReport:
     coarse: dict[str, float] = field(default_factory=dict)  # low-resolution scores of every group tried
     band: int = 0  # shells (cycles per box) over which the halves agree, FSC ≥ 0.5
 
+    def operators(self) -> np.ndarray:
+        """(G, 3, 3) the detected group's operators other than the identity, in the map's x y z frame
+        (``frame · g · frameᵀ``); (0, 3, 3) for C1."""
+        ops = group_operators(self.group)[1:]
+        return self.frame @ ops @ self.frame.T if len(ops) else np.zeros((0, 3, 3))
+
     def to_dict(self, imposed: str = "C1") -> dict:
         """Plain JSON for metrics.json (``imposed``: the run's ``--symmetry``)."""
         return {
