@@ -33,6 +33,7 @@ def test_half_b_is_moved_onto_half_a_by_a_sub_voxel_translation(tiny_dataset):
         halves=torch.from_numpy(halves),
         halves_aligned=True,
         config=SimpleNamespace(seed=0),
+        symmetry=None,  # no point group (Engine.symmetry: its operators)
         device=torch.device("cpu"),
         dp=DataParallel(),
         current_poses=lambda: (truth.rotations.astype(np.float32), shifts),
