@@ -46,10 +46,10 @@ def known_map_engine(data: Path, mode: str, n_map: int, radius: float, junk: np.
             ones,
             ones,
         )
-        new = insert_weighted(eng._batch(part), poses, eng.disk, eng.disk.count(radius))
+        new = insert_weighted(eng.model.batch(part), poses, eng.model.disk, eng.model.disk.count(radius))
         acc = new if acc is None else acc + new
-    for copy in range(eng.volume.copies):
-        eng.volume.set_from_real_space(torch.from_numpy(solve_map(acc)), copy=copy)
+    for copy in range(eng.model.volume.copies):
+        eng.model.volume.set_from_real_space(torch.from_numpy(solve_map(acc)), copy=copy)
     return eng
 
 
@@ -66,16 +66,19 @@ def main() -> None:
     test = np.arange(len(truth) - args.test, len(truth))
     for mode in ("auto", "white"):
         eng = known_map_engine(args.data, mode, args.map, args.radius, junk)
-        n = eng.disk.count(args.radius)
+        n = eng.model.disk.count(args.radius)
         with torch.no_grad():
             for start in range(0, len(test), 100):
                 part = test[start : start + 100]
+                m = eng.model
                 found = grid_search(
-                    eng.volume, eng._batch(part), eng.grids[-1], torch.zeros(len(part), 2), eng.offsets,
-                    eng.disk, n, 1,
-                )  # fmt: skip
-                eng.best_rot[part], eng.best_shift[part] = found.rotations[:, 0], found.shifts[:, 0]
-        rot = eng.best_rot[test].double().numpy()
+                    m.volume, m.batch(part), m.grids[-1], torch.zeros(len(part), 2), m.offsets, m.disk, n, 1
+                )
+                eng.model.best_rot[part], eng.model.best_shift[part] = (
+                    found.rotations[:, 0],
+                    found.shifts[:, 0],
+                )
+        rot = eng.model.best_rot[test].double().numpy()
         cos = (np.einsum("nij,nij->n", rot, truth.rotations[test]) - 1) / 2
         err = np.degrees(np.arccos(np.clip(cos, -1, 1)))
         real = np.ones(len(test), bool) if junk is None else ~junk[test]
@@ -84,7 +87,9 @@ def main() -> None:
             f"{np.median(err[real]):.1f}°, mean {err[real].mean():.1f}°"
         )
         if junk is not None and junk[test].any():
-            terms = fit_terms(eng, n)  # every image; only the searched ones have a pose that means anything
+            terms = fit_terms(
+                eng.model, n
+            )  # every image; only the searched ones have a pose that means anything
             z = correlation_z(terms.correlation()[test])
             line += f"; junk AUC {roc_auc(z, junk[test]):.3f} (z > 2: junk {np.mean(z[junk[test]] > 2):.2f}"
             line += f", particles {np.mean(z[~junk[test]] > 2):.3f})"

@@ -48,7 +48,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run = SavedRun(args.run)
     print(
-        f"{args.run}: {run.n} particles, stage {run.stage.value}, {run.n_points} frequencies, "
+        f"{args.run}: {run.n} particles, stage {run.model.stage.value}, {run.model.n_points()} frequencies, "
         f"loaded in {time.perf_counter() - t0:.1f} s"
     )
     picks = np.array_split(np.linspace(0, run.n - 1, args.particles).round().astype(int), parts)[part - 1]

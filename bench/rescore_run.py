@@ -37,10 +37,12 @@ def main() -> None:
     engine = Engine(RunConfig.from_dict(settings))
     engine._build()
     engine._restore(engine._resume_state)
-    rot, shift = engine.current_poses()
-    write_poses_star(args.copy / "poses.star", engine.particles, rot, shift, particle_scores(engine))
+    rot, shift = engine.model.current_poses()
+    write_poses_star(
+        args.copy / "poses.star", engine.model.particles, rot, shift, particle_scores(engine.model)
+    )
     write_run_record(args.copy, "reconstruct", engine.config.to_dict(), engine.identity)
-    print(f"{args.copy}: scores added for {engine.n} particles in {time.perf_counter() - t0:.0f} s")
+    print(f"{args.copy}: scores added for {engine.model.n} particles in {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -105,8 +105,8 @@ def measure(args: argparse.Namespace) -> None:
     engine = Engine(cfg)
     engine._build()
     build_s = time.perf_counter() - t0
-    dp, sch, n = engine.dp, engine.schedule, engine.n
-    perm = distributed.balanced_order(np.random.default_rng(0).permutation(n), engine.halves_np)
+    dp, sch, n = engine.dp, engine.model.schedule, engine.model.n
+    perm = distributed.balanced_order(np.random.default_rng(0).permutation(n), engine.model.halves_np)
     pos = 0
 
     def timed(step, batch: int, sync: bool = True) -> float:
@@ -117,37 +117,39 @@ def measure(args: argparse.Namespace) -> None:
             pos += len(idx)
             dp.sum_scalar(0.0)  # all processes start together
             t = time.perf_counter()
-            part = dp.split(idx, engine.halves_np, engine._halves_owned())  # decoding: by half, as in a run
+            part = dp.split(
+                idx, engine.model.halves_np, engine._halves_owned()
+            )  # decoding: by half, as in a run
             step(part)
             if sync:
-                dp.sync_rows(distributed.particle_state(engine), idx)
+                dp.sync_rows(distributed.particle_state(engine.model, engine.pose_opt), idx)
             dp.sum_scalar(0.0)
             if k:
                 rates.append(len(idx) / (time.perf_counter() - t))
         return float(np.median(rates))
 
     last = max(sch.explore_epochs - 1, 0)
-    engine.epoch = last
+    engine.model.epoch = last
     rate = {}
-    explore_points = sch.points(engine.disk, Stage.EXPLORING, last)
+    explore_points = sch.points(engine.model.disk, Stage.EXPLORING, last)
     rate["explore"] = timed(lambda p: engine._exploring_step(p, explore_points), sch.explore_batch)
-    engine.stage = Stage.ENCODING
-    enc_points = sch.points(engine.disk, Stage.ENCODING, last + 1)
+    engine.model.stage = Stage.ENCODING
+    enc_points = sch.points(engine.model.disk, Stage.ENCODING, last + 1)
     rate["encode"] = timed(lambda p: engine._encoding_step(p, enc_points), cfg.batch_size)
-    engine.stage = Stage.DECODING
-    engine.poses = ParticlePoses(engine.best_rot, engine.best_shift).to(engine.device)
+    engine.model.stage = Stage.DECODING
+    engine.model.poses = ParticlePoses(engine.model.best_rot, engine.model.best_shift).to(engine.device)
     engine.pose_opt = engine._pose_optimizer()
-    dec_points = sch.points(engine.disk, Stage.DECODING, cfg.epochs - 1)
+    dec_points = sch.points(engine.model.disk, Stage.DECODING, cfg.epochs - 1)
     rate["decode"] = timed(lambda p: engine._decoding_step(p, dec_points), cfg.batch_size)
-    rot, shift = engine.best_rot.numpy(), engine.best_shift.numpy()
+    rot, shift = engine.model.best_rot.numpy(), engine.model.best_shift.numpy()
     rate["backproject"] = timed(
-        lambda p: accumulate(engine.particles, rot, shift, p, device=engine.device), 256, sync=False
+        lambda p: accumulate(engine.model.particles, rot, shift, p, device=engine.device), 256, sync=False
     )
     dp.sum_scalar(0.0)
     t = time.perf_counter()
     block = dp.block(n)
     for start in range(0, len(block), 1024):
-        engine.particles.stack[block[start : start + 1024]]
+        engine.model.particles.stack[block[start : start + 1024]]
     dp.sum_scalar(0.0)
     read_s = time.perf_counter() - t
     rss_mb = _peak_rss_mb()
@@ -159,7 +161,7 @@ def measure(args: argparse.Namespace) -> None:
     )
     if dp.main:
         result = dict(
-            n=n, box=engine.box, procs=dp.world, threads=args.threads, device=str(engine.device),
+            n=n, box=engine.model.box, procs=dp.world, threads=args.threads, device=str(engine.device),
             **{f"{k}_ips": v for k, v in rate.items()}, rss_mb=rss_mb, gpu_mb=gpu_mb, read_s=read_s,
             build_s=build_s, load=_load(), batches=args.batches, max_batch=args.max_batch,
         )  # fmt: skip

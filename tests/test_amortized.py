@@ -16,6 +16,7 @@ from napari_cryospin.engine.amortized import SemiAmortized, stratified_choice, u
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
+from napari_cryospin.engine.run_model import RunModel
 from process_group import free_port, join_as
 from test_distributed import _agree, _halves
 from tiny_run import TINY_RUN
@@ -79,7 +80,7 @@ def semi_run(tiny_dataset, tmp_path_factory):
     """A tiny run exploring 100 of 200 particles, recording which particles each stage searched."""
     out = tmp_path_factory.mktemp("semi") / "run"
     seen: dict[str, list[np.ndarray]] = {"explored": [], "encoded": [], "switch_search": []}
-    explore, encode, search = Engine._exploring_step, Engine._encoding_step, Engine._fine_grid_search
+    explore, encode, search = Engine._exploring_step, Engine._encoding_step, RunModel.fine_grid_search
 
     def explore_spy(self, idx, n_points):
         seen["explored"].append(np.array(idx))
@@ -100,7 +101,7 @@ def semi_run(tiny_dataset, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp_:
         mp_.setattr(Engine, "_exploring_step", explore_spy)
         mp_.setattr(Engine, "_encoding_step", encode_spy)
-        mp_.setattr(Engine, "_fine_grid_search", search_spy)
+        mp_.setattr(RunModel, "fine_grid_search", search_spy)
         snaps = list(engine.run())
     snap = snaps[-1]
     assert snap.stage == Stage.DONE and "done" in snap.message
@@ -109,7 +110,7 @@ def semi_run(tiny_dataset, tmp_path_factory):
 
 def test_only_the_subset_is_explored_and_auto_encoded(semi_run):
     engine, _, seen = semi_run
-    subset = set(engine.semi.explored.tolist())
+    subset = set(engine.model.semi.explored.tolist())
     assert len(subset) == 100
     assert set(seen["explored"].tolist()) == subset and len(seen["explored"]) == 100  # one epoch
     assert set(seen["encoded"].tolist()) == subset and len(seen["encoded"]) == 100
@@ -117,7 +118,7 @@ def test_only_the_subset_is_explored_and_auto_encoded(semi_run):
 
 def test_the_audit_and_the_unsure_particles_and_nothing_else_are_grid_searched(semi_run):
     engine, out, seen = semi_run
-    semi = engine.semi
+    semi = engine.model.semi
     report = json.loads((out / "metrics.json").read_text())["final"]["semi_amortized"]
     conf = np.nan_to_num(semi.confidence.numpy(), nan=np.inf)
     rest = ~semi.is_explored
@@ -134,10 +135,10 @@ def test_the_audit_and_the_unsure_particles_and_nothing_else_are_grid_searched(s
 
 def test_every_particle_ends_with_a_pose(semi_run):
     engine, out, _ = semi_run
-    rest = ~engine.semi.is_explored
+    rest = ~engine.model.semi.is_explored
     # The encoder's sure poses keep their head (0..M−1); grid-searched ones that moved are marked M.
-    assert ((engine.best_head >= 0) & (engine.best_head <= engine.config.heads)).all()
-    assert (engine.best_head[torch.from_numpy(rest)] < engine.config.heads).any()
+    assert ((engine.model.best_head >= 0) & (engine.model.best_head <= engine.config.heads)).all()
+    assert (engine.model.best_head[torch.from_numpy(rest)] < engine.config.heads).any()
     rot = load_particles(out / "poses.star").rotations
     assert len(rot) == 200
     angle_to_identity = np.degrees(np.arccos(np.clip((np.trace(rot, axis1=1, axis2=2) - 1) / 2, -1, 1)))

@@ -215,4 +215,4 @@ def test_resume_with_another_particle_file_is_refused(tiny_dataset, stopped_run,
 def test_resume_may_change_the_device_and_half_maps(tiny_dataset, stopped_run, tmp_path):
     out = _copy(stopped_run, tmp_path)
     engine = _resume(tiny_dataset, out, device="auto", half_maps=False)
-    assert engine.n == 200
+    assert engine.model.n == 200

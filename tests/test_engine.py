@@ -37,33 +37,44 @@ def test_winner_takes_all_picks_lowest_loss_head(tiny_dataset, tmp_path):
     eng._build()
     truth = load_particles(tiny_dataset / "truth.star")
     idx = np.arange(8)
-    batch = eng._batch(idx)
+    batch = eng.model.batch(idx)
     true_rot = torch.as_tensor(truth.rotations[idx], dtype=torch.float32)
     wrong = random_rotations(8, torch.Generator().manual_seed(0))
     # put the true pose in head 1, random ones elsewhere; load the true map into the decoder
     from napari_cryospin.data.mrc import read_volume
 
     vol, _ = read_volume(tiny_dataset / "truth_volume.mrc")
-    eng.volume.set_from_real_space(torch.as_tensor(vol) / (eng.scale * eng.box))
+    eng.model.volume.set_from_real_space(torch.as_tensor(vol) / (eng.model.scale * eng.model.box))
     rot = torch.stack([wrong, true_rot, wrong.flip(0)], dim=1)
     shift = torch.as_tensor(truth.shifts[idx], dtype=torch.float32)[:, None].expand(8, 3, 2)
-    err = squared_error(eng.volume, batch, rot, shift, eng.disk, eng.disk.count(8))
+    err = squared_error(eng.model.volume, batch, rot, shift, eng.model.disk, eng.model.disk.count(8))
     assert (err.argmin(1) == 1).float().mean() >= 0.75
     # and the engine's WTA step records, per particle, exactly the argmin head of its loss
-    eng.encoder.train()  # the step runs in training mode (batch statistics); the same batch, the same output
+    eng.model.encoder.train()  # the step runs in training mode (batch statistics): the same batch, output
     with torch.no_grad():
-        r, s = eng.encoder(eng._encoder_input(batch))
+        r, s = eng.model.encoder(eng.model.encoder_input(batch))
         expected = torch.empty(len(idx), dtype=torch.long)
-        for copy in range(eng.volume.copies):  # each particle against its own half's map
-            own = eng.halves[batch.idx] == copy if eng.volume.copies == 2 else torch.ones(8, dtype=torch.bool)
+        for copy in range(eng.model.volume.copies):  # each particle against its own half's map
+            own = (
+                eng.model.halves[batch.idx] == copy
+                if eng.model.volume.copies == 2
+                else torch.ones(8, dtype=torch.bool)
+            )
             err, _ = searched_error(
-                eng.volume, batch.select(own), r[own], s[own], eng.offsets, eng.disk, eng.disk.count(8), copy
+                eng.model.volume,
+                batch.select(own),
+                r[own],
+                s[own],
+                eng.model.offsets,
+                eng.model.disk,
+                eng.model.disk.count(8),
+                copy,
             )
             expected[own] = err.argmin(1)
     eng.enc_opt.param_groups[0]["lr"] = 0.0
     eng.vol_opt.param_groups[0]["lr"] = 0.0
-    eng._encoding_step(idx, eng.disk.count(8))
-    assert torch.equal(eng.best_head[idx], expected)
+    eng._encoding_step(idx, eng.model.disk.count(8))
+    assert torch.equal(eng.model.best_head[idx], expected)
 
 
 def test_shift_search_equals_explicit_shifts_and_never_loses(tiny_dataset, tmp_path):
@@ -71,14 +82,14 @@ def test_shift_search_equals_explicit_shifts_and_never_loses(tiny_dataset, tmp_p
 
     eng = Engine(_config(tiny_dataset, tmp_path))
     eng._build()
-    batch = eng._batch(np.arange(6))
+    batch = eng.model.batch(np.arange(6))
     rot = random_rotations(12, torch.Generator().manual_seed(5)).reshape(6, 2, 3, 3)
     base = torch.randn(6, 2, 2, generator=torch.Generator().manual_seed(6))
-    n = eng.disk.count(10)
-    best, shifts = searched_error(eng.volume, batch, rot, base, shift_grid(2.0), eng.disk, n)
-    explicit = squared_error(eng.volume, batch, rot, shifts, eng.disk, n)
+    n = eng.model.disk.count(10)
+    best, shifts = searched_error(eng.model.volume, batch, rot, base, shift_grid(2.0), eng.model.disk, n)
+    explicit = squared_error(eng.model.volume, batch, rot, shifts, eng.model.disk, n)
     assert torch.allclose(best, explicit, atol=1e-5)
-    assert torch.all(best <= squared_error(eng.volume, batch, rot, base, eng.disk, n) + 1e-6)
+    assert torch.all(best <= squared_error(eng.model.volume, batch, rot, base, eng.model.disk, n) + 1e-6)
 
 
 def test_likelihood_disk_is_sorted_and_inside_nyquist():
@@ -99,8 +110,8 @@ def test_switch_on_command_changes_stage_at_next_step(tiny_dataset, tmp_path, ex
     while snap.step == commanded_at:  # an epoch-end snapshot may come before the next step
         snap = gen.send(None)
     assert snap.step == commanded_at + 1 and snap.stage == Stage.DECODING
-    assert eng.switch_reason == "requested by the user"
-    assert eng.poses is not None
+    assert eng.model.switch_reason == "requested by the user"
+    assert eng.model.poses is not None
     gen.close()
 
 
@@ -148,17 +159,17 @@ def test_decoding_filters_the_pose_map_by_the_last_fsc_and_resume_keeps_it(
     snap = next(gen)
     while snap.epoch < 3:
         snap = gen.send(None)
-    decoded = [h for h in engine.history if h["stage"] == "auto-decoding" and h["fsc"] is not None]
+    decoded = [h for h in engine.model.history if h["stage"] == "auto-decoding" and h["fsc"] is not None]
     assert decoded, "no FSC was measured while decoding"
-    assert engine.schedule.reference_fsc == [float(v) for v in decoded[-1]["fsc"][1]]
-    weight = engine.schedule.reference_weight(engine.box, "cpu")
+    assert engine.model.schedule.reference_fsc == [float(v) for v in decoded[-1]["fsc"][1]]
+    weight = engine.model.schedule.reference_weight(engine.model.box, "cpu")
     assert weight.max() <= 1.0 and weight.min() >= 0.0 and weight[-1, -1, -1] < weight[16, 16, 16]
-    assert masks and all(np.array_equal(m.cpu().numpy(), half_map_mask(engine.box)) for m in masks)
+    assert masks and all(np.array_equal(m.cpu().numpy(), half_map_mask(engine.model.box)) for m in masks)
     gen.send(Command("stop"))
     cfg.resume = True
     resumed = Engine(cfg)
     next(resumed.run())
-    assert resumed.schedule.reference_fsc == engine.schedule.reference_fsc
+    assert resumed.model.schedule.reference_fsc == engine.model.schedule.reference_fsc
 
 
 def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):
@@ -172,13 +183,13 @@ def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):
     for name in ("volume.mrc", "half_a.mrc", "half_b.mrc", "poses.star", "metrics.json", "fsc.png"):
         assert (out / name).exists(), name
     vol, voxel = read_volume(out / "volume.mrc")
-    assert vol.shape == (32, 32, 32) and voxel == pytest.approx(eng.particles.pixel_size)
+    assert vol.shape == (32, 32, 32) and voxel == pytest.approx(eng.model.particles.pixel_size)
     poses = load_particles(out / "poses.star")
     assert len(poses) == 200 and poses.rotations is not None
     # The written half maps are backprojections of the engine's own halves (the ones it kept apart while
     # training), each from its particles only: rebuilding them from those halves gives the same maps.
     # Particles scored as junk (--junk auto, the default) are left out of both.
-    halves = eng.halves.cpu().numpy()
+    halves = eng.model.halves.cpu().numpy()
     junk = poses.table["rlnParticleSelectZScore"].to_numpy() > Z_JUNK
     assert len(load_particles(out / "particles_kept.star")) == 200 - junk.sum()
     assert (f"{junk.sum()} junk left out" in snaps[-1].message) == (junk.sum() > 0)  # said only when so
@@ -186,8 +197,10 @@ def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):
     assert len(a) + len(b) + junk.sum() == 200 and abs(len(a) - len(b)) <= 1 + junk.sum()
     for name, members in (("half_a.mrc", a), ("half_b.mrc", b)):
         written, _ = read_volume(out / name)
-        rebuilt = backproject(eng.particles, poses.rotations, poses.shifts, indices=members)
-        other = backproject(eng.particles, poses.rotations, poses.shifts, indices=b if members is a else a)
+        rebuilt = backproject(eng.model.particles, poses.rotations, poses.shifts, indices=members)
+        other = backproject(
+            eng.model.particles, poses.rotations, poses.shifts, indices=b if members is a else a
+        )
         assert np.allclose(written, rebuilt, atol=1e-3 * np.abs(rebuilt).max())
         assert not np.allclose(written, other, atol=1e-3 * np.abs(other).max())
     assert snaps[-1].head_fractions.sum() == pytest.approx(1.0)

@@ -21,7 +21,7 @@ def test_a_stop_during_the_halves_alignment_is_taken_between_its_chunks(tiny_dat
     snap = next(gen)
     while snap.epoch < config.explore_epochs:  # up to the end of exploration
         snap = gen.send(None)
-    assert not asked and not engine.halves_aligned
+    assert not asked and not engine.model.halves_aligned
     snap = gen.send(None)  # the halves' alignment starts, and hears the stop at its first chunk
     assert snap.stage == Stage.DONE and snap.message.startswith("stopped at epoch 2; checkpoint saved")
     assert len(asked) == 1 and len(scored) == 1  # stopped in the first pass

@@ -37,9 +37,9 @@ def test_working_box_is_the_stack_box_up_to_a_cap_per_device():
 def test_engine_works_at_the_cpu_box_with_pixel_size_and_shifts_scaled(box96, tmp_path):
     eng = Engine(RunConfig(particles=str(box96 / "particles.star"), out=str(tmp_path / "run"), device="cpu"))
     stored = load_particles(box96 / "particles.star")
-    assert stored.box == 96 and eng.box == 64 == eng.particles.stack.box
-    assert eng.particles.pixel_size == pytest.approx(stored.pixel_size * 96 / 64)
-    assert eng.particles.stack[[0]].shape == (1, 64, 64)
+    assert stored.box == 96 and eng.model.box == 64 == eng.model.particles.stack.box
+    assert eng.model.particles.pixel_size == pytest.approx(stored.pixel_size * 96 / 64)
+    assert eng.model.particles.stack[[0]].shape == (1, 64, 64)
     truth = load_particles(box96 / "truth.star")
     assert np.allclose(truth.at_box(32).shifts, truth.shifts / 3)
 
@@ -68,16 +68,17 @@ def test_full_size_maps_come_back_at_the_stored_box_and_match_the_truth(box96, t
 def test_written_maps_are_full_size_and_the_working_map_is_kept(box96, tmp_path):
     working = load_particles(box96 / "truth.star").at_box(32)
     halves = list(split_halves(len(working)))
-    engine = SimpleNamespace(
-        out=tmp_path,
+    model = SimpleNamespace(  # a stand-in run model
         particles=working,
         box=32,
         device="cpu",
-        symmetry=None,  # no point group (Engine.symmetry: its operators)
+        symmetry=None,  # no point group (RunModel.symmetry: its operators)
         config=SimpleNamespace(half_maps=True),
     )
     small = np.zeros((32, 32, 32), np.float32)
-    info, maps = write_final_maps(engine, (small, small, small), halves, (working.rotations, working.shifts))
+    info, maps = write_final_maps(
+        model, tmp_path, (small, small, small), halves, (working.rotations, working.shifts)
+    )
     for name in ("volume.mrc", "half_a.mrc", "half_b.mrc"):
         vol, voxel = read_volume(tmp_path / name)
         assert vol.shape == (96, 96, 96) and voxel == pytest.approx(working.pixel_size / 3, rel=1e-4)

@@ -74,22 +74,29 @@ def _known_map_engine(junk_set, out) -> tuple[Engine, np.ndarray, torch.Tensor]:
         ones,
         ones,
     )
-    sums = insert_weighted(eng._batch(real), poses, eng.disk, eng.disk.count(15))
+    sums = insert_weighted(eng.model.batch(real), poses, eng.model.disk, eng.model.disk.count(15))
     return eng, junk, torch.from_numpy(solve_map(sums))
 
 
 def test_engine_junk_score_separates_junk_against_a_known_map(junk_set, tmp_path):
     eng, junk, known = _known_map_engine(junk_set, tmp_path / "run")
     assert junk.sum() == 60
-    for copy in range(eng.volume.copies):
-        eng.volume.set_from_real_space(known, copy=copy)
+    for copy in range(eng.model.volume.copies):
+        eng.model.volume.set_from_real_space(known, copy=copy)
     # Every image (junk too) gets its best fine-grid pose, as a run would give it.
-    batch = eng._batch(np.arange(eng.n))
+    batch = eng.model.batch(np.arange(eng.model.n))
     found = grid_search(
-        eng.volume, batch, eng.grids[-1], torch.zeros(eng.n, 2), eng.offsets, eng.disk, eng.disk.count(10), 1
+        eng.model.volume,
+        batch,
+        eng.model.grids[-1],
+        torch.zeros(eng.model.n, 2),
+        eng.model.offsets,
+        eng.model.disk,
+        eng.model.disk.count(10),
+        1,
     )
-    eng.best_rot, eng.best_shift = found.rotations[:, 0], found.shifts[:, 0]
-    scores = score_junk(eng)
+    eng.model.best_rot, eng.model.best_shift = found.rotations[:, 0], found.shifts[:, 0]
+    scores = score_junk(eng.model)
     assert roc_auc(scores.z, junk) > 0.9
     assert roc_auc(-scores.log_likelihood_ratio, junk) > 0.8
     assert scores.junk[junk].mean() > 0.5 and scores.junk[~junk].mean() < 0.05
@@ -99,17 +106,19 @@ def test_junk_score_holds_each_particle_against_the_other_half_once_the_halves_s
     junk_set, tmp_path
 ):
     eng, junk, known = _known_map_engine(junk_set, tmp_path / "run")
-    assert eng.volume.copies == 2
-    eng.volume.set_from_real_space(known, copy=0)
-    eng.volume.set_from_real_space(-known, copy=1)  # half B's map: the same, negated
+    assert eng.model.volume.copies == 2
+    eng.model.volume.set_from_real_space(known, copy=0)
+    eng.model.volume.set_from_real_space(-known, copy=1)  # half B's map: the same, negated
     truth = load_particles(junk_set / "truth.star")
-    eng.best_rot = torch.as_tensor(truth.rotations, dtype=torch.float32)
-    eng.best_shift = torch.as_tensor(truth.shifts, dtype=torch.float32)
-    eng.offsets = torch.zeros(1, 2)  # keep the true shifts (a search on the negated map would move them)
-    half = eng.halves.numpy()
+    eng.model.best_rot = torch.as_tensor(truth.rotations, dtype=torch.float32)
+    eng.model.best_shift = torch.as_tensor(truth.shifts, dtype=torch.float32)
+    eng.model.offsets = torch.zeros(
+        1, 2
+    )  # keep the true shifts (a search on the negated map would move them)
+    half = eng.model.halves.numpy()
     for aligned, sign_a in ((True, -1), (False, 1)):  # aligned: half A's particles meet half B's map
-        eng.halves_aligned = aligned
-        corr = score_junk(eng).correlation
+        eng.model.halves_aligned = aligned
+        corr = score_junk(eng.model).correlation
         assert np.mean(np.sign(corr[~junk & (half == 0)]) == sign_a) > 0.9, aligned
         assert np.mean(np.sign(corr[~junk & (half == 1)]) == -sign_a) > 0.9, aligned
 

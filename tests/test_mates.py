@@ -73,13 +73,13 @@ def tiny_engine(tiny_dataset, tmp_path_factory) -> Engine:
     rot = torch.as_tensor(truth.rotations, dtype=torch.float32)
     shift = torch.as_tensor(truth.shifts, dtype=torch.float32)
     for c in (0, 1):
-        idx = np.flatnonzero(engine.halves_np == c)
+        idx = np.flatnonzero(engine.model.halves_np == c)
         ones = torch.ones(len(idx), 1)
         known = SoftAssignment(rot[idx][:, None], shift[idx][:, None], ones, ones)
-        sums = insert_weighted(engine._batch(idx), known, engine.disk, engine.disk.count(12))
-        engine.volume.set_from_real_space(torch.from_numpy(solve_map(sums)), copy=c)
-    engine.halves_aligned = True  # both halves in the truth's frame
-    engine.best_rot, engine.best_shift = rot, shift
+        sums = insert_weighted(engine.model.batch(idx), known, engine.model.disk, engine.model.disk.count(12))
+        engine.model.volume.set_from_real_space(torch.from_numpy(solve_map(sums)), copy=c)
+    engine.model.halves_aligned = True  # both halves in the truth's frame
+    engine.model.best_rot, engine.model.best_shift = rot, shift
     engine._switch_to_decoding("test")
     return engine
 
@@ -88,28 +88,28 @@ def _plant(engine: Engine, seed: int) -> tuple[np.ndarray, torch.Tensor]:
     """Put PLANTED of the particles on a mate of their pose (in-plane or flipped); returns them and the
     poses they had."""
     rng = np.random.default_rng(seed)
-    which = np.sort(rng.choice(engine.n, int(PLANTED * engine.n), replace=False))
-    rot, shift = engine.poses.all_poses()
+    which = np.sort(rng.choice(engine.model.n, int(PLANTED * engine.model.n), replace=False))
+    rot, shift = engine.model.poses.all_poses()
     idx = torch.from_numpy(which)
     mates = mate_rotations(rot[idx], torch.eye(3).expand(3, 3, 3))
     kind = torch.from_numpy(rng.integers(0, 3, len(which)))  # in-plane 180°, flip about x or y
-    engine.poses.reseed(idx, mates[torch.arange(len(which)), kind], shift[idx])
+    engine.model.poses.reseed(idx, mates[torch.arange(len(which)), kind], shift[idx])
     return which, rot
 
 
 def test_mate_check_finds_planted_flips(tiny_engine, tmp_path):
-    clean = check_mates(tiny_engine)
+    clean = check_mates(tiny_engine.model)
     assert clean.as_good.mean() < WARN_FRACTION
-    saved = tiny_engine.poses.all_poses()
+    saved = tiny_engine.model.poses.all_poses()
     try:
         which, _ = _plant(tiny_engine, seed=0)
-        found = check_mates(tiny_engine)
+        found = check_mates(tiny_engine.model)
         assert found.as_good[which].mean() > 0.9
         assert abs(found.as_good.mean() - PLANTED) < 0.1
         tiny_engine.out = tmp_path
-        write_results(tiny_engine)
+        write_results(tiny_engine.model, tiny_engine.out)
     finally:
-        tiny_engine.poses.reseed(torch.arange(tiny_engine.n), *saved)
+        tiny_engine.model.poses.reseed(torch.arange(tiny_engine.model.n), *saved)
     final = json.loads((tmp_path / "metrics.json").read_text())["final"]
     assert abs(final["mates"]["fraction_as_good"] - found.as_good.mean()) < 1e-9
     assert final["validity"]["reliable"] is False
@@ -120,13 +120,13 @@ def test_mate_check_finds_planted_flips(tiny_engine, tmp_path):
 
 
 def test_research_brings_planted_flips_back(tiny_engine):
-    saved = tiny_engine.poses.all_poses()
+    saved = tiny_engine.model.poses.all_poses()
     try:
         which, before = _plant(tiny_engine, seed=1)
         tiny_engine._research_poses()
-        after, _ = tiny_engine.poses.all_poses()
+        after, _ = tiny_engine.model.poses.all_poses()
     finally:
-        tiny_engine.poses.reseed(torch.arange(tiny_engine.n), *saved)
+        tiny_engine.model.poses.reseed(torch.arange(tiny_engine.model.n), *saved)
     back = torch.rad2deg(geodesic_distance(after[which], before[which]))
     assert (back < LOCAL_DEG + 0.5).float().mean() > 0.6  # the grid alone: 1 of 60
 
@@ -146,8 +146,10 @@ def test_symmetry_mates_are_the_pose_turned_by_an_operator():
 
 
 def test_mates_of_a_detected_group_are_not_counted(tiny_engine):
-    long_axis = np.stack([t[0].numpy() for t in map_twofolds(tiny_engine)])  # each half's, as if C2 about it
-    check = check_mates(tiny_engine, ("C2", long_axis))
+    long_axis = np.stack(
+        [t[0].numpy() for t in map_twofolds(tiny_engine.model)]
+    )  # each half's, as if C2 about it
+    check = check_mates(tiny_engine.model, ("C2", long_axis))
     assert check.symmetry_share >= 0.95 / len(MATE_NAMES)  # the mate about the long axis, for every particle
     counted = np.isfinite(check.margin)
     assert counted.all() and not (check.mate == 3).any()  # "map axis 1" is never the best mate counted

@@ -111,24 +111,35 @@ def _best_grid_poses(tiny_dataset, tmp_path, mode):
     cfg = RunConfig(particles=str(tiny_dataset / "particles.star"), out=str(tmp_path / mode), device="cpu")
     eng = Engine(RunConfig.from_dict({**cfg.to_dict(), "noise_model": mode}))
     eng._build()
-    batch = eng._batch(np.arange(eng.n))
-    one = torch.ones(eng.n, 1)
+    batch = eng.model.batch(np.arange(eng.model.n))
+    one = torch.ones(eng.model.n, 1)
     poses = SoftAssignment(
         torch.as_tensor(truth.rotations, dtype=torch.float32)[:, None],
         torch.as_tensor(truth.shifts, dtype=torch.float32)[:, None],
         one,
         one,
     )
-    n = eng.disk.count(10)
-    eng.volume.set_from_real_space(torch.from_numpy(solve_map(insert_weighted(batch, poses, eng.disk, n))))
-    found = grid_search(eng.volume, batch, eng.grids[0], torch.zeros(eng.n, 2), eng.offsets, eng.disk, n, 1)
+    n = eng.model.disk.count(10)
+    eng.model.volume.set_from_real_space(
+        torch.from_numpy(solve_map(insert_weighted(batch, poses, eng.model.disk, n)))
+    )
+    found = grid_search(
+        eng.model.volume,
+        batch,
+        eng.model.grids[0],
+        torch.zeros(eng.model.n, 2),
+        eng.model.offsets,
+        eng.model.disk,
+        n,
+        1,
+    )
     return found.rotations[:, 0], eng
 
 
 def test_white_noise_leaves_the_search_unchanged(tiny_dataset, tmp_path):
     auto, eng = _best_grid_poses(tiny_dataset, tmp_path, "auto")
     white, _ = _best_grid_poses(tiny_dataset, tmp_path, "white")
-    weights = eng.noise.weights(np.arange(eng.n))
+    weights = eng.model.noise.weights(np.arange(eng.model.n))
     assert float(weights.std() / weights.mean()) < 0.05  # flat: the data's noise is white
     same = torch.isclose(auto, white, atol=1e-5).flatten(1).all(1).float().mean()
     assert same > 0.97

@@ -28,22 +28,22 @@ def test_half_b_is_moved_onto_half_a_by_a_sub_voxel_translation(tiny_dataset):
     )
     shifts = truth.shifts.astype(np.float32).copy()
     shifts[in_b] = moved
-    engine = SimpleNamespace(
+    model = SimpleNamespace(  # a stand-in run model
         particles=particles,
         halves=torch.from_numpy(halves),
         halves_aligned=True,
         config=SimpleNamespace(seed=0),
-        symmetry=None,  # no point group (Engine.symmetry: its operators)
+        symmetry=None,  # no point group (RunModel.symmetry: its operators)
         device=torch.device("cpu"),
         dp=DataParallel(),
         current_poses=lambda: (truth.rotations.astype(np.float32), shifts),
     )
-    _, half_a, half_b, _, registered = _gold_standard(engine)
+    _, half_a, half_b, _, registered = _gold_standard(model)
     assert np.linalg.norm(best_translation(half_b, half_a)) < 0.1
     assert np.median(np.linalg.norm(registered[in_b] - truth.shifts[in_b], axis=1)) < 0.15
     assert np.median(np.linalg.norm(moved - truth.shifts[in_b], axis=1)) > 0.4  # there was something to undo
     np.testing.assert_array_equal(registered[~in_b], shifts[~in_b])  # half A keeps its own frame
     # Not registered while the halves are still in their own frames (during exploration).
-    engine.halves_aligned = False
-    *_, unregistered = _gold_standard(engine)
+    model.halves_aligned = False
+    *_, unregistered = _gold_standard(model)
     np.testing.assert_array_equal(unregistered, shifts)

@@ -32,19 +32,19 @@ def test_so3_grid_is_rotations_spread_over_views():
 def test_grid_search_equals_brute_force(tiny_dataset, tmp_path, monkeypatch, max_table):
     monkeypatch.setattr("napari_cryospin.model.search.MAX_TABLE", max_table)
     eng = _engine(tiny_dataset, tmp_path)
-    batch = eng._batch(np.arange(5))
+    batch = eng.model.batch(np.arange(5))
     grid = so3_grid(1, 4)
     offsets = shift_grid(1.0)
     centres = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
-    n = eng.disk.count(6)
-    found = grid_search(eng.volume, batch, grid, centres, offsets, eng.disk, n, top_k=4)
+    n = eng.model.disk.count(6)
+    found = grid_search(eng.model.volume, batch, grid, centres, offsets, eng.model.disk, n, top_k=4)
     shifts = centres[:, None, None] + offsets[None, :, None]  # (B, S, G, 2)
     rots = grid[None, None].expand(5, len(offsets), -1, -1, -1)
     shifts = shifts.expand(-1, -1, len(grid), -1)
-    brute = squared_error(eng.volume, batch, rots, shifts, eng.disk, n).reshape(5, -1)
+    brute = squared_error(eng.model.volume, batch, rots, shifts, eng.model.disk, n).reshape(5, -1)
     best = brute.sort(dim=1).values[:, :4]
     assert torch.allclose(found.errors, best, rtol=1e-4, atol=1e-6)
-    again = squared_error(eng.volume, batch, found.rotations, found.shifts, eng.disk, n)
+    again = squared_error(eng.model.volume, batch, found.rotations, found.shifts, eng.model.disk, n)
     assert torch.allclose(again, found.errors, rtol=1e-4, atol=1e-6)
     assert torch.allclose(found.weights.sum(1), torch.ones(5))
     assert torch.all(found.weights[:, :-1] >= found.weights[:, 1:])
@@ -52,13 +52,13 @@ def test_grid_search_equals_brute_force(tiny_dataset, tmp_path, monkeypatch, max
 
 def test_running_sums_forget_old_batches(tiny_dataset, tmp_path):
     eng = _engine(tiny_dataset, tmp_path)
-    n = eng.disk.count(5)
+    n = eng.model.disk.count(5)
     sums = []
     for start in (0, 8):
-        batch = eng._batch(np.arange(start, start + 8))
+        batch = eng.model.batch(np.arange(start, start + 8))
         grid, offsets = so3_grid(1, 4), shift_grid(1.0)
-        found = grid_search(eng.volume, batch, grid, torch.zeros(8, 2), offsets, eng.disk, n, 2)
-        sums.append(insert_weighted(batch, found, eng.disk, n))
+        found = grid_search(eng.model.volume, batch, grid, torch.zeros(8, 2), offsets, eng.model.disk, n, 2)
+        sums.append(insert_weighted(batch, found, eng.model.disk, n))
     mixed = forget(forget(None, sums[0], 0.25), sums[1], 0.25)
     assert torch.allclose(mixed.den, 0.75 * sums[0].den + sums[1].den)  # a decayed sum, not a mean
     steady = None
@@ -82,14 +82,23 @@ def test_grid_search_finds_true_poses_against_a_known_pose_map(tiny_dataset, tmp
 
     truth = load_particles(tiny_dataset / "truth.star")
     eng = _engine(tiny_dataset, tmp_path)
-    idx = np.arange(eng.n)
-    batch = eng._batch(idx)
-    n = eng.disk.count(10)
-    sums = insert_weighted(batch, _truth_assignment(truth, idx, eng.device), eng.disk, n)
-    eng.volume.set_from_real_space(torch.from_numpy(solve_map(sums)))
+    idx = np.arange(eng.model.n)
+    batch = eng.model.batch(idx)
+    n = eng.model.disk.count(10)
+    sums = insert_weighted(batch, _truth_assignment(truth, idx, eng.device), eng.model.disk, n)
+    eng.model.volume.set_from_real_space(torch.from_numpy(solve_map(sums)))
     medians = []
-    for grid in eng.grids:
-        found = grid_search(eng.volume, batch, grid, torch.zeros(eng.n, 2), eng.offsets, eng.disk, n, 1)
+    for grid in eng.model.grids:
+        found = grid_search(
+            eng.model.volume,
+            batch,
+            grid,
+            torch.zeros(eng.model.n, 2),
+            eng.model.offsets,
+            eng.model.disk,
+            n,
+            1,
+        )
         error = align_rotations(found.rotations[:, 0].numpy(), truth.rotations)
         medians.append(error.median)
     # The coarse grid is ~30° apart, so its nearest pose is up to ~20° off (random poses: ~120°); the fine
@@ -104,16 +113,16 @@ def test_exploration_fits_the_images_better_as_it_goes(tiny_dataset, tmp_path):
     eng = _engine(tiny_dataset, tmp_path, explore_epochs=3, epochs=3)
     losses = []
     for epoch in range(3):
-        eng.epoch = epoch
-        perm = np.random.default_rng(epoch).permutation(eng.n)
+        eng.model.epoch = epoch
+        perm = np.random.default_rng(epoch).permutation(eng.model.n)
         errs = []
-        for pos in range(0, eng.n, eng.schedule.explore_batch):
-            idx = np.sort(perm[pos : pos + eng.schedule.explore_batch])
-            errs.append(eng._exploring_step(idx, eng.disk.count(6)))
+        for pos in range(0, eng.model.n, eng.model.schedule.explore_batch):
+            idx = np.sort(perm[pos : pos + eng.model.schedule.explore_batch])
+            errs.append(eng._exploring_step(idx, eng.model.disk.count(6)))
         losses.append(np.mean(errs))
     assert losses[-1] < losses[0]
-    assert torch.all(eng.best_head == eng.config.heads)  # every particle holds a kept pose
-    assert eng.volume.real_space().sum() > 0
+    assert torch.all(eng.model.best_head == eng.config.heads)  # every particle holds a kept pose
+    assert eng.model.volume.real_space().sum() > 0
 
 
 def test_global_research_rescues_poses_in_a_wrong_basin(tiny_dataset, tmp_path):
@@ -122,45 +131,53 @@ def test_global_research_rescues_poses_in_a_wrong_basin(tiny_dataset, tmp_path):
 
     truth = load_particles(tiny_dataset / "truth.star")
     eng = _engine(tiny_dataset, tmp_path)
-    idx = np.arange(eng.n)
-    batch = eng._batch(idx)
-    sums = insert_weighted(batch, _truth_assignment(truth, idx, eng.device), eng.disk, eng.disk.count(10))
-    eng.volume.set_from_real_space(torch.from_numpy(solve_map(sums)))
+    idx = np.arange(eng.model.n)
+    batch = eng.model.batch(idx)
+    sums = insert_weighted(
+        batch, _truth_assignment(truth, idx, eng.device), eng.model.disk, eng.model.disk.count(10)
+    )
+    eng.model.volume.set_from_real_space(torch.from_numpy(solve_map(sums)))
     lost = idx % 4 == 0  # a quarter of the particles start from random rotations
     start = torch.as_tensor(truth.rotations, dtype=torch.float32)
     start[lost] = random_rotations(int(lost.sum()), generator=torch.Generator().manual_seed(5))
-    eng.best_rot, eng.best_shift = start, torch.as_tensor(truth.shifts, dtype=torch.float32)
+    eng.model.best_rot, eng.model.best_shift = start, torch.as_tensor(truth.shifts, dtype=torch.float32)
     eng._switch_to_decoding("test")
     eng._research_poses()
-    rot, _ = eng.current_poses()
+    rot, _ = eng.model.current_poses()
     true = torch.as_tensor(truth.rotations, dtype=torch.float64)
     error = np.degrees(geodesic_distance(true, torch.as_tensor(rot, dtype=torch.float64)).numpy())
     assert np.median(error[lost]) < 25.0  # random rotations: ~120°
     assert np.median(error[~lost]) < 5.0  # the right ones stay right (or move to a grid pose next to it)
-    assert 0.2 < eng.research_moved < 0.6
+    assert 0.2 < eng.model.research_moved < 0.6
 
 
 def test_shift_prior_adds_its_gaussian_term_to_every_candidate(tiny_dataset, tmp_path):
     eng = _engine(tiny_dataset, tmp_path)
-    batch = eng._batch(np.arange(4))
-    grid, offsets, n = so3_grid(1, 4), shift_grid(2.0), eng.disk.count(6)
+    batch = eng.model.batch(np.arange(4))
+    grid, offsets, n = so3_grid(1, 4), shift_grid(2.0), eng.model.disk.count(6)
     centres = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, -7.0], [3.0, 3.0]])
-    free = grid_search(eng.volume, batch, grid, centres, offsets, eng.disk, n, top_k=len(grid) * len(offsets))
+    free = grid_search(
+        eng.model.volume, batch, grid, centres, offsets, eng.model.disk, n, top_k=len(grid) * len(offsets)
+    )
     sigma = 2.0
-    held = grid_search(eng.volume, batch, grid, centres, offsets, eng.disk, n, top_k=4, shift_sigma=sigma)
+    held = grid_search(
+        eng.model.volume, batch, grid, centres, offsets, eng.model.disk, n, top_k=4, shift_sigma=sigma
+    )
     power = (batch.spectrum[:, :n].abs() ** 2).sum(-1) / n  # the prior's noise estimate per image
     expect = free.errors + power[:, None] * (free.shifts**2).sum(-1) / (n * sigma**2)
     assert torch.allclose(held.errors, expect.sort(dim=1).values[:, :4], rtol=1e-4, atol=1e-6)
-    tight = grid_search(eng.volume, batch, grid, centres, offsets, eng.disk, n, top_k=1, shift_sigma=1e-3)
+    tight = grid_search(
+        eng.model.volume, batch, grid, centres, offsets, eng.model.disk, n, top_k=1, shift_sigma=1e-3
+    )
     nearest = centres + offsets[((centres[:, None] + offsets[None]) ** 2).sum(-1).argmin(1)]
     assert torch.equal(tight.shifts[:, 0], nearest)  # a tight prior picks the shift nearest the centre
 
 
 def test_exploration_follows_each_last_shift_but_keeps_the_box_centre_in_its_window(tiny_dataset, tmp_path):
     eng = _engine(tiny_dataset, tmp_path)
-    radius = eng.schedule.shift_search
+    radius = eng.model.schedule.shift_search
     last = torch.tensor([[1.0, -1.0], [3 * radius, 0.0], [0.0, -2 * radius], [radius, radius]])
-    eng.best_shift[:4] = last
+    eng.model.best_shift[:4] = last
     centres = eng._explore_centres(torch.arange(4))
     assert torch.equal(centres[0], last[0])  # inside the radius: followed as it is
     lengths = centres.norm(dim=-1)
@@ -177,17 +194,17 @@ def test_aligning_the_halves_is_not_counted_as_a_pose_change(tiny_dataset, tmp_p
     from napari_cryospin.resources import bundled_map_path
 
     eng = _engine(tiny_dataset, tmp_path)
-    assert eng.volume.copies == 2 and not eng.halves_aligned
+    assert eng.model.volume.copies == 2 and not eng.model.halves_aligned
     truth = load_particles(tiny_dataset / "truth.star")
     volume = torch.from_numpy(np.ascontiguousarray(read_volume(bundled_map_path(32))[0]))
-    eng.volume.set_from_real_space(volume, copy=0)
-    eng.volume.set_from_real_space(torch.rot90(volume, 1, (0, 2)).contiguous(), copy=1)  # B: 90° off
-    eng.best_rot = torch.as_tensor(truth.rotations, dtype=torch.float32)
-    eng.prev_rot = eng.best_rot.clone()  # the poses at the last exploration epoch's end
-    before = eng.best_rot.clone()
+    eng.model.volume.set_from_real_space(volume, copy=0)
+    eng.model.volume.set_from_real_space(torch.rot90(volume, 1, (0, 2)).contiguous(), copy=1)  # B: 90° off
+    eng.model.best_rot = torch.as_tensor(truth.rotations, dtype=torch.float32)
+    eng.prev_rot = eng.model.best_rot.clone()  # the poses at the last exploration epoch's end
+    before = eng.model.best_rot.clone()
     eng._align_halves()
-    in_b = eng.halves.numpy() == 1
-    moved = np.degrees(geodesic_distance(before.double(), eng.best_rot.double()).numpy())
+    in_b = eng.model.halves.numpy() == 1
+    moved = np.degrees(geodesic_distance(before.double(), eng.model.best_rot.double()).numpy())
     assert np.median(moved[in_b]) > 60 and np.all(moved[~in_b] < 1e-3)  # half B's frame did change
-    change = np.degrees(geodesic_distance(eng.prev_rot.double(), eng.best_rot.double()).numpy())
+    change = np.degrees(geodesic_distance(eng.prev_rot.double(), eng.model.best_rot.double()).numpy())
     assert np.all(change < 1e-3)  # but no particle's pose did, as the auto-switch measures it

@@ -5,7 +5,7 @@ grid-searched. At large N this replaces O(rotations × shifts) per image by one 
 The subset is drawn within each gold-standard half (in proportion), so both halves are explored
 independently as before. At the switch the engine's pass over every particle gives each unexplored one its
 best head; :meth:`SemiAmortized.note` keeps the log-likelihood margin of that head over the best rival head
-(``particle_scores.pose_confidence``), and :meth:`SemiAmortized.pose_rest` grid-searches the audit subset,
+(``confidence.pose_confidence``), and ``amortized_posing.pose_rest`` grid-searches the audit subset,
 learns from it which margins mark wrong encoder poses (:func:`unsure_threshold`), and grid-searches the
 particles below that margin. Everything is measured and kept in :attr:`SemiAmortized.report`.
 """
@@ -13,18 +13,13 @@ particles below that margin. Everything is measured and kept in :attr:`SemiAmort
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..geometry.rotations import geodesic_distance
+from .confidence import pose_confidence
 from .events import Stage
-from .particle_scores import DISTINCT_DEG, pose_confidence
-
-if TYPE_CHECKING:
-    from .engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -127,74 +122,17 @@ class SemiAmortized:
         rows = ~self.is_explored[idx]
         self.confidence[torch.as_tensor(idx[rows])] = torch.from_numpy(margin[rows])
 
-    @torch.no_grad()
-    def pose_rest(self, engine: Engine, encoded: bool) -> None:
-        """Grid-search the audit subset and the unsure unexplored particles, keeping the better pose.
-
-        ``encoded``: the switch's pass gave the unexplored particles encoder poses (a switch during
-        exploration did not: then every one of them is grid-searched). Call after that pass, in every process.
-        """
-        if not self.active:
-            return
-        t0 = time.perf_counter()
-        dp = engine.dp
-        rest = ~self.is_explored
-        angle = torch.full((self.n,), float("nan"), dtype=torch.float64)
-        better = torch.zeros(self.n, dtype=torch.float64)
-        if not encoded:
-            self._search(engine, rest, angle, better)
-            dp.sync_blocks(self._pose_rows(engine), self.n)
-            cut, unsure, wrong = float("nan"), rest & ~self.is_audit, None
-        else:
-            dp.sync_blocks([self.confidence], self.n)
-            self._search(engine, self.is_audit, angle, better)
-            dp.sync_blocks([*self._pose_rows(engine), angle, better], self.n)
-            wrong = (better.numpy() > 0) & (angle.numpy() > DISTINCT_DEG)
-            cut = unsure_threshold(self.confidence.numpy()[self.is_audit], wrong[self.is_audit])
-            unsure = rest & ~self.is_audit & (np.nan_to_num(self.confidence.numpy(), nan=np.inf) <= cut)
-            self._search(engine, unsure, angle, better)
-            dp.sync_blocks(self._pose_rows(engine), self.n)
-        posing_s = dp.sum_scalar(time.perf_counter() - t0) / dp.world
-        self.report = self._summary(engine, unsure, cut, angle.numpy(), wrong, posing_s)
-        log.info("semi-amortized posing: %s", self.report["summary"])
-
-    def _pose_rows(self, engine: Engine) -> list[torch.Tensor]:
-        return [engine.best_rot, engine.best_shift, engine.best_head]
-
-    def _search(self, engine: Engine, which: np.ndarray, angle: torch.Tensor, better: torch.Tensor) -> None:
-        """Fine-grid search of this process's block of ``which`` against each particle's own half map, at
-        exploration's top radius; a grid pose that fits better than the current one replaces it.
-
-        Records each particle's angle (degrees) between its current and its grid pose, and whether it moved.
-        """
-        n_points = engine.schedule.points(engine.disk, Stage.EXPLORING, engine.schedule.explore_epochs - 1)
-        block = engine.dp.block(self.n)
-        block = block[which[block]]
-        for start in range(0, len(block), engine.schedule.explore_batch):
-            idx = block[start : start + engine.schedule.explore_batch]
-            batch = engine._batch(idx)
-            cpu_idx = torch.as_tensor(idx)
-            rot = engine.best_rot[cpu_idx].to(engine.device)
-            shift = engine.best_shift[cpu_idx].to(engine.device)
-            now, grid_err, grid_rot, grid_shift = engine._fine_grid_search(batch, rot, shift, n_points)
-            grid_rot, grid_shift = grid_rot.cpu(), grid_shift.cpu()
-            angle[cpu_idx] = torch.rad2deg(geodesic_distance(engine.best_rot[cpu_idx], grid_rot)).double()
-            moved = (grid_err < now).cpu()
-            better[cpu_idx] = moved.double()
-            engine.best_rot[cpu_idx[moved]] = grid_rot[moved]
-            engine.best_shift[cpu_idx[moved]] = grid_shift[moved]
-            engine.best_head[cpu_idx[moved]] = self.heads
-
-    def _summary(
+    def summary(
         self,
-        engine: Engine,
+        spent: float,
         unsure: np.ndarray,
         cut: float,
         angle: np.ndarray,
         wrong: np.ndarray | None,
         posing_s: float,
     ) -> dict:
-        """What metrics.json records: shares, the audit's encoder-vs-grid angles, and the time saved.
+        """What metrics.json records: shares, the audit's encoder-vs-grid angles, and the time saved
+        (``spent``: seconds of exploration and auto-encoding).
 
         ``wrong`` None: the encoder posed nobody (a switch during exploration), so there is no audit.
         """
@@ -208,7 +146,6 @@ class SemiAmortized:
             missed = float((wrong & audit & (conf > cut)).sum() / wrong[audit].sum())
         # Exploration and auto-encoding iterated over the subset only; their cost per epoch is linear in the
         # particles, so the whole set would have cost elapsed × n / subset. The posing here is the price.
-        spent = engine.elapsed
         saved = spent * (self.n / self.size - 1) - posing_s
         median = float(np.median(audit_angle)) if len(audit_angle) else None
         shown = "no audit (switched during exploration)" if median is None else f"audit median {median:.1f}°"

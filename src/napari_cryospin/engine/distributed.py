@@ -370,13 +370,14 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         return y
 
 
-def particle_state(engine: Any) -> list[torch.Tensor]:
-    """The engine's per-particle tensors (n rows each): best poses, and in auto-decoding the pose
-    parameters with their Adam moments. These are what :meth:`DataParallel.sync_rows` gathers."""
-    tensors = [engine.best_rot, engine.best_shift, engine.best_head]
-    if engine.poses is not None:
-        tensors += [engine.poses.base, engine.poses.omega.weight, engine.poses.shift.weight]
-        for state in engine.pose_opt.state.values():
+def particle_state(model: Any, pose_opt: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    """The run model's per-particle tensors (n rows each): best poses, and in auto-decoding the pose
+    parameters with their Adam moments (``pose_opt``). These are what :meth:`DataParallel.sync_rows`
+    gathers."""
+    tensors = [model.best_rot, model.best_shift, model.best_head]
+    if model.poses is not None:
+        tensors += [model.poses.base, model.poses.omega.weight, model.poses.shift.weight]
+        for state in pose_opt.state.values():
             tensors += [m for m in state.values() if torch.is_tensor(m) and m.dim() == 2]
     return tensors
 

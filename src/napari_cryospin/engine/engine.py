@@ -11,8 +11,9 @@ and every epoch end write an atomic checkpoint; ``config.resume`` continues from
 ``engine.poll`` (a function returning the next command or None) is also heard between the chunks of the
 halves' alignment, the one long stretch without a snapshot (~20 s on a CPU; one-process runs).
 
-This module holds the loop of stages; the run's data and parameters (``run_state.py``), each stage's
-step (``stages.py``) and what a snapshot shows (``views.py``) are mixed into :class:`Engine`.
+This module holds the loop of stages; the run itself is its :class:`~.run_model.RunModel` (``model``),
+and each stage's step (``stages.py``) and what a snapshot shows (``views.py``) are mixed into
+:class:`Engine`.
 """
 
 from __future__ import annotations
@@ -24,68 +25,52 @@ from collections.abc import Callable, Generator
 import numpy as np
 import torch
 
-from ..data.errors import ParticleFileError
-from ..data.particles import ParticleSet, load_particles
 from ..geometry.rotations import geodesic_distance
-from ..geometry.symmetry import group_operators
-from ..model.likelihood import (
-    FrequencyDisk,
-)
+from ..reconstruction import Accumulator
 from ..safe_write import write_json
 from . import distributed
-from .amortized import explored_count
 from .checkpoint import open_run_folder, read_resume_state, save_checkpoint
 from .config import RunConfig
 from .device import resolve_device
 from .events import Command, Snapshot, Stage
-from .inputs import check_enough_particles, input_identity
+from .inputs import input_identity
+from .optimizers import RowAdam, adam
 from .outputs import write_epoch_record, write_results
 from .run_folder import write_run_record
-from .run_state import RunState
-from .schedule import Schedule
+from .run_model import RunModel
 from .stages import Stages
 from .switch import AutoSwitch
-from .validity import half_map_mask, radius_at
+from .validity import radius_at
 from .views import Views
-from .working_box import working_box
 
 log = logging.getLogger(__name__)
+
+
+BEFORE_DECODING = (Stage.EXPLORING, Stage.ENCODING)
+"""The stages a switch to auto-decoding leaves."""
 
 
 class StopRun(Exception):
     """Raised inside the loop when the consumer asked to stop."""
 
 
-class Engine(RunState, Stages, Views):
-    """One reconstruction run; validates the input when constructed (errors name the file and fix)."""
+class Engine(Stages, Views):
+    """One reconstruction run; validates the input when constructed (errors name the file and fix).
+
+    ``model`` (:class:`~.run_model.RunModel`) is the run; the engine holds what advances it: the
+    optimisers, the place in the epoch, exploration's running sums, and the consumer's commands.
+    """
 
     def __init__(self, config: RunConfig, views: bool = True):
         """``views``: build the chosen particle's candidates and pose posterior for the snapshots (the dock
         shows them; a headless run has no use for them, and their cost falls on process 0 alone)."""
         self.config = config
         self.views = views
-        self.device = torch.device(resolve_device(config.device))
-        self.dp = distributed.from_env(self.device)  # one process unless started by torchrun
-        self.device = self.dp.device
-        particles = load_particles(config.particles, box=config.box)
-        particles = particles.at_box(working_box(particles.stack.original_box, config.box, self.device.type))
-        if particles.ctf is None:
-            raise ParticleFileError(
-                f"{particles.path}: a bare stack has no CTF parameters. "
-                "Fix: open the RELION .star or cryoSPARC .cs file that describes this stack."
-            )
-        if config.max_particles is not None and config.max_particles < len(particles):
-            particles = particles.subset(np.arange(config.max_particles))
-        check_enough_particles(particles, limited=config.max_particles is not None)
-        self.particles: ParticleSet = particles
-        self.symmetry = group_operators(config.symmetry)  # (n, 3, 3): imposed on every map (C1: identity)
-        self.n = len(particles)
-        self.box = particles.box
-        explored = explored_count(config.explore_subset, self.n)  # exploration's batches follow its size
-        self.schedule = Schedule(self.box, config, self.device.type, explored)
-        self.disk = FrequencyDisk(self.box, particles.pixel_size, self.device)
+        self.dp = distributed.from_env(torch.device(resolve_device(config.device)))  # one process unless
+        self.device = self.dp.device  # started by torchrun
+        self.model = RunModel.from_config(config, self.device, self.dp)
         self.out = config.out_dir
-        self.identity = input_identity(particles)
+        self.identity = input_identity(self.model.particles)
         self._folder_lock, self._resume_state = self.dp.main_first(  # before any work; process 0 locks
             lambda: open_run_folder(config, self.identity),  # and prepares the folder
             lambda: (None, read_resume_state(config, self.identity)),
@@ -93,8 +78,67 @@ class Engine(RunState, Stages, Views):
         self._selected = 0
         self._commands: list[Command] = []
         self.poll: Callable[[], Command | None] | None = None  # set by the consumer: see the module docstring
-        self._reference_weight: torch.Tensor | None = None  # the pose steps' map filter (_follow_fsc)
-        self._reference_mask = torch.from_numpy(half_map_mask(self.box)).to(self.device)  # and their mask
+
+    def _build(self) -> None:
+        """Build the model (``RunModel.build``) and the optimisers; the loop starts at the first epoch."""
+        m = self.model
+        m.build()
+        self.enc_opt = adam(m.encoder.parameters(), m.schedule.encoder_lr, self.device)
+        self.vol_opt = adam(m.volume.parameters(), m.schedule.volume_lr_encoding, self.device)
+        self.pose_opt = None
+        self.explore_sums: list = [None] * m.volume.copies
+        self.prev_rot = self.prev_head = self.perm = None
+        self.pos = self.step = 0
+
+    def _state(self) -> dict:
+        """The checkpoint: the model's state, the optimisers and the place in the epoch."""
+        return {
+            **self.model.state(),
+            "input": self.identity,
+            "pos": self.pos,
+            "explore_sums": self.explore_sums,
+            "perm": self.perm,
+            "step": self.step,
+            "enc_opt": self.enc_opt.state_dict(),
+            "vol_opt": self.vol_opt.state_dict(),
+            "pose_opt": None if self.pose_opt is None else self.pose_opt.state_dict(),
+            "prev_rot": self.prev_rot,
+            "prev_head": self.prev_head,
+            "rng": torch.get_rng_state(),
+        }
+
+    def _restore(self, st: dict) -> None:
+        m = self.model
+        m.load_state(st)
+        self.pos, self.perm, self.step = st["pos"], st["perm"], st["step"]
+        self.explore_sums = [
+            None if acc is None else Accumulator(acc.num.to(self.device), acc.den.to(self.device))
+            for acc in st["explore_sums"]
+        ]
+        self.enc_opt.load_state_dict(st["enc_opt"])
+        self.vol_opt = self._volume_optimizer()  # the map may have split into halves since the start
+        self.vol_opt.load_state_dict(st["vol_opt"])
+        if m.poses is not None:
+            self.pose_opt = self._pose_optimizer()
+            self.pose_opt.load_state_dict(st["pose_opt"])
+        self.prev_rot, self.prev_head = st["prev_rot"], st["prev_head"]
+        torch.set_rng_state(st["rng"])
+
+    def _volume_optimizer(self) -> torch.optim.Optimizer:
+        m = self.model
+        sch = m.schedule
+        lr = sch.volume_lr_decoding if m.stage == Stage.DECODING else sch.volume_lr_encoding
+        return adam(m.volume.parameters(), lr, self.device)
+
+    def _pose_optimizer(self) -> torch.optim.Optimizer:
+        m = self.model
+        assert m.poses is not None
+        return RowAdam(
+            [
+                {"params": [m.poses.omega.weight], "lr": m.schedule.rotation_lr},
+                {"params": [m.poses.shift.weight], "lr": m.schedule.shift_lr},
+            ]
+        )
 
     # ----------------------------------------------------------------------------------------- setup
     def _stop_if_asked(self) -> None:
@@ -104,13 +148,6 @@ class Engine(RunState, Stages, Views):
             self._handle(self.poll())
         if any(c.kind == "stop" for c in self._commands):
             raise StopRun
-
-    def current_poses(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every particle's current best rotation (n, 3, 3) and shift (n, 2) in pixels."""
-        if self.poses is not None:
-            rot, shift = self.poses.all_poses()
-            return rot.cpu().numpy(), shift.cpu().numpy()
-        return self.best_rot.numpy(), self.best_shift.numpy()
 
     def _handle(self, cmd: Command | None) -> None:
         if cmd is None:
@@ -136,158 +173,181 @@ class Engine(RunState, Stages, Views):
             self._folder_lock.release()
 
     def _stream(self) -> Generator[Snapshot, Command | None, None]:
+        m = self.model
         self._build()
         if self._resume_state is not None:
             self._restore(self._resume_state)
-        self.dp.broadcast(self.encoder, self.volume)
+        self.dp.broadcast(m.encoder, m.volume)
         self._paths: dict[int, list[np.ndarray]] = {}
         self._want_posterior = True
+        self._last_yield = 0.0
         auto = AutoSwitch()
-        last_yield = 0.0
-        before_decoding = (Stage.EXPLORING, Stage.ENCODING)
         try:
-            while self.epoch < self.config.epochs:
-                if self.stage == Stage.EXPLORING and self.epoch >= self.schedule.explore_epochs:
-                    self._align_halves()
-                    self.stage = Stage.ENCODING
-                    log.info("exploration done after %d epochs; auto-encoding starts", self.epoch)
-                if self.stage in before_decoding:
-                    sw = self.config.switch
-                    if isinstance(sw, int) and not isinstance(sw, bool) and self.epoch >= sw:
-                        self._switch_to_decoding(f"set epoch {sw}")
-                if self.perm is None:
-                    gen = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
-                    self.perm = torch.randperm(self.n, generator=gen).numpy()
-                    self.perm = self.semi.order(self.perm, self.stage)  # the explored subset (pre-switch)
-                    if self.stage == Stage.DECODING and self.volume.copies == 2:  # in any number of processes
-                        self.perm = distributed.balanced_order(self.perm, self.halves_np)
-                    self.pos = 0
-                    if self.stage == Stage.DECODING and self.epoch == self.schedule.research_epoch():
-                        self._research_poses()
-                    if self.pose_opt is not None:
-                        scale = self.schedule.pose_rate_scale(self.epoch)
-                        rates = (self.schedule.rotation_lr, self.schedule.shift_lr)
-                        for group, rate in zip(self.pose_opt.param_groups, rates, strict=True):
-                            group["lr"] = rate * scale
-                t_epoch = time.perf_counter()
-                seen, loss_sum, local_seen, local_sum = 0, 0.0, 0, 0.0
-                while self.pos < len(self.perm):
-                    stop, switch = self.dp.agree(  # every process stops or switches at the same step
-                        *(any(c.kind == kind for c in self._commands) for kind in ("stop", "switch"))
-                    )
-                    if stop:
-                        raise StopRun
-                    if self.stage in before_decoding and switch:
-                        self._commands = [c for c in self._commands if c.kind != "switch"]
-                        self._switch_to_decoding("requested by the user")
-                    exploring = self.stage == Stage.EXPLORING
-                    bs = self.schedule.explore_batch if exploring else self.config.batch_size
-                    idx = self.perm[self.pos : self.pos + bs]
-                    part = self.dp.split(idx, self.halves_np, self._halves_owned())  # this process's share
-                    t0 = time.perf_counter()
-                    n_points = self.schedule.points(self.disk, self.stage, self.epoch)
-                    if self.stage == Stage.EXPLORING:
-                        loss = self._exploring_step(part, n_points)
-                    elif self.stage == Stage.ENCODING:
-                        loss = self._encoding_step(part, n_points)
-                    else:
-                        loss = self._decoding_step(part, n_points)
-                    self.dp.sync_rows(distributed.particle_state(self), idx)
-                    if self.stage == Stage.DECODING and self._selected in set(idx.tolist()):
-                        self._record_path()
-                    self.elapsed += time.perf_counter() - t0
-                    self.step += 1
-                    self.pos += len(idx)
-                    seen += len(idx)
-                    loss_sum += loss * len(idx)
-                    local_seen += len(part)
-                    local_sum += loss * len(part)
-                    now = time.perf_counter()
-                    if now - last_yield >= self.config.snapshot_interval_s:
-                        ips = seen / max(now - t_epoch, 1e-9)
-                        full = self._want_posterior or now - last_yield >= 4 * self.config.snapshot_interval_s
-                        snap = self._snapshot(loss_sum / seen, ips, full, self._want_posterior)
-                        self._want_posterior = False
-                        last_yield = time.perf_counter()
-                        self._handle((yield snap))
-                ips = seen / max(time.perf_counter() - t_epoch, 1e-9)
-                loss = self.dp.sum_scalar(local_sum) / max(self.dp.sum_scalar(local_seen), 1)  # every image's
+            while m.epoch < self.config.epochs:
+                self._begin_epoch()
+                loss, ips = yield from self._epoch_steps()
                 self._sync_halves()
                 self._end_epoch(loss, ips, auto)
                 snap = self._snapshot(loss, ips, True, True)
-                last_yield = time.perf_counter()
+                self._last_yield = time.perf_counter()
                 self._handle((yield snap))
         except StopRun:
-            self._sync_halves()
-            if self.dp.main:
-                save_checkpoint(self.out, self._state())
-            snap = self._snapshot(float("nan"), 0.0, True)
-            snap.stage = Stage.DONE
-            snap.message = f"stopped at epoch {self.epoch + 1}; checkpoint saved in {self.out}"
-            self._release_folder()
-            yield snap
+            yield self._stopped()
             return
-        final = write_results(self)
+        yield self._finished()
+
+    def _begin_epoch(self) -> None:
+        """Stage changes due at this epoch, then (unless resumed mid-epoch) the epoch's particle order, the
+        global re-search when it is due, and the pose steps' rates."""
+        m = self.model
+        if m.stage == Stage.EXPLORING and m.epoch >= m.schedule.explore_epochs:
+            self._align_halves()
+            m.stage = Stage.ENCODING
+            log.info("exploration done after %d epochs; auto-encoding starts", m.epoch)
+        sw = self.config.switch
+        if m.stage in BEFORE_DECODING and isinstance(sw, int) and not isinstance(sw, bool) and m.epoch >= sw:
+            self._switch_to_decoding(f"set epoch {sw}")
+        if self.perm is not None:
+            return
+        gen = torch.Generator().manual_seed(self.config.seed * 1000 + m.epoch)
+        self.perm = m.semi.order(
+            torch.randperm(m.n, generator=gen).numpy(), m.stage
+        )  # pre-switch: the subset
+        if m.stage == Stage.DECODING and m.volume.copies == 2:  # in any number of processes
+            self.perm = distributed.balanced_order(self.perm, m.halves_np)
+        self.pos = 0
+        if m.stage == Stage.DECODING and m.epoch == m.schedule.research_epoch():
+            self._research_poses()
+        if self.pose_opt is not None:
+            scale = m.schedule.pose_rate_scale(m.epoch)
+            rates = (m.schedule.rotation_lr, m.schedule.shift_lr)
+            for group, rate in zip(self.pose_opt.param_groups, rates, strict=True):
+                group["lr"] = rate * scale
+
+    def _epoch_steps(self) -> Generator[Snapshot, Command | None, tuple[float, float]]:
+        """The rest of the epoch's batches, a snapshot at most every ``snapshot_interval_s``; returns the
+        epoch's mean loss over every process's images and this process's images per second."""
+        t_epoch = time.perf_counter()
+        seen, loss_sum, local_seen, local_sum = 0, 0.0, 0, 0.0
+        while self.pos < len(self.perm):
+            idx, part, loss = self._step()
+            seen += len(idx)
+            loss_sum += loss * len(idx)
+            local_seen += len(part)
+            local_sum += loss * len(part)
+            now = time.perf_counter()
+            if now - self._last_yield >= self.config.snapshot_interval_s:
+                ips = seen / max(now - t_epoch, 1e-9)
+                full = self._want_posterior or now - self._last_yield >= 4 * self.config.snapshot_interval_s
+                snap = self._snapshot(loss_sum / seen, ips, full, self._want_posterior)
+                self._want_posterior = False
+                self._last_yield = time.perf_counter()
+                self._handle((yield snap))
+        ips = seen / max(time.perf_counter() - t_epoch, 1e-9)
+        return self.dp.sum_scalar(local_sum) / max(self.dp.sum_scalar(local_seen), 1), ips
+
+    def _step(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """One batch of the current stage (after the consumer's stop or switch, agreed by every process);
+        returns the batch, this process's share of it and the share's loss."""
+        m = self.model
+        stop, switch = self.dp.agree(  # every process stops or switches at the same step
+            *(any(c.kind == kind for c in self._commands) for kind in ("stop", "switch"))
+        )
+        if stop:
+            raise StopRun
+        if m.stage in BEFORE_DECODING and switch:
+            self._commands = [c for c in self._commands if c.kind != "switch"]
+            self._switch_to_decoding("requested by the user")
+        bs = m.schedule.explore_batch if m.stage == Stage.EXPLORING else self.config.batch_size
+        idx = self.perm[self.pos : self.pos + bs]
+        part = self.dp.split(idx, m.halves_np, self._halves_owned())  # this process's share
+        t0 = time.perf_counter()
+        n_points = m.schedule.points(m.disk, m.stage, m.epoch)
+        if m.stage == Stage.EXPLORING:
+            loss = self._exploring_step(part, n_points)
+        elif m.stage == Stage.ENCODING:
+            loss = self._encoding_step(part, n_points)
+        else:
+            loss = self._decoding_step(part, n_points)
+        self.dp.sync_rows(distributed.particle_state(m, self.pose_opt), idx)
+        if m.stage == Stage.DECODING and self._selected in set(idx.tolist()):
+            self._record_path()
+        m.elapsed += time.perf_counter() - t0
+        self.step += 1
+        self.pos += len(idx)
+        return idx, part, loss
+
+    def _stopped(self) -> Snapshot:
+        """Checkpoint the state the last epoch ended with; the last snapshot says where it is."""
+        self._sync_halves()
+        if self.dp.main:
+            save_checkpoint(self.out, self._state())
+        snap = self._snapshot(float("nan"), 0.0, True)
+        snap.stage = Stage.DONE
+        snap.message = f"stopped at epoch {self.model.epoch + 1}; checkpoint saved in {self.out}"
+        self._release_folder()
+        return snap
+
+    def _finished(self) -> Snapshot:
+        """Write the results and run.json; the last snapshot carries the final resolution and verdict."""
+        final = write_results(self.model, self.out)
         if self.dp.main:
             write_run_record(self.out, "reconstruct", self.config.to_dict(), self.identity)
-        snap = self._snapshot(self.history[-1]["loss"] if self.history else float("nan"), 0.0, True, True)
+        history = self.model.history
+        snap = self._snapshot(history[-1]["loss"] if history else float("nan"), 0.0, True, True)
         snap.stage = Stage.DONE
         snap.message = final.summary
         if final.fsc is not None:  # the full-size half maps', not the last epoch's working-box FSC
             snap.resolution, snap.fsc, snap.fsc_curves = final.resolution, final.fsc, final.curves
         self._release_folder()
-        yield snap
+        return snap
 
     def _halves_owned(self) -> bool:
         """Whether this stage's steps are split by half (auto-decoding with two map copies, processes even):
         the processes of half h then move map copy h alone (see ``distributed``)."""
-        return self.stage == Stage.DECODING and self.volume.copies == 2 and self.dp.owns_halves
+        return self.model.stage == Stage.DECODING and self.model.volume.copies == 2 and self.dp.owns_halves
 
     def _sync_halves(self) -> None:
         """Every process takes each half's map and Adam moments from the half's owners (epoch end, stop)."""
         if self._halves_owned():
-            self.dp.sync_copies(self.volume, self.vol_opt)
+            self.dp.sync_copies(self.model.volume, self.vol_opt)
 
     def _record_path(self) -> None:
-        assert self.poses is not None
+        assert self.model.poses is not None
         with torch.no_grad():
-            r, _ = self.poses(torch.tensor([self._selected], device=self.device))
+            r, _ = self.model.poses(torch.tensor([self._selected], device=self.device))
         self._paths.setdefault(self._selected, []).append(r[0].cpu().numpy())
 
-    def _follow_fsc(self, fsc: list[float] | None) -> None:
-        """Keep the halves' FSC per shell (None: not measured while decoding) and the pose filter it makes."""
-        self.schedule.reference_fsc = fsc
-        self._reference_weight = self.schedule.reference_weight(self.box, self.device)
-
     def _end_epoch(self, loss: float, ips: float, auto: AutoSwitch) -> None:
-        rot, _ = self.current_poses()
+        m = self.model
+        rot, _ = m.current_poses()
         rot_t = torch.from_numpy(rot)
         stable = change = None
-        posed = torch.from_numpy(self.semi.posed(self.stage))  # only the explored subset before the switch
+        posed = torch.from_numpy(m.semi.posed(m.stage))  # only the explored subset before the switch
         if self.prev_rot is not None:
             change = float(torch.rad2deg(geodesic_distance(self.prev_rot[posed], rot_t[posed])).median())
-            if self.stage == Stage.ENCODING:
-                stable = float((self.prev_head[posed] == self.best_head[posed]).float().mean())
+            if m.stage == Stage.ENCODING:
+                stable = float((self.prev_head[posed] == m.best_head[posed]).float().mean())
         every = self.config.eval_every or max(1, self.config.epochs // 8)
-        evaluate = (self.epoch + 1) % every == 0 or self.epoch + 1 == self.config.epochs
-        record = write_epoch_record(self, loss, ips, stable, change, evaluate)
-        record["radius"] = self.schedule.radius(self.stage, self.epoch)
-        if self.stage == Stage.DECODING and record["fsc"] is not None:
-            self.schedule.cap_from_fsc(radius_at(np.asarray(record["fsc"][1]), 0.143))
-            self._follow_fsc([float(v) for v in record["fsc"][1]])
-            record["radius_cap"] = self.schedule.radius_cap
-        if self.epoch == self.schedule.research_epoch():
-            record["research_moved"] = self.research_moved
-        self.history.append(record)
+        evaluate = (m.epoch + 1) % every == 0 or m.epoch + 1 == self.config.epochs
+        record = write_epoch_record(self.model, self.out, loss, ips, stable, change, evaluate)
+        record["radius"] = m.schedule.radius(m.stage, m.epoch)
+        if m.stage == Stage.DECODING and record["fsc"] is not None:
+            m.schedule.cap_from_fsc(radius_at(np.asarray(record["fsc"][1]), 0.143))
+            m.follow_fsc([float(v) for v in record["fsc"][1]])
+            record["radius_cap"] = m.schedule.radius_cap
+        if m.epoch == m.schedule.research_epoch():
+            record["research_moved"] = m.research_moved
+        m.history.append(record)
         self.prev_rot = rot_t.clone()
-        self.prev_head = self.best_head.clone()
-        self.epoch += 1
+        self.prev_head = m.best_head.clone()
+        m.epoch += 1
         self.perm = None
         self.pos = 0
-        if self.stage == Stage.ENCODING and self.config.switch == "auto":
-            go, reason = auto.should_switch(self.epoch, self.config.epochs, stable, change)
+        if m.stage == Stage.ENCODING and self.config.switch == "auto":
+            go, reason = auto.should_switch(m.epoch, self.config.epochs, stable, change)
             if go:
                 self._switch_to_decoding(reason)
         if self.dp.main:
             save_checkpoint(self.out, self._state())
-            write_json(self.out / "metrics.json", {"config": self.config.to_dict(), "epochs": self.history})
+            write_json(self.out / "metrics.json", {"config": self.config.to_dict(), "epochs": m.history})

@@ -9,6 +9,7 @@ copied), with the same estimator and halves as the working-box maps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +19,7 @@ from ..reconstruction import accumulate, solve_map
 
 if TYPE_CHECKING:
     from ..data.particles import ParticleSet
-    from .engine import Engine
+    from .run_model import RunModel
 
 WORKING_MAP = "volume_working.mrc"
 """The map at the working box, written beside volume.mrc when the engine worked on cropped images."""
@@ -64,36 +65,37 @@ def full_size_maps(
 
 
 def write_final_maps(
-    engine: Engine,
+    model: RunModel,
+    out: Path,
     working: tuple[np.ndarray, np.ndarray, np.ndarray],
     halves: list[np.ndarray],
     poses: tuple[np.ndarray, np.ndarray],
 ) -> tuple[dict, FullSizeMaps]:
-    """Write volume.mrc (and half_a.mrc, half_b.mrc) at the stored box; return what was written and the
-    maps (the working ones when the engine worked at the stored box), which the run is judged by.
+    """Write volume.mrc (and half_a.mrc, half_b.mrc) at the stored box in run folder ``out``; return what
+    was written and the maps (the working ones when the engine worked at the stored box), which the run is
+    judged by.
 
     ``working`` are the (full, half A, half B) maps at the working box, written as they are when the
     engine worked at the stored box; otherwise the stored-box maps are reconstructed from the particles of
     ``halves`` at ``poses`` (rotations (n, 3, 3), shifts (n, 2) px of the working box: the ones the working
     maps used) and the working-box map is kept as volume_working.mrc.
     """
-    out = engine.out
     rot, shift = poses
-    sized = full_size_maps(engine.particles, rot, shift, halves, engine.device, engine.symmetry)
+    sized = full_size_maps(model.particles, rot, shift, halves, model.device, model.symmetry)
     if sized is None:
         full, half_a, half_b = working
-        box, voxel = engine.box, engine.particles.pixel_size
+        box, voxel = model.box, model.particles.pixel_size
     else:
         full, half_a, half_b, box, voxel = sized.full, sized.half_a, sized.half_b, sized.box, sized.voxel
-        write_volume(out / WORKING_MAP, working[0], engine.particles.pixel_size)
+        write_volume(out / WORKING_MAP, working[0], model.particles.pixel_size)
     write_volume(out / "volume.mrc", full, voxel)
-    if engine.config.half_maps:
+    if model.config.half_maps:
         write_volume(out / "half_a.mrc", half_a, voxel)
         write_volume(out / "half_b.mrc", half_b, voxel)
     info = {
         "box": box,
         "voxel_size": voxel,
-        "working_box": engine.box,
-        "working_voxel_size": engine.particles.pixel_size,
+        "working_box": model.box,
+        "working_voxel_size": model.particles.pixel_size,
     }
     return info, FullSizeMaps(full, half_a, half_b, box, voxel)

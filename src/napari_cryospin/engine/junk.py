@@ -39,7 +39,7 @@ from ..physics.fourier import fourier_to_hartley
 from ..physics.shifts import centering_phase
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .run_model import RunModel
 
 KEPT_STAR = "particles_kept.star"
 """The particles not scored as junk, with poses, written beside poses.star."""
@@ -72,30 +72,30 @@ class FitTerms:
 
 
 @torch.no_grad()
-def fit_terms(engine: Engine, n_points: int) -> FitTerms:
+def fit_terms(model: RunModel, n_points: int) -> FitTerms:
     """:class:`FitTerms` of every particle at its current pose on ``n_points`` points, against the other
     half's map when the halves share a frame, else its own (see the module doc)."""
-    rot_all, shift_all = engine.current_poses()
-    held_out = engine.volume.copies == 2 and engine.halves_aligned
-    k = engine.disk.k[:n_points]
-    terms = torch.zeros(engine.n, 3, dtype=torch.float64)  # (cross, model, obs); each process its block
-    block = engine.dp.block(engine.n)
-    step = engine.schedule.explore_batch
+    rot_all, shift_all = model.current_poses()
+    held_out = model.volume.copies == 2 and model.halves_aligned
+    k = model.disk.k[:n_points]
+    terms = torch.zeros(model.n, 3, dtype=torch.float64)  # (cross, model, obs); each process its block
+    block = model.dp.block(model.n)
+    step = model.schedule.explore_batch
     for start in range(0, len(block), step):
         idx = block[start : start + step]
-        batch = engine._batch(idx)
-        rot = torch.as_tensor(rot_all[idx], dtype=torch.float32, device=engine.device)
-        shift = torch.as_tensor(shift_all[idx], dtype=torch.float32, device=engine.device)
-        for c, mask in engine._copy_masks(batch.idx):
+        batch = model.batch(idx)
+        rot = torch.as_tensor(rot_all[idx], dtype=torch.float32, device=model.device)
+        shift = torch.as_tensor(shift_all[idx], dtype=torch.float32, device=model.device)
+        for c, mask in model.copy_masks(batch.idx):
             sub = batch.select(mask)
             _, best = searched_error(
-                engine.volume, sub, rot[mask], shift[mask], engine.offsets, engine.disk, n_points, c
+                model.volume, sub, rot[mask], shift[mask], model.offsets, model.disk, n_points, c
             )
-            m = engine.volume.slices(rot[mask], k, 1 - c if held_out else c) * sub.ctf[:, :n_points]
-            y = fourier_to_hartley(sub.spectrum[:, :n_points] * centering_phase(k / engine.disk.box, best))
+            m = model.volume.slices(rot[mask], k, 1 - c if held_out else c) * sub.ctf[:, :n_points]
+            y = fourier_to_hartley(sub.spectrum[:, :n_points] * centering_phase(k / model.disk.box, best))
             rows = torch.from_numpy(idx[mask.cpu().numpy()])
             terms[rows] = torch.stack([(m * y).sum(-1), (m * m).sum(-1), (y * y).sum(-1)], 1).cpu().double()
-    engine.dp.sync_blocks([terms], engine.n)
+    model.dp.sync_blocks([terms], model.n)
     cross, model_sq, obs_sq = terms.numpy().T
     return FitTerms(cross, model_sq, obs_sq, n_points)
 
@@ -139,7 +139,7 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (median - values) / spread
 
 
-def write_kept(path, engine: Engine, scores: JunkScores, poses: tuple[np.ndarray, np.ndarray]) -> int:
+def write_kept(path, model: RunModel, scores: JunkScores, poses: tuple[np.ndarray, np.ndarray]) -> int:
     """Write the particles not scored as junk, with their ``poses`` (rotations (n, 3, 3), shifts (n, 2) px:
     the ones the final maps used) and scores, as a RELION STAR; their count."""
     from ..data.poses_out import write_poses_star
@@ -147,15 +147,15 @@ def write_kept(path, engine: Engine, scores: JunkScores, poses: tuple[np.ndarray
     keep = ~scores.junk
     rot, shift = poses
     columns = {name: values[keep] for name, values in scores.columns().items()}
-    write_poses_star(path, engine.particles.subset(keep), rot[keep], shift[keep], columns)
+    write_poses_star(path, model.particles.subset(keep), rot[keep], shift[keep], columns)
     return int(keep.sum())
 
 
-def score_junk(engine: Engine) -> JunkScores:
+def score_junk(model: RunModel) -> JunkScores:
     """Score every particle at its final pose against the held-out half's map (see the module doc)."""
-    sch = engine.schedule
+    sch = model.schedule
     radius = min(max(sch.explore_radii), 0.8 * sch.max_radius)  # exploration's top radius
-    terms = fit_terms(engine, engine.disk.count(radius))
+    terms = fit_terms(model, model.disk.count(radius))
     corr = terms.correlation()
     z = correlation_z(corr)
     return JunkScores(corr, z, terms.log_likelihood_ratio(), z > Z_JUNK, radius)

@@ -26,7 +26,7 @@ from .run_results import MATE_COLUMN, MATE_MARGIN_COLUMN
 from .validity import half_map_mask
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .run_model import RunModel
 
 MATE_NAMES = ("in-plane 180°", "flip about x", "flip about y", "map axis 1", "map axis 2", "map axis 3")
 """The mates in the order of :func:`mate_rotations`; map axes from the largest spread to the smallest."""
@@ -89,16 +89,16 @@ def mate_rotations(rot: torch.Tensor, map_twofolds: torch.Tensor) -> torch.Tenso
     return torch.cat([view, own], 1)
 
 
-def map_twofolds(engine: Engine) -> list[torch.Tensor]:
+def map_twofolds(model: RunModel) -> list[torch.Tensor]:
     """Each map copy's :func:`principal_twofolds` (3, 3, 3), from its map as it is now."""
     return [
-        torch.from_numpy(principal_twofolds(engine.volume.real_space(c).cpu().numpy())).float()
-        for c in range(engine.volume.copies)
+        torch.from_numpy(principal_twofolds(model.volume.real_space(c).cpu().numpy())).float()
+        for c in range(model.volume.copies)
     ]
 
 
 def score_hypotheses(
-    engine: Engine,
+    model: RunModel,
     batch: ImageBatch,
     rot: torch.Tensor,
     shift: torch.Tensor,
@@ -109,7 +109,7 @@ def score_hypotheses(
     """The pose and its mates after the local search, each against the particle's own half map (the
     other half's with ``held_out``): errors (B, 7), rotations (B, 7, 3, 3) and shifts (B, 7, 2) px;
     column 0 is the pose, then MATE_NAMES. ``twofolds``: :func:`map_twofolds`. Call it inside
-    ``engine.volume.frozen(...)`` to score against the pose steps' reference (masked, FSC-filtered)."""
+    ``model.volume.frozen(...)`` to score against the pose steps' reference (masked, FSC-filtered)."""
     turns = _local_turns(rot.device)
 
     def score(sub: ImageBatch, c: int, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -119,12 +119,12 @@ def score_hypotheses(
         cand = turns[None, None] @ hyp[:, :, None]  # (b, H, 7, 3, 3)
         start = shift[m][:, None, None].expand(b, h, len(turns), 2)
         err, best = searched_error(
-            engine.volume,
+            model.volume,
             sub,
             cand.reshape(b, -1, 3, 3),
             start.reshape(b, -1, 2),
-            engine.offsets,
-            engine.disk,
+            model.offsets,
+            model.disk,
             n_points,
             c,
         )
@@ -134,7 +134,7 @@ def score_hypotheses(
         shifts = torch.gather(best.reshape(b, h, -1, 2), 2, pick.expand(b, h, 1, 2))[:, :, 0]
         return err, rots, shifts
 
-    err, rots, shifts = engine._by_copy(batch, score)
+    err, rots, shifts = model.by_copy(batch, score)
     return err, rots, shifts
 
 
@@ -204,7 +204,7 @@ class MateCheck:
 
 @torch.no_grad()
 def check_mates(
-    engine: Engine, symmetry: tuple[str, np.ndarray] = ("C1", np.zeros((0, 3, 3))), batch_size: int = 256
+    model: RunModel, symmetry: tuple[str, np.ndarray] = ("C1", np.zeros((0, 3, 3))), batch_size: int = 256
 ) -> MateCheck:
     """Score every particle's final pose against its mates at the run's last radius, on the other half's
     map once the halves share a frame (as the junk score): a particle's own half has fit its noise at its
@@ -212,28 +212,28 @@ def check_mates(
     pose a median 8–9 nats over its mates and flagged 1.3 %). ``symmetry``: the map's detected group and
     its operators (:meth:`SymmetryReport.operators`); its mates are not counted."""
     group, operators = symmetry
-    rot, shift = engine.current_poses()
-    twofolds = map_twofolds(engine)
-    held_out = engine.volume.copies == 2 and engine.halves_aligned
-    stage = Stage.DECODING if engine.stage == Stage.DONE else engine.stage
-    n_points = engine.schedule.points(engine.disk, stage, min(engine.epoch, engine.config.epochs - 1))
-    out = torch.zeros(engine.n, 3, dtype=torch.float64)  # (margin, mate, symmetry mates); each its block
-    block = engine.dp.block(engine.n)
-    with engine.volume.frozen(engine._reference_weight, engine._reference_mask):
+    rot, shift = model.current_poses()
+    twofolds = map_twofolds(model)
+    held_out = model.volume.copies == 2 and model.halves_aligned
+    stage = Stage.DECODING if model.stage == Stage.DONE else model.stage
+    n_points = model.schedule.points(model.disk, stage, min(model.epoch, model.config.epochs - 1))
+    out = torch.zeros(model.n, 3, dtype=torch.float64)  # (margin, mate, symmetry mates); each its block
+    block = model.dp.block(model.n)
+    with model.volume.frozen(model.reference_weight, model.reference_mask):
         for start in range(0, len(block), batch_size):
             idx = block[start : start + batch_size]
-            batch = engine._batch(idx)
-            pose_rot = torch.from_numpy(rot[idx]).to(engine.device)
-            pose_shift = torch.from_numpy(shift[idx]).to(engine.device)
-            err, rots, _ = score_hypotheses(engine, batch, pose_rot, pose_shift, n_points, twofolds, held_out)
+            batch = model.batch(idx)
+            pose_rot = torch.from_numpy(rot[idx]).to(model.device)
+            pose_shift = torch.from_numpy(shift[idx]).to(model.device)
+            err, rots, _ = score_hypotheses(model, batch, pose_rot, pose_shift, n_points, twofolds, held_out)
             same = symmetry_mates(rots, operators)
             err[:, 1:][same] = float("inf")
             margin, which = margins(err, n_points)
             out[idx, 0] = margin.cpu().double()
             out[idx, 1] = which.cpu().double()
             out[idx, 2] = same.sum(1).cpu().double()
-    engine.dp.sync_blocks([out], engine.n)
+    model.dp.sync_blocks([out], model.n)
     margin = out[:, 0].numpy().copy()
     margin[~np.isfinite(margin)] = np.nan
-    share = float(out[:, 2].sum()) / (engine.n * len(MATE_NAMES))
+    share = float(out[:, 2].sum()) / (model.n * len(MATE_NAMES))
     return MateCheck(margin, out[:, 1].numpy().astype(np.int64), group, share)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,7 +29,7 @@ from .run_results import labelled_curves
 from .validity import masked_fsc, radius_at, verdict
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .run_model import RunModel
 
 log = logging.getLogger(__name__)
 """Each final step is logged at INFO before it starts (the CLI prints them: they take minutes on big data)."""
@@ -41,7 +42,7 @@ REGISTER_MIN_VOXELS = 0.02
 
 
 def _gold_standard(
-    engine: Engine, limit: int | None = None, keep: np.ndarray | None = None
+    model: RunModel, limit: int | None = None, keep: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(full, half A, half B) backprojections with the current poses, over the engine's own halves (at most
     ``limit`` particles in all, split evenly; only those where ``keep`` (n,) is true), so the half maps
@@ -52,9 +53,9 @@ def _gold_standard(
     translation that register its map onto half A's before the two are combined, so the full map and
     the written poses are not blurred or offset by it.
     """
-    rot, shift = engine.current_poses()
-    halves = engine.halves.cpu().numpy()
-    rng = np.random.default_rng(engine.config.seed)
+    rot, shift = model.current_poses()
+    halves = model.halves.cpu().numpy()
+    rng = np.random.default_rng(model.config.seed)
     members = []
     for c in (0, 1):
         m = np.flatnonzero((halves == c) & (True if keep is None else keep))
@@ -63,14 +64,14 @@ def _gold_standard(
         members.append(m)
 
     def gridded(m: np.ndarray, rots: np.ndarray, shifts: np.ndarray):
-        part = m[engine.dp.block(len(m))]  # each process grids its block; the sums are added
-        acc = engine.dp.sum_blocks(accumulate(engine.particles, rots, shifts, part, device=engine.device))
-        return acc.symmetrized(engine.symmetry)  # each half on its own: the halves stay independent
+        part = m[model.dp.block(len(m))]  # each process grids its block; the sums are added
+        acc = model.dp.sum_blocks(accumulate(model.particles, rots, shifts, part, device=model.device))
+        return acc.symmetrized(model.symmetry)  # each half on its own: the halves stay independent
 
     acc = [gridded(m, rot, shift) for m in members]
-    if engine.halves_aligned:
+    if model.halves_aligned:
         ref = solve_map(acc[0])
-        change = register_maps(solve_map(acc[1]), ref, seed=engine.config.seed)
+        change = register_maps(solve_map(acc[1]), ref, seed=model.config.seed)
         angle = np.arccos(np.clip((np.trace(change.rotation) - 1) / 2, -1.0, 1.0))  # radians
         if np.linalg.norm(change.translation) + angle * ref.shape[0] / 2 > REGISTER_MIN_VOXELS:
             in_b = halves == 1
@@ -87,43 +88,50 @@ def _masked_fsc(a: np.ndarray, b: np.ndarray, voxel: float) -> tuple[np.ndarray,
 
 
 def write_epoch_record(
-    engine: Engine, loss: float, ips: float, stable: float | None, change: float | None, evaluate: bool
+    model: RunModel,
+    out: Path,
+    loss: float,
+    ips: float,
+    stable: float | None,
+    change: float | None,
+    evaluate: bool,
 ) -> dict:
-    """The epoch's record; when ``evaluate``, also measure its half-map FSC and save its map and poses."""
+    """The epoch's record; when ``evaluate``, also measure its half-map FSC and save its map and poses
+    under run folder ``out``."""
     record = {
-        "epoch": engine.epoch,
-        "stage": engine.stage.value,
-        "wall_s": engine.elapsed,
+        "epoch": model.epoch,
+        "stage": model.stage.value,
+        "wall_s": model.elapsed,
         "loss": loss,
         "images_per_s": ips,
-        "head_fractions": engine._head_fractions().tolist(),
+        "head_fractions": model.head_fractions().tolist(),
         "stable_heads": stable,
         "median_pose_change_deg": change,
         "resolution": None,
         "resolution_fsc05": None,
         "fsc": None,
-        "switch_reason": engine.switch_reason,
-        "halves_aligned": engine.halves_aligned,
+        "switch_reason": model.switch_reason,
+        "halves_aligned": model.halves_aligned,
     }
     if not evaluate:
         return record
-    voxel = engine.particles.pixel_size
-    posed = engine.semi.posed(engine.stage)  # before the switch, only the explored subset has poses
-    full, half_a, half_b, rot, shift = _gold_standard(engine, MONITOR_PARTICLES, keep=posed)
-    epochs_dir = engine.out / "epochs"
-    if engine.dp.main:
+    voxel = model.particles.pixel_size
+    posed = model.semi.posed(model.stage)  # before the switch, only the explored subset has poses
+    full, half_a, half_b, rot, shift = _gold_standard(model, MONITOR_PARTICLES, keep=posed)
+    epochs_dir = out / "epochs"
+    if model.dp.main:
         epochs_dir.mkdir(exist_ok=True)
         save_npz(
-            epochs_dir / f"epoch_{engine.epoch:03d}.npz",
+            epochs_dir / f"epoch_{model.epoch:03d}.npz",
             volume=full.astype(np.float32),
             rotations=rot.astype(np.float32),
             shifts=shift.astype(np.float32),
             voxel_size=voxel,
-            wall_s=engine.elapsed,
-            halves=engine.halves.cpu().numpy().astype(np.int8),
-            halves_aligned=engine.halves_aligned,
+            wall_s=model.elapsed,
+            halves=model.halves.cpu().numpy().astype(np.int8),
+            halves_aligned=model.halves_aligned,
         )
-    if not engine.halves_aligned:  # half B is still in its own frame: nothing to compare yet
+    if not model.halves_aligned:  # half B is still in its own frame: nothing to compare yet
         return record
     freq, curve = _masked_fsc(half_a, half_b, voxel)
     record["resolution"] = resolution_at(freq, curve, 0.143)
@@ -142,57 +150,59 @@ class FinalReport:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # every FSC, by label
 
 
-def _postprocessed(engine: Engine, maps: FullSizeMaps) -> Postprocessed:
+def _postprocessed(model: RunModel, out: Path, maps: FullSizeMaps) -> Postprocessed:
     """Mask, mask-corrected FSC, sharpened map and local resolution of the full-size maps, written beside
     volume.mrc (``postprocess/``)."""
-    post = postprocess(maps.full, maps.half_a, maps.half_b, maps.voxel, engine.config.seed)
-    write_postprocessed(engine.out, post, maps.voxel)
+    post = postprocess(maps.full, maps.half_a, maps.half_b, maps.voxel, model.config.seed)
+    write_postprocessed(out, post, maps.voxel)
     return post
 
 
-def write_results(engine: Engine) -> FinalReport:
+def write_results(model: RunModel, out: Path) -> FinalReport:
     """Write volume.mrc, half maps, poses.star, metrics.json and plots; return what the run reports.
 
     The reported resolution (mask-corrected FSC 0.143), its FSC and the verdict are the full-size half
     maps' (the stack's own box); the working box's FSC is kept in metrics.json as ``final.working_box_fsc``.
     """
-    out, voxel = engine.out, engine.particles.pixel_size
+    voxel = model.particles.pixel_size
     log.info("scoring junk, final half maps, per-particle scores…")
-    junk = score_junk(engine)
-    keep = ~junk.junk if engine.config.junk == "auto" else None
-    full, half_a, half_b, rot, shift = _gold_standard(engine, keep=keep)
-    scores = particle_scores(engine)
-    symmetry = detect_symmetry(half_a, half_b, engine.config.seed)  # the working box's half maps
-    mates = check_mates(engine, (symmetry.group, symmetry.operators()))  # its symmetry mates not counted
-    if not engine.dp.main:  # the maps and scores are every process's work; the files are process 0's
+    junk = score_junk(model)
+    keep = ~junk.junk if model.config.junk == "auto" else None
+    full, half_a, half_b, rot, shift = _gold_standard(model, keep=keep)
+    scores = particle_scores(model)
+    symmetry = detect_symmetry(half_a, half_b, model.config.seed)  # the working box's half maps
+    mates = check_mates(model, (symmetry.group, symmetry.operators()))  # its symmetry mates not counted
+    if not model.dp.main:  # the maps and scores are every process's work; the files are process 0's
         return FinalReport("")
-    halves = engine.halves.cpu().numpy()
-    kept = np.ones(engine.n, bool) if keep is None else keep
+    halves = model.halves.cpu().numpy()
+    kept = np.ones(model.n, bool) if keep is None else keep
     log.info("writing full-size maps…")
     sizes, maps = write_final_maps(
-        engine, (full, half_a, half_b), [np.flatnonzero((halves == c) & kept) for c in (0, 1)], (rot, shift)
+        model,
+        out,
+        (full, half_a, half_b),
+        [np.flatnonzero((halves == c) & kept) for c in (0, 1)],
+        (rot, shift),
     )
     columns = {**scores, **junk.columns(), **mates.columns()}
-    write_poses_star(out / "poses.star", engine.particles, rot, shift, columns)
-    n_kept = write_kept(out / KEPT_STAR, engine, junk, (rot, shift))
+    write_poses_star(out / "poses.star", model.particles, rot, shift, columns)
+    n_kept = write_kept(out / KEPT_STAR, model, junk, (rot, shift))
     work_freq, work_curve = _masked_fsc(half_a, half_b, voxel)
     log.info("mask, FSC, sharpening and local resolution of the full-size maps…")
-    post = _postprocessed(engine, maps)
+    post = _postprocessed(model, out, maps)
     curves = post.fsc.to_dict()
     freq, curve, res = post.fsc.frequency, post.fsc.corrected, post.resolution
     # The radius the halves were judged at (the planned top when they never were), in working-box cycles.
-    top = (
-        engine.agreement["top_radius"] if engine.agreement else engine.schedule.explored_radius(engine.epoch)
-    )
-    final_radius = radius_at(curve, 0.143) * engine.box / maps.box
-    validity = verdict(engine.agreement, final_radius, top, engine.ctf_check, mates.reason())
+    top = model.agreement["top_radius"] if model.agreement else model.schedule.explored_radius(model.epoch)
+    final_radius = radius_at(curve, 0.143) * model.box / maps.box
+    validity = verdict(model.agreement, final_radius, top, model.ctf_check, mates.reason())
     log.info("writing metrics.json and plots…")
     write_json(
         out / "metrics.json",
         {
-            "config": engine.config.to_dict(),
-            "polarity": engine.polarity.to_dict(),
-            "epochs": engine.history,
+            "config": model.config.to_dict(),
+            "polarity": model.polarity.to_dict(),
+            "epochs": model.history,
             "final": {
                 "resolution": res,
                 "fsc": [freq.tolist(), curve.tolist()],
@@ -202,29 +212,29 @@ def write_results(engine: Engine) -> FinalReport:
                     "resolution": resolution_at(work_freq, work_curve, 0.143),
                     "fsc": [work_freq.tolist(), work_curve.tolist()],
                 },
-                "halves_agreement": engine.agreement,
+                "halves_agreement": model.agreement,
                 "validity": validity,
                 "junk": junk.summary(keep is not None),
                 "mates": mates.summary(),
-                "symmetry": symmetry.to_dict(engine.config.symmetry),
+                "symmetry": symmetry.to_dict(model.config.symmetry),
                 "maps": sizes,
-                "noise": engine.noise.to_dict(),
-                "semi_amortized": engine.semi.report,
-                "repeated_images_dropped": engine.particles.repeats_dropped,
+                "noise": model.noise.to_dict(),
+                "semi_amortized": model.semi.report,
+                "repeated_images_dropped": model.particles.repeats_dropped,
             },
         },
     )
     from .plots import plot_run
 
     labelled = labelled_curves(curves)
-    plot_run(out, engine.history, labelled)
-    n_junk = engine.n - n_kept if keep is not None else int(np.count_nonzero(junk.junk))
+    plot_run(out, model.history, labelled)
+    n_junk = model.n - n_kept if keep is not None else int(np.count_nonzero(junk.junk))
     fate = "left out" if keep is not None else "kept (--junk keep)"
     junk_note = f"; {n_junk} junk {fate}" if n_junk else ""  # said only when there is junk
     summary = (
         f"done: {res:.1f} Å (mask-corrected FSC 0.143 of the {maps.box}-px half maps; B "
-        f"{post.guinier.bfactor:.0f} Å², volume_sharpened.mrc), {engine.polarity.summary()}; "
-        f"{validity['message']}; {symmetry.message(engine.config.symmetry)}{junk_note}; "
+        f"{post.guinier.bfactor:.0f} Å², volume_sharpened.mrc), {model.polarity.summary()}; "
+        f"{validity['message']}; {symmetry.message(model.config.symmetry)}{junk_note}; "
         f"{sizes['box']}-px map; results in {out}"
     )
     return FinalReport(summary, res, (freq, curve), labelled)
