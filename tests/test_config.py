@@ -1,9 +1,14 @@
 """RunConfig checks every setting when made; the CLI takes its defaults from it."""
 
+import argparse
+from dataclasses import dataclass, fields
+
 import pytest
 
 from napari_cryospin.cli import build_parser
-from napari_cryospin.engine.config import RunConfig, config_defaults
+from napari_cryospin.cli.run_flags import config_from_args
+from napari_cryospin.engine.config import RunConfig, config_defaults, run_settings
+from napari_cryospin.engine.setting import declared, setting
 
 
 def _config(**kw) -> RunConfig:
@@ -53,14 +58,63 @@ def test_good_settings_are_kept_as_given():
     assert RunConfig.from_dict({**cfg.to_dict(), "from_a_newer_version": 1}) == cfg
 
 
+def _reconstruct_actions() -> dict[str, argparse.Action]:
+    parser = build_parser()._subparsers._group_actions[0].choices["reconstruct"]
+    return {a.dest: a for a in parser._actions if a.dest not in ("help", "debug")}
+
+
 def test_cli_defaults_are_runconfig_defaults():
     args = build_parser().parse_args(["reconstruct", "p.star", "--out", "run"])
     defaults = config_defaults()
-    for name in ("heads", "epochs", "switch", "explore_epochs", "device", "box", "batch_size", "seed"):
-        assert getattr(args, name) == defaults[name], name
-    for name in ("encoder_box", "encoder_width", "max_particles", "resume", "overwrite"):
-        assert getattr(args, name) == defaults[name], name
-    assert args.no_half_maps is (not defaults["half_maps"])
+    for s in run_settings():
+        if s.flag is not None and not s.required:
+            assert getattr(args, s.name) == defaults[s.name], s.name
+    assert config_from_args(args) == RunConfig(particles="p.star", out="run")
+
+
+def test_every_setting_is_declared_once_and_is_its_cli_flag():
+    """Each RunConfig field declares itself; each declared flag is on the CLI with that help, no other."""
+    declared = {f.name: f.metadata.get("setting") for f in fields(RunConfig)}
+    assert None not in declared.values(), [name for name, s in declared.items() if s is None]
+    actions = _reconstruct_actions()
+    flagged = [s for s in run_settings() if s.flag is not None]
+    assert sorted(actions) == sorted(s.name for s in flagged)  # no hand-added flag, none missing
+    for s in flagged:
+        action = actions[s.name]
+        assert action.help == s.help, s.name
+        assert action.option_strings == ([s.flag] if s.flag.startswith("-") else []), s.name
+        assert action.choices == (None if s.choices is None else tuple(s.choices)), s.name
+    internal = {s.name for s in run_settings() if s.flag is None}
+    assert internal == {"snapshot_interval_s", "eval_every", "symmetry"}
+    assert {s.name for s in run_settings() if s.dock is not None} >= {"particles", "out", "heads", "box"}
+
+
+def test_a_field_without_a_declaration_is_refused():
+    @dataclass
+    class Grown:
+        heads: int = setting(7, help="encoder heads", low=1)
+        added: int = 3
+
+    with pytest.raises(TypeError, match=r"Grown.added has no setting\(...\) declaration"):
+        declared(Grown)
+
+
+def test_cli_flags_keep_their_spellings_and_behaviour():
+    args = build_parser().parse_args(
+        ["reconstruct", "p.star", "--out", "o", "--no-half-maps", "--switch", "manual", "--resume"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.half_maps, cfg.switch, cfg.resume, cfg.overwrite) == (False, None, True, False)
+    assert (
+        config_from_args(
+            build_parser().parse_args(["reconstruct", "p", "--out", "o", "--switch", "3"])
+        ).switch
+        == 3
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reconstruct", "p.star", "--out", "o", "--resume", "--overwrite"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["reconstruct", "p.star", "--out", "o", "--switch", "later"])
 
 
 @pytest.mark.parametrize("group", ["C5", "d7", "O"])

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from napari_cryospin.data.box_scale import rescale
 from napari_cryospin.data.errors import ParticleFileError
 from napari_cryospin.data.particles import load_particles
 
@@ -64,3 +65,26 @@ def test_one_image_repeated_is_one_particle_and_refused(io_write_stack, tmp_path
     assert len(ps) == 1 and ps.repeats_dropped == 299
     with pytest.raises(ParticleFileError, match=r"1 particle \(299 rows repeated an image\), but a mean"):
         check_enough_particles(ps)
+
+
+def test_reading_at_a_box_and_serving_at_it_later_rescale_alike(tmp_path):
+    """STAR read at box 16 == read whole (24) then at_box(16): one rescale for pixel size and shifts."""
+    from napari_cryospin.data.mrc import read_volume
+    from napari_cryospin.resources import bundled_map_path
+    from napari_cryospin.simulation import simulate_to_dir
+
+    volume, voxel = read_volume(bundled_map_path(32))
+    simulate_to_dir(volume, voxel, 3, tmp_path / "d", box=24, snr=1.0, max_shift_px=3.0, seed=0)
+    whole = load_particles(tmp_path / "d" / "truth.star")
+    read_small, served_small = load_particles(tmp_path / "d" / "truth.star", box=16), whole.at_box(16)
+    assert whole.box == 24 and np.abs(whole.shifts).max() > 1.0
+    assert read_small.pixel_size == served_small.pixel_size == whole.pixel_size * 1.5
+    np.testing.assert_array_equal(read_small.shifts, served_small.shifts)
+    np.testing.assert_allclose(served_small.shifts, whole.shifts / 1.5, rtol=1e-15)
+    assert served_small.original_pixel_size == whole.pixel_size
+
+
+def test_rescale_keeps_the_field_of_view():
+    pixel, shifts = rescale(1.0, np.array([[3.0, -1.5]]), 24, 16)
+    assert pixel == 1.5 and shifts.tolist() == [[2.0, -1.0]]
+    assert rescale(2.0, None, 16, 32) == (1.0, None)

@@ -214,6 +214,104 @@ class _JunkPlan:
         return out
 
 
+def _checked_box(
+    volume: np.ndarray,
+    n: int,
+    box: int | None,
+    snr: float | None,
+    defocus: tuple[float, float],
+    nuisances: Nuisances,
+) -> int:
+    """The simulation's box (the map's when None), every input checked; ValueError names a bad one."""
+    _check_volume(volume)
+    nuisances.check()
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    if snr is not None and not snr > 0:
+        raise ValueError(f"snr must be positive (or None for no noise), got {snr}.")
+    if not 0 < defocus[0] <= defocus[1]:
+        raise ValueError(f"defocus range must be 0 < min <= max (Å), got {defocus}.")
+    box = volume.shape[0] if box is None else int(box)
+    if box % 2 or box < 4:
+        raise ValueError(f"box must be even and at least 4, got {box}. Fix: choose an even box.")
+    return box
+
+
+def _draw_ctf(
+    rng: np.random.Generator,
+    group: np.ndarray,
+    defocus: tuple[float, float],
+    astigmatism: float | None,
+    optics1: tuple[float, float, float],
+    nuisances: Nuisances,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each particle's CTF parameters (defocus drawn from ``rng``) and the optics groups' (kV, Cs, AC)."""
+    n = len(group)
+    mean_defocus = rng.uniform(defocus[0], defocus[1], size=n)
+    half = 0.0 if astigmatism is None else astigmatism / 2
+    angle = rng.uniform(0.0, 180.0, size=n) if astigmatism is not None else np.zeros(n)
+    optics = np.array([optics1, nuisances.optics2 or optics1])
+    optics = optics[: int(group.max())]
+    ctf = {
+        "defocus_u": mean_defocus + half,
+        "defocus_v": mean_defocus - half,
+        "defocus_angle": angle,
+        "voltage": optics[group - 1, 0],
+        "cs": optics[group - 1, 1],
+        "amplitude_contrast": optics[group - 1, 2],
+        "bfactor": np.full(n, float(nuisances.bfactor)),
+    }
+    return ctf, optics
+
+
+def _project_all(
+    images: np.ndarray,
+    project: _Projector,
+    junk: _JunkPlan,
+    labels: tuple[np.ndarray, np.ndarray],
+    poses: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]],
+    batch_size: int,
+) -> float:
+    """Write the clean images (junk swapped in, intensity applied) batch by batch; their mean variance.
+
+    ``labels`` is (junk kind, intensity scale) and ``poses`` (rotations, shifts px, CTF) per particle;
+    the variance is averaged over the particles (not the junk), over the whole box.
+    """
+    kind, intensity = labels
+    rotations, shifts, ctf = poses
+    n = len(images)
+    signal_var = 0.0
+    for start in range(0, n, batch_size):
+        part = slice(start, min(n, start + batch_size))
+        with torch.no_grad():
+            clean = project(rotations[part], shifts[part], {k: v[part] for k, v in ctf.items()})
+            for i, image in junk.images(kind, part, rotations, shifts, ctf, project).items():
+                clean[i] = image
+        clean *= torch.as_tensor(intensity[part], dtype=clean.dtype, device=clean.device)[:, None, None]
+        particle = torch.as_tensor(kind[part] == PARTICLE, device=clean.device)
+        signal_var += float(clean[particle].double().var(dim=(-2, -1), unbiased=False).sum())
+        images[part] = clean.cpu().numpy()
+    return signal_var / max(1, int((kind == PARTICLE).sum()))
+
+
+def _add_noise(images: np.ndarray, sigma: float, nuisances: Nuisances, seed: int, batch_size: int) -> None:
+    """Add noise of sd ``sigma`` (white or coloured; none at 0), then invert and normalise as asked."""
+    n, box = len(images), images.shape[-1]
+    amplitude = noise_filter(box) if nuisances.coloured_noise else None
+    noise_rng = np.random.default_rng([seed, 2])
+    for start in range(0, n, batch_size):
+        part = slice(start, min(n, start + batch_size))
+        if sigma > 0:
+            noise = noise_rng.standard_normal(images[part].shape, dtype=np.float32)
+            if amplitude is not None:
+                noise = colour(noise, amplitude)
+            images[part] += np.float32(sigma) * noise
+        if nuisances.polarity == "white":
+            images[part] *= np.float32(-1)
+        if nuisances.normalize:
+            images[part] = normalize_background(images[part])
+
+
 def simulate(
     volume: np.ndarray,
     voxel_size: float,
@@ -243,18 +341,8 @@ def simulate(
     real stacks (none by default). Equal seeds give equal data.
     """
     volume = np.asarray(volume)
-    _check_volume(volume)
     nuisances = nuisances or Nuisances()
-    nuisances.check()
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}.")
-    if snr is not None and not snr > 0:
-        raise ValueError(f"snr must be positive (or None for no noise), got {snr}.")
-    if not 0 < defocus[0] <= defocus[1]:
-        raise ValueError(f"defocus range must be 0 < min <= max (Å), got {defocus}.")
-    box = volume.shape[0] if box is None else int(box)
-    if box % 2 or box < 4:
-        raise ValueError(f"box must be even and at least 4, got {box}. Fix: choose an even box.")
+    box = _checked_box(volume, n, box, snr, defocus, nuisances)
     pixel_size = float(voxel_size) * volume.shape[0] / box
     volume = resize_volume(volume, box)
     if out is not None and (out.shape != (n, box, box) or out.dtype != np.float32):
@@ -265,54 +353,15 @@ def simulate(
     rotations = random_rotations(n, generator=generator, dtype=torch.float64).numpy()
     rng = np.random.default_rng([seed, 1])
     shifts = rng.uniform(-max_shift_px, max_shift_px, size=(n, 2))
-    mean_defocus = rng.uniform(defocus[0], defocus[1], size=n)
-    half = 0.0 if astigmatism is None else astigmatism / 2
-    angle = rng.uniform(0.0, 180.0, size=n) if astigmatism is not None else np.zeros(n)
     group, kind, intensity = draw_labels(n, nuisances, np.random.default_rng([seed, 3]))
-    optics = np.array(
-        [(voltage, cs, amplitude_contrast), nuisances.optics2 or (voltage, cs, amplitude_contrast)]
-    )
-    optics = optics[: int(group.max())]
-    ctf = {
-        "defocus_u": mean_defocus + half,
-        "defocus_v": mean_defocus - half,
-        "defocus_angle": angle,
-        "voltage": optics[group - 1, 0],
-        "cs": optics[group - 1, 1],
-        "amplitude_contrast": optics[group - 1, 2],
-        "bfactor": np.full(n, float(nuisances.bfactor)),
-    }
-
+    ctf, optics = _draw_ctf(rng, group, defocus, astigmatism, (voltage, cs, amplitude_contrast), nuisances)
     project = _Projector(volume, pixel_size, oversampling, device)
     junk = _JunkPlan.draw(kind, volume, seed, (pixel_size, oversampling, device))
-    signal_var = 0.0
-    for start in range(0, n, batch_size):
-        part = slice(start, min(n, start + batch_size))
-        with torch.no_grad():
-            clean = project(rotations[part], shifts[part], {k: v[part] for k, v in ctf.items()})
-            for i, image in junk.images(kind, part, rotations, shifts, ctf, project).items():
-                clean[i] = image
-        clean *= torch.as_tensor(intensity[part], dtype=clean.dtype, device=clean.device)[:, None, None]
-        particle = torch.as_tensor(kind[part] == PARTICLE, device=clean.device)
-        signal_var += float(clean[particle].double().var(dim=(-2, -1), unbiased=False).sum())
-        images[part] = clean.cpu().numpy()
-    signal_var /= max(1, int((kind == PARTICLE).sum()))
-
+    labels = (kind, intensity)
+    signal_var = _project_all(images, project, junk, labels, (rotations, shifts, ctf), batch_size)
     noisy = snr is not None and math.isfinite(snr)
     noise_sigma = math.sqrt(signal_var / snr) if noisy else 0.0
-    amplitude = noise_filter(box) if nuisances.coloured_noise else None
-    noise_rng = np.random.default_rng([seed, 2])
-    for start in range(0, n, batch_size):
-        part = slice(start, min(n, start + batch_size))
-        if noisy:
-            noise = noise_rng.standard_normal(images[part].shape, dtype=np.float32)
-            if amplitude is not None:
-                noise = colour(noise, amplitude)
-            images[part] += np.float32(noise_sigma) * noise
-        if nuisances.polarity == "white":
-            images[part] *= np.float32(-1)
-        if nuisances.normalize:
-            images[part] = normalize_background(images[part])
+    _add_noise(images, noise_sigma, nuisances, seed, batch_size)
     return SimulationResult(
         images=images,
         rotations=rotations,

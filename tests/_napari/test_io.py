@@ -131,7 +131,7 @@ app = QApplication(sys.argv)
 from napari.components import ViewerModel
 from napari_cryospin._napari._dock import ReconstructionDock
 dock = ReconstructionDock(ViewerModel())
-combo = dock.settings.device_combo
+combo = dock.settings.inputs["device"]
 deadline = time.monotonic() + 120
 while not combo.toolTip().startswith("Detected") and time.monotonic() < deadline:
     app.processEvents()

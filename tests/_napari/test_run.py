@@ -30,12 +30,12 @@ def ui_dock(qtbot, ui_viewer, ui_tiny_particles, tmp_path):
     qtbot.addWidget(dock)
     settings = dock.settings
     settings.set_particles(str(ui_tiny_particles))
-    settings.out_edit.setText(str(tmp_path / "run"))
-    settings.heads_spin.setValue(3)
-    settings.epochs_spin.setValue(20)
-    settings.switch_combo.setCurrentText("manual")
-    settings.device_combo.setCurrentIndex(settings.device_combo.findData("cpu"))
-    settings.batch_spin.setValue(32)
+    settings.inputs["out"].edit.setText(str(tmp_path / "run"))
+    settings.inputs["heads"].setValue(3)
+    settings.inputs["epochs"].setValue(20)
+    settings.inputs["switch"].combo.setCurrentText("manual")
+    settings.inputs["device"].setCurrentIndex(settings.inputs["device"].findData("cpu"))
+    settings.inputs["batch_size"].setValue(32)
     yield dock
     if dock.worker is not None:  # qtbot may have closed (and deleted) the dock: closing stops the run too
         assert dock.worker.stop_and_wait(), "the run did not stop"
@@ -93,7 +93,7 @@ def test_stack_without_ctf_is_refused_with_a_message(qtbot, ui_dock, io_write_st
     shown = []
     monkeypatch.setattr("napari_cryospin._napari._dock.show_error", shown.append)
     path, _ = io_write_stack(name="bare.mrcs", n=4, box=16)
-    ui_dock.settings.particles_edit.setText(str(path))
+    ui_dock.settings.inputs["particles"].edit.setText(str(path))
     ui_dock.start()
     qtbot.waitUntil(lambda: not ui_dock.running, timeout=MINUTE_MS)
     assert len(shown) == 1 and "bare.mrcs" in shown[0] and "Traceback" not in shown[0]
@@ -149,7 +149,7 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(qtbot, ui_dock, tmp_path, 
 
 
 def test_closing_the_dock_stops_its_run_with_a_checkpoint(qtbot, ui_dock, tmp_path):
-    ui_dock.settings.explore_spin.setValue(0)
+    ui_dock.settings.inputs["explore_epochs"].setValue(0)
     ui_dock.start_button.click()
     _wait(qtbot, ui_dock, lambda: ui_dock.hub.last is not None)  # the engine is training
     ui_dock.close()

@@ -223,8 +223,8 @@ def test_bad_input_is_reported_without_starting(qtbot, ui_viewer, tmp_path, monk
     dock = ReconstructionDock(ui_viewer)
     qtbot.addWidget(dock)
     dock.start()
-    dock.settings.particles_edit.setText(str(tmp_path / "missing.star"))
-    dock.settings.out_edit.setText(str(tmp_path / "out"))
+    dock.settings.inputs["particles"].edit.setText(str(tmp_path / "missing.star"))
+    dock.settings.inputs["out"].edit.setText(str(tmp_path / "out"))
     dock.start()
     assert not dock.running
     assert shown[0].startswith("No particles chosen") and "missing.star: file not found" in shown[1]
@@ -238,27 +238,27 @@ def test_dock_offers_open_particle_layers_and_detected_devices(qtbot, ui_viewer,
     )
     settings = dock.settings
     assert settings.layer_combo.itemText(1) == "parts"
-    assert settings.particles_edit.text() == str(tmp_path / "p.star")
+    assert settings.inputs["particles"].edit.text() == str(tmp_path / "p.star")
     assert settings.out_path() == str(tmp_path / "cryospin")
-    qtbot.waitUntil(lambda: settings.device_combo.toolTip().startswith("Detected"))
-    devices = [settings.device_combo.itemData(i) for i in range(settings.device_combo.count())]
+    qtbot.waitUntil(lambda: settings.inputs["device"].toolTip().startswith("Detected"))
+    devices = [settings.inputs["device"].itemData(i) for i in range(settings.inputs["device"].count())]
     assert devices == ["auto", *available_devices()]
-    assert settings.device_combo.itemText(0) == f"auto ({available_devices()[0]})"
-    settings.switch_combo.setCurrentText("at epoch")
-    settings.switch_epoch_spin.setValue(3)
-    assert settings.switch_value() == 3
-    settings.switch_combo.setCurrentText("manual")
-    assert settings.switch_value() is None
+    assert settings.inputs["device"].itemText(0) == f"auto ({available_devices()[0]})"
+    settings.inputs["switch"].combo.setCurrentText("at epoch")
+    settings.inputs["switch"].epoch.setValue(3)
+    assert settings.inputs["switch"].read() == 3
+    settings.inputs["switch"].combo.setCurrentText("manual")
+    assert settings.inputs["switch"].read() is None
     (tmp_path / "p.star").write_text("data_\n")
-    assert settings.polarity_combo.currentData() == "auto" and settings.config().polarity == "auto"
-    settings.polarity_combo.setCurrentIndex(settings.polarity_combo.findData("white"))
+    assert settings.inputs["polarity"].currentData() == "auto" and settings.config().polarity == "auto"
+    settings.inputs["polarity"].setCurrentIndex(settings.inputs["polarity"].findData("white"))
     assert settings.config().polarity == "white"
     config = settings.config()
     assert config.junk == "auto" and config.noise_model == "auto" and config.box is None
-    assert settings.box_spin.text() == "auto"  # the working box is chosen for the device
-    settings.junk_combo.setCurrentIndex(settings.junk_combo.findData("keep"))
-    settings.noise_combo.setCurrentIndex(settings.noise_combo.findData("white"))
-    settings.box_spin.setValue(48)
+    assert settings.inputs["box"].text() == "auto"  # the working box is chosen for the device
+    settings.inputs["junk"].setCurrentIndex(settings.inputs["junk"].findData("keep"))
+    settings.inputs["noise_model"].setCurrentIndex(settings.inputs["noise_model"].findData("white"))
+    settings.inputs["box"].setValue(48)
     config = settings.config()
     assert (config.junk, config.noise_model, config.box) == ("keep", "white", 48)
     assert config.symmetry == "C1"

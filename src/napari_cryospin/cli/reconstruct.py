@@ -6,113 +6,15 @@ import argparse
 import logging
 import sys
 
-from ..engine.config import RunConfig, config_defaults
+from .run_flags import add_run_flags, config_from_args
 from .stop_signals import RunStopped, StopSignals
 
 
-def _switch(value: str) -> int | str | None:
-    if value in ("auto", "manual", "none"):
-        return None if value in ("manual", "none") else "auto"
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("--switch takes an epoch number, 'auto' or 'manual'") from exc
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register the sub-command; every default comes from RunConfig's fields."""
-    d = config_defaults()
+    """Register the sub-command; its flags, help and defaults come from RunConfig's declared settings."""
     p = sub.add_parser("reconstruct", help="ab-initio reconstruction of a particle stack")
-    p.add_argument("particles", help="RELION .star or cryoSPARC .cs file")
-    p.add_argument("--out", required=True, help="output folder (refused if it holds another run's results)")
-    p.add_argument("--heads", type=int, default=d["heads"], help="encoder heads M (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="epochs in all (default %(default)s)")
-    p.add_argument("--switch", type=_switch, default=d["switch"], help="epoch, 'auto' (default) or 'manual'")
-    p.add_argument(
-        "--explore-epochs",
-        type=int,
-        default=d["explore_epochs"],
-        help="epochs of global pose search before auto-encoding (default %(default)s; 0 starts from a blob)",
-    )
-    p.add_argument(
-        "--device", default=d["device"], help="auto (CUDA, else MPS, else CPU; default), cuda, mps or cpu"
-    )
-    p.add_argument(
-        "--box",
-        type=int,
-        default=d["box"],
-        help="work on the images Fourier-cropped to this box (even); default: the stack's box up to 64 on a "
-        "CPU, 128 on a GPU. The final maps are always also made at the stack's box and pixel size",
-    )
-    p.add_argument("--encoder-box", type=int, default=d["encoder_box"], help="image size the encoder sees")
-    p.add_argument(
-        "--encoder-width", type=int, default=d["encoder_width"], help="channels of the first VGG block"
-    )
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="default %(default)s")
-    p.add_argument("--seed", type=int, default=d["seed"], help="default %(default)s")
-    p.add_argument("--no-half-maps", action="store_true", help="skip writing half_a.mrc / half_b.mrc")
-    p.add_argument(
-        "--max-particles", type=int, default=d["max_particles"], help="use only the first N particles"
-    )
-    again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue the run in OUT from its checkpoint.pt")
-    again.add_argument(
-        "--overwrite", action="store_true", help="remove the results of a previous run in OUT, then start"
-    )
-    p.add_argument(
-        "--polarity",
-        choices=("auto", "dark", "white"),
-        default=d["polarity"],
-        help="protein darker (dark) or brighter (white) than background; auto (default): from the data",
-    )
-    p.add_argument(
-        "--noise-model",
-        choices=("auto", "white"),
-        default=d["noise_model"],
-        help="auto (default): weigh frequencies by the noise power measured per shell and optics group in "
-        "the images' background; white: unweighted",
-    )
-    p.add_argument(
-        "--junk",
-        choices=("auto", "keep"),
-        default=d["junk"],
-        help="auto (default): leave particles scored as junk out of the final maps (all are scored in "
-        "poses.star; the kept ones listed in particles_kept.star); keep: use every particle",
-    )
-    p.add_argument(
-        "--explore-subset",
-        type=int,
-        default=d["explore_subset"],
-        help="explore and auto-encode only N random particles (≥ 100), pose the others with the encoder and "
-        "grid-search those it is unsure about; for large sets (default %(default)s: explore every particle)",
-    )
+    add_run_flags(p)
     p.set_defaults(run=run)
-
-
-def config_from_args(args: argparse.Namespace):
-    """The RunConfig the arguments describe (it checks every value)."""
-    return RunConfig(
-        particles=args.particles,
-        out=args.out,
-        heads=args.heads,
-        epochs=args.epochs,
-        switch=args.switch,
-        explore_epochs=args.explore_epochs,
-        device=args.device,
-        box=args.box,
-        encoder_box=args.encoder_box,
-        encoder_width=args.encoder_width,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        half_maps=not args.no_half_maps,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        max_particles=args.max_particles,
-        polarity=args.polarity,
-        noise_model=args.noise_model,
-        junk=args.junk,
-        explore_subset=args.explore_subset,
-    )
 
 
 class _StepLines(logging.Handler):

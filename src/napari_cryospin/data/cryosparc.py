@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from .box_scale import rescale
 from .checks import check_values
 from .downsample import ParticleStack
 from .errors import ParticleFileError
@@ -123,17 +124,17 @@ def read_cs(path: str | os.PathLike, box: int | None = None) -> ParticleSet:
         phase_shift=np.rad2deg(_field(path, data, "ctf/phase_shift_rad", 0.0)),
         bfactor=_field(path, data, "ctf/bfactor", 0.0),
     )
-    scale = stack.original_box / stack.box
-    rotations = shifts = None
+    rotations = original_shifts = None
     if "alignments3D/pose" in data.dtype.names:
         rotations = Rotation.from_rotvec(_field(path, data, "alignments3D/pose", None)).as_matrix()
-        shifts = np.zeros((len(data), 2))
+        original_shifts = np.zeros((len(data), 2))
         if "alignments3D/shift" in data.dtype.names:
-            shifts = _field(path, data, "alignments3D/shift", None) / scale
+            original_shifts = _field(path, data, "alignments3D/shift", None)
+    pixel_size, shifts = rescale(original_pixel, original_shifts, stack.original_box, stack.box)
     return ParticleSet(
         path=path,
         stack=stack,
-        pixel_size=original_pixel * scale,
+        pixel_size=pixel_size,
         ctf=ctf,
         rotations=rotations,
         shifts=shifts,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .box_scale import rescale
 from .downsample import ParticleStack
 from .errors import ParticleFileError
 from .mrc import open_stack
@@ -68,7 +69,7 @@ class ParticleSet:
     @property
     def original_pixel_size(self) -> float:
         """Pixel size in Å of the images as stored in the stacks (before any downsampling)."""
-        return self.pixel_size * self.stack.box / self.stack.original_box
+        return rescale(self.pixel_size, None, self.box, self.stack.original_box)[0]
 
     def at_box(self, box: int) -> ParticleSet:
         """The same particles served at another even ``box`` (Fourier crop on the fly; ≤ the stored box).
@@ -77,14 +78,14 @@ class ParticleSet:
         """
         if box == self.box:
             return self
-        ratio = box / self.box
+        pixel_size, shifts = rescale(self.pixel_size, self.shifts, self.box, box)
         return ParticleSet(
             path=self.path,
             stack=self.stack.resized(box),
-            pixel_size=self.pixel_size / ratio,
+            pixel_size=pixel_size,
             ctf=self.ctf,
             rotations=self.rotations,
-            shifts=None if self.shifts is None else self.shifts * ratio,
+            shifts=shifts,
             table=self.table,
             optics=self.optics,
             repeats_dropped=self.repeats_dropped,
@@ -162,7 +163,7 @@ def _load_bare_stack(path: Path, box: int | None) -> ParticleSet:
     return ParticleSet(
         path=path,
         stack=stack,
-        pixel_size=mrc.pixel_size * stack.original_box / stack.box,
+        pixel_size=rescale(mrc.pixel_size, None, stack.original_box, stack.box)[0],
         ctf=None,
         rotations=None,
         shifts=None,

@@ -11,6 +11,7 @@ import pandas as pd
 import starfile
 from scipy.spatial.transform import Rotation
 
+from .box_scale import rescale
 from .checks import check_values
 from .downsample import ParticleStack
 from .errors import ParticleFileError
@@ -229,15 +230,15 @@ def read_star(path: str | os.PathLike, box: int | None = None) -> ParticleSet:
     files, file_index, image_index = _image_refs(path, particles["rlnImageName"])
     stack = ParticleStack(files, file_index, image_index, box=box, source=path)
     original_pixel = _pixel_size(path, table, stack)
-    rotations, shifts = _poses(path, table, original_pixel)
-    scale = stack.original_box / stack.box
+    rotations, original_shifts = _poses(path, table, original_pixel)
+    pixel_size, shifts = rescale(original_pixel, original_shifts, stack.original_box, stack.box)
     return ParticleSet(
         path=path,
         stack=stack,
-        pixel_size=original_pixel * scale,
+        pixel_size=pixel_size,
         ctf=ctf,
         rotations=rotations,
-        shifts=None if shifts is None else shifts / scale,
+        shifts=shifts,
         table=particles,
         optics=optics,
     )

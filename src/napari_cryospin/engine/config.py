@@ -7,12 +7,13 @@ every value when it is made, so a nonsense setting fails at once with one line n
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..geometry.symmetry import canonical
 from ..model.noise import MODES as NOISE_MODES
 from ..polarity import MODES
+from .setting import Setting, declared, labelled, setting
 
 JUNK_MODES = ("auto", "keep")
 """``--junk`` values: leave the particles scored as junk out of the final maps, or keep every particle."""
@@ -70,10 +71,38 @@ def check_device(value: object, name: str = "device") -> None:
         )
 
 
+def parse_switch(text: str) -> int | str | None:
+    """``--switch`` text as ``RunConfig.switch``: 'auto', None for 'manual' (or 'none'), else an epoch."""
+    if text in ("auto", "manual", "none"):
+        return None if text in ("manual", "none") else "auto"
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise ValueError("--switch takes an epoch number, 'auto' or 'manual'") from exc
+
+
+def check_declared(s: Setting, value: object) -> None:
+    """Check ``value`` against what ``s`` declares: a path, a bool, an integer range, a box or a choice."""
+    if s.widget in ("file", "folder") and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"{s.name} must be a path, got {value!r}. Fix: name a {s.name} file or folder.")
+    if isinstance(s.default, bool) and not isinstance(value, bool):
+        raise ValueError(f"{option(s.name)} must be True or False, got {value!r}. Fix: use a bool.")
+    if s.low is not None and s.even:
+        check_box(s.name, value, s.low)
+    elif s.low is not None:
+        check_int(s.name, value, s.low, allow_none=s.default is None)
+    if s.choices is not None and value not in s.choices:
+        raise ValueError(
+            f"{option(s.name)} must be one of {', '.join(s.choices)}, got {value!r}. Fix: choose one of them."
+        )
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a reconstruction; defaults suit a laptop CPU at box 64.
 
+    Each field declares itself once (``setting(...)``: help, CLI flag, range or choices, dock row); the
+    CLI flags and the dock's fields are made from those declarations.
     ``explore_epochs`` of global pose search come first (0: auto-encoding starts from the blob, as in
     the paper). ``switch`` is an epoch number (switch at its start), ``"auto"`` (the criterion in
     ``engine/switch.py``) or ``None`` (only when commanded). ``polarity`` is ``"auto"`` (decided from
@@ -90,29 +119,116 @@ class RunConfig:
     ``resume`` continues the run there.
     """
 
-    particles: str
-    out: str
-    heads: int = 7
-    epochs: int = 20
-    switch: int | str | None = "auto"
-    explore_epochs: int = 8
-    device: str = "auto"
-    box: int | None = None
-    encoder_box: int | None = None  # None: 32 on a CPU, the full box on a GPU
-    encoder_width: int | None = None  # None: 16 on a CPU, 32 on a GPU
-    batch_size: int = 64
-    seed: int = 0
-    half_maps: bool = True
-    resume: bool = False
-    overwrite: bool = False
-    max_particles: int | None = None
-    snapshot_interval_s: float = 0.5
-    eval_every: int | None = None
-    polarity: str = "auto"
-    noise_model: str = "auto"
-    junk: str = "auto"
-    explore_subset: int = 0
-    symmetry: str = "C1"
+    particles: str = setting(
+        help="RELION .star, cryoSPARC .cs or .mrcs stack", flag="particles", dock="main", widget="file"
+    )
+    out: str = setting(
+        help="folder for volume.mrc, poses.star, checkpoint.pt, … (another run's results there are "
+        "replaced only when asked to)",
+        dock="main",
+        label="output folder",
+        widget="folder",
+    )
+    device: str = setting(
+        "auto",
+        help="auto (CUDA, else MPS, else CPU; default), cuda, cuda:N, mps or cpu",
+        dock="main",
+        widget="device",
+    )
+    heads: int = setting(
+        7,
+        help="encoder heads M: pose candidates per particle in auto-encoding (default %(default)s)",
+        low=1,
+        most=64,
+        dock="main",
+    )
+    epochs: int = setting(20, help="epochs in all (default %(default)s)", low=1, most=10_000, dock="main")
+    explore_epochs: int = setting(
+        8,
+        help="epochs of global pose search before auto-encoding (default %(default)s; 0 starts from a blob)",
+        low=0,
+        most=10_000,
+        dock="main",
+        label="exploration epochs",
+    )
+    switch: int | str | None = setting(
+        "auto",
+        help="when to leave auto-encoding: 'auto' (default), at an epoch number, or 'manual' (only when "
+        "told to)",
+        parse=parse_switch,
+        most=10_000,
+        dock="main",
+        widget="switch",
+    )
+    box: int | None = setting(
+        None,
+        help="work on the images Fourier-cropped to this box (even); default: the stack's box up to 64 on a "
+        "CPU, 128 on a GPU. The final maps are always also made at the stack's box and pixel size",
+        low=MIN_BOX,
+        even=True,
+        most=1024,
+        dock="advanced",
+    )
+    encoder_box: int | None = setting(
+        None,
+        help="image size the encoder sees (even; default: 32 on a CPU, the full box on a GPU)",
+        low=8,
+        even=True,
+    )
+    encoder_width: int | None = setting(
+        None, help="channels of the first VGG block (default: 16 on a CPU, 32 on a GPU)", low=1
+    )
+    batch_size: int = setting(
+        64, help="particles per step (default %(default)s)", low=1, most=4096, dock="advanced"
+    )
+    seed: int = setting(0, help="random seed (default %(default)s)", low=0)
+    half_maps: bool = setting(
+        True,
+        help="write the half maps half_a.mrc / half_b.mrc (gold-standard FSC); --no-half-maps skips them",
+        flag="--no-half-maps",
+        dock="advanced",
+        label="reconstruct half maps (gold-standard FSC)",
+    )
+    resume: bool = setting(False, help="continue the run in OUT from its checkpoint.pt", group="again")
+    overwrite: bool = setting(
+        False, help="remove the results of a previous run in OUT, then start", group="again"
+    )
+    max_particles: int | None = setting(None, help="use only the first N particles", low=1)
+    snapshot_interval_s: float = setting(
+        0.5, help="seconds between the snapshots a viewer is sent (set in code)", flag=None
+    )
+    eval_every: int | None = setting(
+        None, help="epochs between evaluations (set in code; default: epochs / 8)", flag=None, low=1
+    )
+    polarity: str = setting(
+        "auto",
+        help="protein darker (dark) or brighter (white) than background; auto (default): from the data",
+        choices=labelled(MODES, ("auto (from the data)", "dark protein", "white protein")),
+        dock="advanced",
+    )
+    noise_model: str = setting(
+        "auto",
+        help="auto (default): weigh frequencies by the noise power measured per shell and optics group in "
+        "the images' background; white: unweighted",
+        choices=labelled(NOISE_MODES, ("measured per shell (auto)", "white")),
+        dock="advanced",
+    )
+    junk: str = setting(
+        "auto",
+        help="auto (default): leave particles scored as junk out of the final maps (all are scored in "
+        "poses.star; the kept ones listed in particles_kept.star); keep: use every particle",
+        choices=labelled(JUNK_MODES, ("leave out of the map (auto)", "keep every particle")),
+        dock="advanced",
+    )
+    explore_subset: int = setting(
+        0,
+        help="explore and auto-encode only N random particles (≥ 100), pose the others with the encoder and "
+        "grid-search those it is unsure about; for large sets (default %(default)s: explore every particle)",
+        low=0,
+    )
+    symmetry: str = setting(
+        "C1", help="point group imposed on every map: only C1 for now (set in code)", flag=None
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -120,19 +236,8 @@ class RunConfig:
 
     def validate(self) -> None:
         """Check every setting; ValueError with one line naming the option and its allowed values."""
-        for name in ("particles", "out"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must be a path, got {value!r}. Fix: name a {name} file or folder.")
-        check_int("heads", self.heads, 1)
-        check_int("epochs", self.epochs, 1)
-        check_int("explore_epochs", self.explore_epochs, 0)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("seed", self.seed, 0)
-        check_int("max_particles", self.max_particles, 1, allow_none=True)
-        check_int("encoder_width", self.encoder_width, 1, allow_none=True)
-        check_int("eval_every", self.eval_every, 1, allow_none=True)
-        check_int("explore_subset", self.explore_subset, 0)
+        for s in declared(RunConfig):
+            check_declared(s, getattr(self, s.name))
         if 0 < self.explore_subset < MIN_SUBSET:
             raise ValueError(
                 f"--explore-subset must be 0 (explore every particle) or at least {MIN_SUBSET}, got "
@@ -150,32 +255,12 @@ class RunConfig:
                 "C1: the run names the group its map shows, and `cryospin backproject --symmetry` imposes "
                 "it on poses in that group's frame."
             )
-        check_box("box", self.box)
-        check_box("encoder_box", self.encoder_box, 8)
         check_device(self.device)
-        if self.polarity not in MODES:
-            raise ValueError(
-                f"--polarity must be one of {', '.join(MODES)}, got {self.polarity!r}. Fix: choose one."
-            )
-        if self.noise_model not in NOISE_MODES:
-            raise ValueError(
-                f"--noise-model must be one of {', '.join(NOISE_MODES)}, got {self.noise_model!r}. "
-                "Fix: choose auto (measured per shell and optics group) or white."
-            )
-        if self.junk not in JUNK_MODES:
-            raise ValueError(
-                f"--junk must be one of {', '.join(JUNK_MODES)}, got {self.junk!r}. "
-                "Fix: choose auto (leave junk out of the maps) or keep."
-            )
         if not (self.switch is None or self.switch == "auto" or (_is_int(self.switch) and self.switch >= 0)):
             raise ValueError(
                 f"--switch must be an epoch number ≥ 0, 'auto' or 'manual', got {self.switch!r}. "
                 "Fix: give --switch auto (the default), manual, or an epoch such as 10."
             )
-        for name in ("half_maps", "resume", "overwrite"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ValueError(f"{option(name)} must be True or False, got {value!r}. Fix: use a bool.")
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other. Fix: give only one of them.")
         interval = self.snapshot_interval_s
@@ -200,6 +285,11 @@ class RunConfig:
         return Path(self.out)
 
 
+def run_settings() -> list[Setting]:
+    """RunConfig's declared settings, in field order: what the CLI flags and the dock's fields are made of."""
+    return declared(RunConfig)
+
+
 def config_defaults() -> dict:
     """Each RunConfig field's default (fields without one left out): the CLI's and the dock's defaults."""
-    return {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+    return {s.name: s.default for s in run_settings() if not s.required}
