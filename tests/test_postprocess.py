@@ -1,6 +1,9 @@
 """Postprocessing of half maps: the mask correction of the FSC, the Guinier B, the automatic mask and the
 local resolution, each on maps whose answer is known."""
 
+import json
+import logging
+
 import numpy as np
 import pytest
 
@@ -9,8 +12,8 @@ from napari_cryospin.metrics.fsc import fsc, soft_mask
 from napari_cryospin.postprocess.fsc_correction import mask_corrected_fsc, randomise_phases
 from napari_cryospin.postprocess.local_resolution import local_resolution
 from napari_cryospin.postprocess.mask import auto_mask
-from napari_cryospin.postprocess.sharpen import guinier_fit, sharpen
-from napari_cryospin.postprocess.shells import apply_per_shell, rfft_radius
+from napari_cryospin.postprocess.sharpen import fsc_weight, guinier_fit, sharpen
+from napari_cryospin.postprocess.shells import apply_per_shell, cosine_lowpass, rfft_radius
 
 
 def _band_limited(box: int, shell: float, rng) -> np.ndarray:
@@ -49,16 +52,54 @@ def test_mask_correction_removes_the_correlation_a_tight_mask_adds():
     assert curves.resolution > 1 / curves.frequency[curves.randomised_from + 3]
 
 
+def _blurred_white_noise(box: int, voxel: float, bfactor: float, seed: int = 2) -> np.ndarray:
+    """A map with flat amplitudes (white noise, a Wilson-like spectrum) times ``exp(−B s²/4)``."""
+    flat = np.random.default_rng(seed).normal(size=(box,) * 3)
+    s2 = (np.arange(box // 2 + 1) / (box * voxel)) ** 2
+    return apply_per_shell(flat, np.exp(-bfactor * s2 / 4))
+
+
 @pytest.mark.parametrize("bfactor", [0.0, 60.0, 150.0])
 def test_guinier_fit_recovers_a_known_b_factor(bfactor):
-    """A map with flat amplitudes (white noise), blurred by exp(−B s²/4): the fit gives B back."""
-    box, voxel = 64, 1.0
-    flat = np.random.default_rng(2).normal(size=(box,) * 3)
-    s2 = (np.arange(box // 2 + 1) / (box * voxel)) ** 2
-    blurred = apply_per_shell(flat, np.exp(-bfactor * s2 / 4))
-    fit = guinier_fit(blurred, voxel, resolution=2.5)
-    assert fit.bfactor == pytest.approx(bfactor, rel=0.03, abs=2.0)
-    assert fit.shells >= 15
+    """From 10 Å to 3.2 Å (1.5 Å/px): the fit gives the applied B back, and sharpening undoes it."""
+    fit = guinier_fit(_blurred_white_noise(64, 1.5, bfactor), 1.5, resolution=3.2)
+    assert fit.fitted == pytest.approx(bfactor, rel=0.03, abs=2.0)
+    assert fit.applied == pytest.approx(max(fit.fitted, 0.0)) and fit.shells >= 15
+    assert fit.fit_range == (10.0, 3.2)
+    assert fit.reason is None or bfactor == 0.0  # a B of 0 may fit a hair below it (not sharpened)
+
+
+@pytest.mark.parametrize("resolution", [8.0, 12.0, 25.0])
+def test_no_guinier_fit_short_of_7_angstrom(resolution):
+    """10 Å to 8 Å is too short a range for a line (and 12 Å, 25 Å hold none): B is not fitted, not
+    applied, and the reason says which resolution it would take."""
+    fit = guinier_fit(_blurred_white_noise(64, 3.0, 500.0), 3.0, resolution)
+    assert fit.fitted is None and fit.applied == 0.0 and fit.bfactor == 0.0
+    assert "7.07 Å or better" in fit.reason
+    assert json.loads(json.dumps(fit.to_dict()))["bfactor"] is None
+
+
+def test_no_guinier_fit_on_too_few_shells():
+    """Box 16 at 1 Å/px: 10 Å to 3 Å is long enough in s² but holds 4 shells."""
+    fit = guinier_fit(_blurred_white_noise(16, 1.0, 50.0), 1.0, 3.0)
+    assert fit.fitted is None and fit.shells == 4 and fit.applied == 0.0
+    assert "4 shells" in fit.reason
+
+
+def test_rising_amplitudes_are_not_sharpened():
+    """A map sharpened already (B = −80 Å²): the fit finds it, and applies nothing."""
+    fit = guinier_fit(_blurred_white_noise(64, 1.5, -80.0), 1.5, 3.2)
+    assert fit.fitted == pytest.approx(-80.0, rel=0.05)
+    assert fit.applied == 0.0 and "negative" in fit.reason
+    assert fit.summary().startswith("not sharpened")
+
+
+def test_a_runaway_b_is_capped_at_a_hundredfold_boost():
+    """B = 300 Å² at 3.2 Å would raise the amplitudes there 1500-fold: applied at 4·3.2²·ln 100 Å²."""
+    fit = guinier_fit(_blurred_white_noise(64, 1.5, 300.0), 1.5, 3.2)
+    assert fit.fitted == pytest.approx(300.0, rel=0.03)
+    assert fit.applied == pytest.approx(4 * 3.2**2 * np.log(100.0))
+    assert "capped" in fit.reason and fit.to_dict()["sharpening_bfactor"] == -fit.applied
 
 
 def test_sharpening_fits_b_on_the_masked_map_and_undoes_it():
@@ -71,8 +112,22 @@ def test_sharpening_fits_b_on_the_masked_map_and_undoes_it():
     particle = apply_per_shell(rng.normal(size=(box,) * 3) * mask, np.exp(-bfactor * s2 / 4))
     vol = particle + 0.05 * rng.normal(size=particle.shape) * (1 - mask)
     sharpened, fit = sharpen(vol, voxel, 2.5, np.ones(box // 2 + 1), mask)
-    assert fit.bfactor == pytest.approx(bfactor, rel=0.05)
-    assert abs(guinier_fit(sharpened * mask, voxel, 3.0).bfactor) < 0.1 * bfactor
+    assert fit.fitted == pytest.approx(bfactor, rel=0.05) and fit.applied == fit.fitted
+    assert abs(guinier_fit(sharpened * mask, voxel, 3.0).fitted) < 0.1 * bfactor
+
+
+def test_a_low_resolution_map_is_fsc_weighted_and_low_passed_but_not_sharpened(caplog):
+    """At 15 Å there is no Guinier region: volume_sharpened.mrc is the FSC-weighted map low-pass filtered
+    at the resolution, B 0 — and the run's log says why."""
+    box, voxel, resolution = 48, 3.0, 15.0
+    vol = _blurred_white_noise(box, voxel, 400.0, seed=6)
+    curve = np.clip(1.0 - np.arange(box // 2 + 1) / 12.0, 0.0, 1.0)
+    with caplog.at_level(logging.INFO):
+        sharpened, fit = sharpen(vol, voxel, resolution, curve, np.ones_like(vol))
+    assert fit.fitted is None and fit.applied == 0.0
+    expected = cosine_lowpass(apply_per_shell(vol, fsc_weight(curve)), voxel, resolution)
+    np.testing.assert_allclose(sharpened, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    assert any(r.levelname == "WARNING" and "no Guinier region" in r.getMessage() for r in caplog.records)
 
 
 @pytest.fixture(scope="module")
