@@ -257,7 +257,7 @@ def ceiling(data: Dataset, truth: np.ndarray) -> float:
     """Resolution (FSC 0.5 vs truth) of the project's known-pose backprojection of the truth poses."""
     from napari_cryospin.data.particles import load_particles
     from napari_cryospin.metrics.alignment import fsc_to_truth
-    from napari_cryospin.reconstruction import backproject
+    from napari_cryospin.physics.reconstruction import backproject
 
     particles = load_particles(data.truth_star)
     vol = backproject(particles, particles.rotations, particles.shifts)

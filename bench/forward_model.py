@@ -15,9 +15,9 @@ import torch
 from napari_cryospin.geometry.rotations import random_rotations
 from napari_cryospin.physics.ctf import ctf_2d
 from napari_cryospin.physics.fourier import fftn_centered, frequency_grid_2d
+from napari_cryospin.physics.reconstruction import accumulate
 from napari_cryospin.physics.shifts import centering_phase
 from napari_cryospin.physics.slicing import extract_slices
-from napari_cryospin.reconstruction import accumulate
 
 APIX = 3.0
 

@@ -24,7 +24,7 @@ from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.junk import correlation_z, fit_terms
 from napari_cryospin.metrics.junk_auc import roc_auc, truth_junk
 from napari_cryospin.model.search import SoftAssignment, grid_search, insert_weighted
-from napari_cryospin.reconstruction import solve_map
+from napari_cryospin.physics.reconstruction import solve_map
 
 
 def known_map_engine(data: Path, mode: str, n_map: int, radius: float, junk: np.ndarray | None) -> Engine:

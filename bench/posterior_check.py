@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_cryospin.engine.posterior import view_pixels
 from napari_cryospin.engine.saved_run import SavedRun
-from napari_cryospin.posterior import view_pixels
 
 
 def pose_rank(log_posterior: np.ndarray, pose: np.ndarray) -> int:

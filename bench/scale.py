@@ -41,7 +41,7 @@ def make_stack(work: Path, n: int, box: int, base: int) -> Path:
 
     from napari_cryospin.data.mrc import read_volume
     from napari_cryospin.resources import bundled_map_path
-    from napari_cryospin.simulation import simulate_to_dir
+    from napari_cryospin.simulation.simulate import simulate_to_dir
 
     seed_dir = work / f"base{base}_box{box}"
     if not (seed_dir / "particles.star").exists():
@@ -94,7 +94,7 @@ def measure(args: argparse.Namespace) -> None:
     from napari_cryospin.engine.engine import Engine
     from napari_cryospin.engine.events import Stage
     from napari_cryospin.model.poses import ParticlePoses
-    from napari_cryospin.reconstruction import accumulate
+    from napari_cryospin.physics.reconstruction import accumulate
 
     torch.set_num_threads(args.threads)
     out = Path(tempfile.mkdtemp(prefix="scale-run-"))

@@ -15,11 +15,11 @@ import numpy as np
 
 from napari_cryospin.data.mrc import read_volume
 from napari_cryospin.data.particles import ParticleSet, load_particles
+from napari_cryospin.diagnostics.polarity import choose_polarity
 from napari_cryospin.metrics.alignment import AlignmentResult, poses_in_truth_frame, shift_errors
 from napari_cryospin.metrics.fsc import fsc, resolution_at
 from napari_cryospin.metrics.symmetry import align_rotations_symmetric
-from napari_cryospin.polarity import choose_polarity
-from napari_cryospin.reconstruction import backproject
+from napari_cryospin.physics.reconstruction import backproject
 
 
 def truth_paths(folder: Path) -> tuple[Path, Path]:

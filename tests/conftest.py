@@ -41,7 +41,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
     """200 simulated box-32 particles of the bundled map (SNR 0.5, ±1 px shifts): particles.star + truth."""
     from napari_cryospin.data.mrc import read_volume
     from napari_cryospin.resources import bundled_map_path
-    from napari_cryospin.simulation import simulate_to_dir
+    from napari_cryospin.simulation.simulate import simulate_to_dir
 
     out = tmp_path_factory.mktemp("tiny")
     volume, voxel = read_volume(bundled_map_path(32))

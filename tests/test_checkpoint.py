@@ -16,7 +16,7 @@ from napari_cryospin.engine.checkpoint import CheckpointError, load_checkpoint, 
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
-from napari_cryospin.reconstruction import Accumulator
+from napari_cryospin.physics.reconstruction import Accumulator
 
 SETTINGS = dict(
     heads=3,
@@ -201,7 +201,7 @@ def test_resume_with_other_settings_is_refused_before_any_work(
 def test_resume_with_another_particle_file_is_refused(tiny_dataset, stopped_run, tmp_path):
     from napari_cryospin.data.mrc import read_volume
     from napari_cryospin.resources import bundled_map_path
-    from napari_cryospin.simulation import simulate_to_dir
+    from napari_cryospin.simulation.simulate import simulate_to_dir
 
     volume, voxel = read_volume(bundled_map_path(32))
     simulate_to_dir(volume, voxel, 200, tmp_path / "other", snr=0.5, max_shift_px=1.0, seed=4)

@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_cryospin import safe_write
 from napari_cryospin.cli import main
+from napari_cryospin.data import safe_write
 from napari_cryospin.data.mrc import read_volume
 from napari_cryospin.data.particles import load_particles
 from napari_cryospin.engine import distributed
 from napari_cryospin.engine.checkpoint import load_checkpoint
-from napari_cryospin.error_funnel import explain
+from napari_cryospin.engine.error_funnel import explain
 
 TINY = [
     "--heads", "2", "--epochs", "2", "--explore-epochs", "0", "--switch", "1", "--device", "cpu",
@@ -279,7 +279,7 @@ def test_read_only_output_folder_is_one_line_before_any_work(tiny_dataset, tmp_p
 @pytest.fixture
 def one_particle(tmp_path) -> Path:
     from napari_cryospin.resources import bundled_map_path
-    from napari_cryospin.simulation import simulate_to_dir
+    from napari_cryospin.simulation.simulate import simulate_to_dir
 
     volume, voxel = read_volume(bundled_map_path(32))
     simulate_to_dir(volume, voxel, 1, tmp_path / "one", snr=0.5, seed=0)

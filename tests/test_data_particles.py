@@ -71,7 +71,7 @@ def test_reading_at_a_box_and_serving_at_it_later_rescale_alike(tmp_path):
     """STAR read at box 16 == read whole (24) then at_box(16): one rescale for pixel size and shifts."""
     from napari_cryospin.data.mrc import read_volume
     from napari_cryospin.resources import bundled_map_path
-    from napari_cryospin.simulation import simulate_to_dir
+    from napari_cryospin.simulation.simulate import simulate_to_dir
 
     volume, voxel = read_volume(bundled_map_path(32))
     simulate_to_dir(volume, voxel, 3, tmp_path / "d", box=24, snr=1.0, max_shift_px=3.0, seed=0)

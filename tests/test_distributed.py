@@ -20,7 +20,7 @@ from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
 from napari_cryospin.metrics.alignment import align_rotations
 from napari_cryospin.metrics.fsc import fsc
-from napari_cryospin.reconstruction import split_halves
+from napari_cryospin.physics.reconstruction import split_halves
 from process_group import free_port, join_as
 from tiny_run import TINY_RUN
 

@@ -175,7 +175,7 @@ def test_decoding_filters_the_pose_map_by_the_last_fsc_and_resume_keeps_it(
 def test_run_writes_outputs_and_half_maps_are_disjoint(tiny_dataset, tmp_path):
     from napari_cryospin.data.mrc import read_volume
     from napari_cryospin.data.particles import load_particles
-    from napari_cryospin.reconstruction import backproject
+    from napari_cryospin.physics.reconstruction import backproject
 
     eng = Engine(_config(tiny_dataset, tmp_path))
     snaps = list(eng.run())

@@ -19,7 +19,7 @@ from tiny_run import TINY_RUN
 def box48_run(tmp_path_factory):
     """A tiny run at working box 32 on 200 particles of box 48 (the bundled box-64 map cropped; SNR 1)."""
     from napari_cryospin.resources import bundled_map_path
-    from napari_cryospin.simulation import simulate_to_dir
+    from napari_cryospin.simulation.simulate import simulate_to_dir
 
     data = tmp_path_factory.mktemp("box48")
     volume, voxel = read_volume(bundled_map_path(64))

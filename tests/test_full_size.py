@@ -12,14 +12,14 @@ from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.full_size import WORKING_MAP, full_size_maps, write_final_maps
 from napari_cryospin.engine.working_box import WORKING_BOX, working_box
 from napari_cryospin.metrics.fsc import fsc
-from napari_cryospin.reconstruction import split_halves
+from napari_cryospin.physics.reconstruction import split_halves
 
 
 @pytest.fixture(scope="module")
 def box96(tmp_path_factory):
     """300 particles of box 96 (the bundled box-32 map upsampled), SNR 1, shifts up to ±4.5 px."""
     from napari_cryospin.resources import bundled_map_path
-    from napari_cryospin.simulation import simulate_to_dir
+    from napari_cryospin.simulation.simulate import simulate_to_dir
 
     out = tmp_path_factory.mktemp("box96")
     volume, voxel = read_volume(bundled_map_path(32))

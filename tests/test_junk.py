@@ -12,16 +12,16 @@ from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.junk import Z_JUNK, correlation_z, robust_z, score_junk
 from napari_cryospin.metrics.junk_auc import JUNK_COLUMN, roc_auc, truth_junk
 from napari_cryospin.model.search import SoftAssignment, grid_search, insert_weighted
-from napari_cryospin.reconstruction import solve_map
+from napari_cryospin.physics.reconstruction import solve_map
 
 
 @pytest.fixture(scope="module")
 def junk_set(tmp_path_factory):
     """300 box-32 images of the bundled map, SNR 0.2, coloured noise, 20 % junk of both kinds."""
     from napari_cryospin.data.mrc import read_volume
-    from napari_cryospin.nuisances import Nuisances
     from napari_cryospin.resources import bundled_map_path
-    from napari_cryospin.simulation import simulate_to_dir
+    from napari_cryospin.simulation.nuisances import Nuisances
+    from napari_cryospin.simulation.simulate import simulate_to_dir
 
     out = tmp_path_factory.mktemp("junk")
     volume, voxel = read_volume(bundled_map_path(32))

@@ -24,7 +24,7 @@ from napari_cryospin.engine.outputs import write_results
 from napari_cryospin.engine.run_results import read_run
 from napari_cryospin.geometry.rotations import geodesic_distance, random_rotations
 from napari_cryospin.model.search import SoftAssignment, insert_weighted
-from napari_cryospin.reconstruction import solve_map
+from napari_cryospin.physics.reconstruction import solve_map
 from tiny_run import TINY_RUN
 
 PLANTED = 0.3

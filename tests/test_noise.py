@@ -8,7 +8,7 @@ import torch
 from napari_cryospin.data.errors import ParticleFileError
 from napari_cryospin.model.likelihood import FrequencyDisk
 from napari_cryospin.model.noise import background_power, estimate_noise, optics_groups
-from napari_cryospin.nuisances import colour, noise_filter
+from napari_cryospin.simulation.nuisances import colour, noise_filter
 
 
 def _radial(power_2d: np.ndarray) -> np.ndarray:
@@ -105,7 +105,7 @@ def _best_grid_poses(tiny_dataset, tmp_path, mode):
     from napari_cryospin.engine.config import RunConfig
     from napari_cryospin.engine.engine import Engine
     from napari_cryospin.model.search import SoftAssignment, grid_search, insert_weighted
-    from napari_cryospin.reconstruction import solve_map
+    from napari_cryospin.physics.reconstruction import solve_map
 
     truth = load_particles(tiny_dataset / "truth.star")
     cfg = RunConfig(particles=str(tiny_dataset / "particles.star"), out=str(tmp_path / mode), device="cpu")

@@ -12,10 +12,10 @@ import starfile
 
 from napari_cryospin.cli import main
 from napari_cryospin.data.particles import load_particles
-from napari_cryospin.nuisances import EMPTY, OTHER, PARTICLE, Nuisances, noise_filter
-from napari_cryospin.reconstruction import backproject
+from napari_cryospin.physics.reconstruction import backproject
 from napari_cryospin.resources import bundled_map_path
-from napari_cryospin.simulation import simulate
+from napari_cryospin.simulation.nuisances import EMPTY, OTHER, PARTICLE, Nuisances, noise_filter
+from napari_cryospin.simulation.simulate import simulate
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from napari_cryospin.engine.distributed import DataParallel
 from napari_cryospin.engine.outputs import _gold_standard
 from napari_cryospin.metrics.alignment import FrameChange
 from napari_cryospin.metrics.translation import best_translation
-from napari_cryospin.reconstruction import split_halves
+from napari_cryospin.physics.reconstruction import split_halves
 
 
 def test_half_b_is_moved_onto_half_a_by_a_sub_voxel_translation(tiny_dataset):

@@ -13,11 +13,11 @@ import pytest
 from napari_cryospin.cli import build_parser, main
 from napari_cryospin.cli.reconstruct import config_from_args
 from napari_cryospin.data.particles import load_particles
+from napari_cryospin.diagnostics.polarity import choose_polarity, measure_polarity
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
-from napari_cryospin.polarity import choose_polarity, measure_polarity
 from napari_cryospin.resources import bundled_map_path
-from napari_cryospin.simulation import simulate_to_dir
+from napari_cryospin.simulation.simulate import simulate_to_dir
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import torch
 
 from napari_cryospin.model.likelihood import FrequencyDisk, ImageBatch
 from napari_cryospin.model.prior import prior_weight, signal_power
-from napari_cryospin.reconstruction import Accumulator, solve_map
+from napari_cryospin.physics.reconstruction import Accumulator, solve_map
 
 
 def _batches(disk: FrequencyDisk, tau2, level: float, n: int, seed: int = 0):

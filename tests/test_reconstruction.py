@@ -26,9 +26,9 @@ from napari_cryospin.metrics.alignment import (
 from napari_cryospin.metrics.fsc import fsc, resolution_at
 from napari_cryospin.physics.ctf import ctf_2d
 from napari_cryospin.physics.fourier import fftn_centered, frequency_grid_2d, ifftn_centered
+from napari_cryospin.physics.reconstruction import backproject, half_maps, split_halves
 from napari_cryospin.physics.shifts import centering_phase
 from napari_cryospin.physics.slicing import extract_slices
-from napari_cryospin.reconstruction import backproject, half_maps, split_halves
 
 BOX = 32
 APIX = 4.0

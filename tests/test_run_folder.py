@@ -8,14 +8,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from napari_cryospin import safe_write
+from napari_cryospin.data import safe_write
+from napari_cryospin.engine.error_funnel import exit_status, explain
 from napari_cryospin.engine.run_folder import (
     OutputFolderError,
     prepare_output,
     results_in,
     write_run_record,
 )
-from napari_cryospin.error_funnel import exit_status, explain
 
 
 def _fake_run(out):

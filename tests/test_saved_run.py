@@ -5,14 +5,14 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from napari_cryospin.engine.saved_run import SavedRun
-from napari_cryospin.posterior import (
+from napari_cryospin.engine.posterior import (
     carry_to_views,
     healpix_view_grid,
     refined_view_posterior,
     view_log_posterior,
     view_pixels,
 )
+from napari_cryospin.engine.saved_run import SavedRun
 
 
 def _sharp_score(r0: torch.Tensor, kappa: float):

@@ -8,7 +8,7 @@ from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.model.likelihood import shift_grid, squared_error
 from napari_cryospin.model.search import SoftAssignment, forget, grid_search, insert_weighted, so3_grid
-from napari_cryospin.reconstruction import solve_map
+from napari_cryospin.physics.reconstruction import solve_map
 
 
 def _engine(tiny_dataset, tmp_path, **kw) -> Engine:

@@ -12,7 +12,6 @@ import pytest
 import starfile
 import torch
 
-from napari_cryospin import atomic
 from napari_cryospin.cli import simulate as simulate_cli
 from napari_cryospin.geometry.rotations import euler_to_matrix
 from napari_cryospin.physics.ctf import ctf_2d
@@ -20,7 +19,8 @@ from napari_cryospin.physics.fourier import fftn_centered, frequency_grid_2d, if
 from napari_cryospin.physics.shifts import centering_phase
 from napari_cryospin.physics.slicing import extract_slices
 from napari_cryospin.resources import bundled_map_path
-from napari_cryospin.simulation import resize_volume, simulate, simulate_to_dir, write_simulation
+from napari_cryospin.simulation import atomic
+from napari_cryospin.simulation.simulate import resize_volume, simulate, simulate_to_dir, write_simulation
 
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst")
 

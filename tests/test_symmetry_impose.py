@@ -10,7 +10,7 @@ from napari_cryospin.geometry.symmetry import group_operators, symmetrize_grid
 from napari_cryospin.metrics.alignment import rotate_volume
 from napari_cryospin.model.volume import HartleyVolume
 from napari_cryospin.physics.fourier import hartley_centered
-from napari_cryospin.reconstruction import backproject
+from napari_cryospin.physics.reconstruction import backproject
 from test_reconstruction import _blob_volume, _corr, _simulate
 
 

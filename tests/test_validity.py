@@ -7,16 +7,16 @@ import mrcfile
 import numpy as np
 import pytest
 
-from napari_cryospin.ctf_check import check_ctf
 from napari_cryospin.data.mrc import read_volume
 from napari_cryospin.data.particles import load_particles
+from napari_cryospin.diagnostics.ctf_check import check_ctf
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Stage
 from napari_cryospin.engine.validity import half_agreement
-from napari_cryospin.reconstruction import split_halves
+from napari_cryospin.physics.reconstruction import split_halves
 from napari_cryospin.resources import bundled_map_path
-from napari_cryospin.simulation import simulate_to_dir
+from napari_cryospin.simulation.simulate import simulate_to_dir
 
 N = 400
 

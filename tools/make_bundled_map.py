@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cryospin import atomic
 from napari_cryospin.data.mrc import write_volume
+from napari_cryospin.simulation import atomic
 
 BIOPYTHON = "biopython==1.88"
 MEMBER = "biopython-1.88/Tests/PDB/7DDO.pdb"
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "atoms_note": "first model, waters removed; weight = atomic number x occupancy",
         "sum_of_weights": float(atoms.weights.sum()),
         "rendering": {
-            "function": "napari_cryospin.atomic.atoms_to_map",
+            "function": "napari_cryospin.simulation.atomic.atoms_to_map",
             "reader": "built-in PDB reader (gemmi not used)",
             "fill": FILL,
             "atom_sigma_A": 1.0,

@@ -89,7 +89,7 @@ def ui_tiny_particles(tmp_path_factory) -> Path:
     """200 simulated particles of the bundled box-32 map, with CTF: the STAR file."""
     from napari_cryospin.data.mrc import read_volume
     from napari_cryospin.resources import bundled_map_path
-    from napari_cryospin.simulation import simulate_to_dir
+    from napari_cryospin.simulation.simulate import simulate_to_dir
 
     folder = tmp_path_factory.mktemp("tiny")
     volume, voxel = read_volume(bundled_map_path(32))

@@ -6,8 +6,8 @@ import tempfile
 
 import pytest
 
-from napari_cryospin import simulation
 from napari_cryospin._napari._sample_data import simulated_particle_dir
+from napari_cryospin.simulation import simulate as simulation
 
 
 @pytest.fixture

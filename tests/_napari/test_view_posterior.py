@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from napari_cryospin.posterior import (
+from napari_cryospin.engine.posterior import (
     healpix_view_grid,
     rotations_for_views,
     view_log_posterior,

@@ -32,9 +32,9 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from ..engine.error_funnel import explain
 from ..engine.events import Snapshot, Stage
 from ..engine.run_results import POSE_CHANGE, RunResults, export_selection, read_run
-from ..error_funnel import explain
 from ._hub import hub_for
 from ._layout import dock_in_tabs
 from ._map_display import MapDisplay

@@ -11,8 +11,8 @@ from dataclasses import replace
 from napari.qt.threading import GeneratorWorker
 
 from ..engine.config import RunConfig
+from ..engine.error_funnel import explain
 from ..engine.events import Command, Snapshot
-from ..error_funnel import explain
 
 log = logging.getLogger(__name__)
 

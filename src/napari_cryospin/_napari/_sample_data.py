@@ -53,7 +53,7 @@ def simulated_particle_dir(folder: Path | None = None, n: int = SAMPLE_PARTICLES
     if (folder / "particles.star").is_file():
         return folder
     from ..data.mrc import read_volume
-    from ..simulation import simulate_to_dir
+    from ..simulation.simulate import simulate_to_dir
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))

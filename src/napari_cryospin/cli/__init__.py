@@ -14,7 +14,7 @@ import signal
 import sys
 import traceback
 
-from ..error_funnel import exit_status, explain
+from ..engine.error_funnel import exit_status, explain
 from .stop_signals import RunStopped
 
 _COMMANDS = ("simulate", "backproject", "evaluate", "reconstruct", "demo")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..data.safe_write import save_figure, write_json
 from ..engine.config import DEVICES, check_box, check_device, check_int
 from ..metrics.fsc import fsc, resolution_at
-from ..safe_write import save_figure, write_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -63,12 +63,12 @@ def run(args: argparse.Namespace) -> int:
     """Reconstruct the full and half maps, write them with the FSC curve, print the 0.143 resolution."""
     from ..data.mrc import write_volume
     from ..data.particles import load_particles
+    from ..diagnostics.polarity import choose_polarity
     from ..engine.device import resolve_device
     from ..engine.inputs import input_identity
     from ..engine.run_folder import claim_output, write_run_record
     from ..geometry.symmetry import group_operators
-    from ..polarity import choose_polarity
-    from ..reconstruction import half_maps
+    from ..physics.reconstruction import half_maps
 
     check_int("batch_size", args.batch_size, 1)
     check_int("seed", args.seed, 0)

@@ -27,14 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, reconstruct, then print the comparison with the truth."""
-    from ..cli.reconstruct import consume
-    from ..cli.stop_signals import StopSignals
     from ..data.mrc import read_volume
     from ..engine.config import RunConfig
     from ..engine.engine import Engine
     from ..resources import bundled_map_path
-    from ..simulation import simulate_to_dir
+    from ..simulation.simulate import simulate_to_dir
     from . import evaluate
+    from .reconstruct import consume
+    from .stop_signals import StopSignals
 
     out: Path = args.out
     data = out / "data"
@@ -74,7 +74,7 @@ def _ceiling(data: Path) -> float:
     from ..data.mrc import read_volume
     from ..data.particles import load_particles
     from ..metrics.fsc import fsc, resolution_at
-    from ..reconstruction import backproject
+    from ..physics.reconstruction import backproject
 
     truth = load_particles(data / "truth.star")
     volume, voxel = read_volume(data / "truth_volume.mrc")

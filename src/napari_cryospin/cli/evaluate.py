@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..safe_write import write_json
+from ..data.safe_write import write_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import is_atomic_model, model_to_map
 from ..data.mrc import read_volume
-from ..nuisances import Nuisances
 from ..resources import bundled_map_path
-from ..simulation import simulate_to_dir
+from ..simulation.atomic import is_atomic_model, model_to_map
+from ..simulation.nuisances import Nuisances
+from ..simulation.simulate import simulate_to_dir
 
 _MAP_SUFFIXES = (".mrc", ".map", ".mrcs")
 

@@ -39,8 +39,8 @@ class ParticleStack:
     ``original_box`` L − 1 by dropping their last row and column: the centre (index L // 2) and the pixel
     size stay, and the engine's Fourier grids need an even box (RELION's too). `source` is the metadata
     file named in error messages. Served images are multiplied by `sign` (−1 turns protein-white images
-    into the project's dark-protein convention; see `napari_cryospin.polarity`), so every reader of the
-    stack sees one polarity.
+    into the project's dark-protein convention; see `diagnostics/polarity.py`), so every reader of the stack
+    sees one polarity.
     """
 
     def __init__(

@@ -11,8 +11,8 @@ import mrcfile
 import numpy as np
 from mrcfile.utils import dtype_from_mode
 
-from ..safe_write import replacing
 from .errors import ParticleFileError
+from .safe_write import replacing
 
 _HEADER_BYTES = 1024
 

@@ -10,8 +10,8 @@ import pandas as pd
 import starfile
 from scipy.spatial.transform import Rotation
 
-from ..safe_write import replacing
-from .particles import ParticleSet
+from .particle_set import ParticleSet
+from .safe_write import replacing
 
 _OPTICS_COLUMNS = ["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
 _PIXEL_COLUMNS = ["rlnImagePixelSize", "rlnPixelSize", "rlnDetectorPixelSize", "rlnMagnification"]

@@ -15,7 +15,7 @@ from .box_scale import rescale
 from .checks import check_values
 from .downsample import ParticleStack
 from .errors import ParticleFileError
-from .particles import CTFParams, ParticleSet
+from .particle_set import CTFParams, ParticleSet
 from .stack_paths import find_stacks
 
 log = logging.getLogger(__name__)

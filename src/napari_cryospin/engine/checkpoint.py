@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..reconstruction import Accumulator
-from ..safe_write import open_replacing
+from ..data.safe_write import open_replacing
+from ..physics.reconstruction import Accumulator
 from .config import config_defaults
 from .folder_lock import FolderLock
 from .run_folder import begin_resume, claim_output

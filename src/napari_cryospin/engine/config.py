@@ -10,9 +10,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from ..diagnostics.polarity import MODES
 from ..geometry.symmetry import canonical
 from ..model.noise import MODES as NOISE_MODES
-from ..polarity import MODES
 from .setting import Setting, declared, labelled, setting
 
 JUNK_MODES = ("auto", "keep")
@@ -106,7 +106,7 @@ class RunConfig:
     ``explore_epochs`` of global pose search come first (0: auto-encoding starts from the blob, as in
     the paper). ``switch`` is an epoch number (switch at its start), ``"auto"`` (the criterion in
     ``engine/switch.py``) or ``None`` (only when commanded). ``polarity`` is ``"auto"`` (decided from
-    the data, see ``polarity.py``), ``"dark"`` or ``"white"`` (protein brighter than background).
+    the data, see ``diagnostics/polarity.py``), ``"dark"`` or ``"white"`` (protein brighter than background).
     ``noise_model`` is ``"auto"`` (noise power per shell and optics group, ``model/noise.py``) or
     ``"white"`` (the unweighted residual). ``junk`` ``"auto"`` leaves the particles scored as junk
     (``engine/junk.py``) out of the final maps; ``"keep"`` scores them but keeps every particle. ``box``

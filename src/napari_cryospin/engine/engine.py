@@ -25,9 +25,9 @@ from collections.abc import Callable, Generator
 import numpy as np
 import torch
 
+from ..data.safe_write import write_json
 from ..geometry.rotations import geodesic_distance
-from ..reconstruction import Accumulator
-from ..safe_write import write_json
+from ..physics.reconstruction import Accumulator
 from . import distributed
 from .checkpoint import open_run_folder, read_resume_state, save_checkpoint
 from .config import RunConfig

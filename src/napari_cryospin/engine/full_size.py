@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.mrc import write_volume
-from ..reconstruction import accumulate, solve_map
+from ..physics.reconstruction import accumulate, solve_map
 
 if TYPE_CHECKING:
-    from ..data.particles import ParticleSet
+    from ..data.particle_set import ParticleSet
     from .run_model import RunModel
 
 WORKING_MAP = "volume_working.mrc"

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.poses_out import write_poses_star
+from ..data.safe_write import save_npz, write_json
 from ..metrics.alignment import register_maps
 from ..metrics.fsc import resolution_at
 from ..metrics.symmetry_detect import detect_symmetry
+from ..physics.reconstruction import accumulate, solve_map
 from ..postprocess.pipeline import Postprocessed, postprocess, write_postprocessed
-from ..reconstruction import accumulate, solve_map
-from ..safe_write import save_npz, write_json
 from .full_size import FullSizeMaps, write_final_maps
 from .junk import KEPT_STAR, score_junk, write_kept
 from .mates import check_mates
@@ -158,6 +158,17 @@ def _postprocessed(model: RunModel, out: Path, maps: FullSizeMaps) -> Postproces
     return post
 
 
+def _summary_line(model: RunModel, out: Path, post: Postprocessed, box: int, map_box: int, notes: str) -> str:
+    """The run's last line: resolution, sharpening, polarity, ``notes`` (verdict, symmetry, junk), box."""
+    applied = post.guinier.applied
+    sharpened = f"sharpened with B {applied:.0f} Å²" if applied else "FSC-weighted, not sharpened"
+    return (
+        f"done: {post.resolution:.1f} Å (mask-corrected FSC 0.143 of the {box}-px half maps; "
+        f"volume_sharpened.mrc {sharpened}), {model.polarity.summary()}; {notes}; {map_box}-px map; "
+        f"results in {out}"
+    )
+
+
 def write_results(model: RunModel, out: Path) -> FinalReport:
     """Write volume.mrc, half maps, poses.star, metrics.json and plots; return what the run reports.
 
@@ -231,10 +242,6 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     n_junk = model.n - n_kept if keep is not None else int(np.count_nonzero(junk.junk))
     fate = "left out" if keep is not None else "kept (--junk keep)"
     junk_note = f"; {n_junk} junk {fate}" if n_junk else ""  # said only when there is junk
-    summary = (
-        f"done: {res:.1f} Å (mask-corrected FSC 0.143 of the {maps.box}-px half maps; B "
-        f"{post.guinier.bfactor:.0f} Å², volume_sharpened.mrc), {model.polarity.summary()}; "
-        f"{validity['message']}; {symmetry.message(model.config.symmetry)}{junk_note}; "
-        f"{sizes['box']}-px map; results in {out}"
-    )
+    notes = f"{validity['message']}; {symmetry.message(model.config.symmetry)}{junk_note}"
+    summary = _summary_line(model, out, post, maps.box, sizes["box"], notes)
     return FinalReport(summary, res, (freq, curve), labelled)

@@ -9,8 +9,8 @@ import torch
 from ..model.likelihood import ImageBatch, searched_error, squared_error
 from ..physics.fourier import frequency_grid_2d, ifftn_centered
 from ..physics.shifts import centering_phase
-from ..posterior import refined_view_posterior, view_log_posterior
 from .events import ParticleView
+from .posterior import refined_view_posterior, view_log_posterior
 from .run_model import RunModel
 
 POSTERIORS = ("refined", "grid")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..safe_write import save_figure
+from ..data.safe_write import save_figure
 
 
 def plot_run(out: Path, history: list[dict], curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:

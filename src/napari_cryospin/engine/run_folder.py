@@ -15,7 +15,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..safe_write import stale_temporaries, target_of, write_json
+from ..data.safe_write import stale_temporaries, target_of, write_json
 from .folder_lock import FolderLock
 
 RUN_RECORD = "run.json"

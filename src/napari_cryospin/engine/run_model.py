@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..ctf_check import check_ctf
 from ..data.errors import ParticleFileError
-from ..data.particles import ParticleSet, load_particles
+from ..data.particle_set import ParticleSet
+from ..data.particles import load_particles
+from ..diagnostics.ctf_check import check_ctf
+from ..diagnostics.polarity import choose_polarity
 from ..geometry.rotations import random_rotations
 from ..geometry.symmetry import group_operators
 from ..model.encoder import MultiHeadEncoder
@@ -38,8 +40,7 @@ from ..model.prior import prior_weight, signal_power
 from ..model.search import grid_search, so3_grid
 from ..model.volume import HartleyVolume
 from ..physics.fourier import hartley_centered, radial_shells
-from ..polarity import choose_polarity
-from ..reconstruction import backproject, split_halves
+from ..physics.reconstruction import backproject, split_halves
 from . import distributed
 from .amortized import SemiAmortized, explored_count
 from .checkpoint import CheckpointError, load_checkpoint

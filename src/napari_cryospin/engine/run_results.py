@@ -22,7 +22,7 @@ from scipy.spatial.transform import Rotation
 
 from ..data.errors import ParticleFileError
 from ..data.mrc import read_volume
-from ..safe_write import replacing
+from ..data.safe_write import replacing
 
 HEAD_COLUMN, LOSS_COLUMN, CONFIDENCE_COLUMN = "cryospinHead", "cryospinLoss", "cryospinConfidence"
 """poses.star columns the engine adds (``particle_scores.py``): winning head (0-based), loss, confidence."""

@@ -11,7 +11,7 @@ import torch
 from ..metrics.alignment import align_maps
 from ..model.poses import ParticlePoses
 from ..model.search import forget, grid_search, insert_weighted
-from ..reconstruction import solve_map
+from ..physics.reconstruction import solve_map
 from . import distributed
 from .amortized_posing import pose_rest
 from .events import Stage

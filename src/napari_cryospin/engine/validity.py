@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ctf_check import CTFCheck
+from ..diagnostics.ctf_check import CTFCheck
 from ..metrics.fsc import fsc, soft_mask
 
 AGREE_FRACTION = 0.5

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.particles import CTFParams
+from ..data.particle_set import CTFParams
 from ..physics.ctf import ctf_2d
 from ..physics.fourier import fftn_centered, fourier_to_hartley, frequency_grid_2d
 from ..physics.shifts import centering_phase

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engine.posterior import healpix_view_grid, rotations_for_views
 from ..physics.fourier import fourier_to_hartley
+from ..physics.reconstruction import Accumulator
 from ..physics.shifts import centering_phase
 from ..physics.slicing import insert_slices
-from ..posterior import healpix_view_grid, rotations_for_views
-from ..reconstruction import Accumulator
 from .likelihood import FrequencyDisk, ImageBatch
 from .volume import HartleyVolume
 

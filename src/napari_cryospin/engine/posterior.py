@@ -18,7 +18,7 @@ import healpy
 import numpy as np
 import torch
 
-from .engine.events import SkyPatch
+from .events import SkyPatch
 
 
 def healpix_view_grid(nside: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 
-from .safe_write import target_of
+from ..data.safe_write import target_of
 
 EXIT_BAD_INPUT = 2  # a setting or an input file the user can fix (a missing one too)
 EXIT_FAILED = 1  # the machine: disk, permissions, memory, or a bug

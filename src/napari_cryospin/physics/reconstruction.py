@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .geometry.symmetry import symmetrize_grid
-from .physics.ctf import ctf_2d
-from .physics.fourier import disk_indices, fftn_centered, frequency_grid_2d, ifftn_centered, radial_shells
-from .physics.shifts import centering_phase
-from .physics.slicing import insert_slices
+from ..geometry.symmetry import symmetrize_grid
+from .ctf import ctf_2d
+from .fourier import disk_indices, fftn_centered, frequency_grid_2d, ifftn_centered, radial_shells
+from .shifts import centering_phase
+from .slicing import insert_slices
 
 DEFAULT_WIENER = 0.3
 """λ relative to the mean CTF² weight per voxel of each shell (see :func:`solve_map`)."""

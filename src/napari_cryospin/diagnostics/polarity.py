@@ -97,8 +97,8 @@ def measure_polarity(
     """
     import torch
 
-    from .geometry.rotations import random_rotations
-    from .reconstruction import accumulate, solve_map
+    from ..geometry.rotations import random_rotations
+    from ..physics.reconstruction import accumulate, solve_map
 
     rng = np.random.default_rng([seed, 7])
     count = min(len(particles), n)

@@ -49,9 +49,9 @@ def check_ctf(
     """Measure :class:`CTFCheck` on up to ``n_sample`` images of ``particles`` (stack, ctf, pixel_size)."""
     import torch
 
-    from .physics.ctf import ctf_2d
-    from .physics.fourier import fftn_centered, frequency_grid_2d, radial_shells
-    from .reconstruction import ctf_tensors
+    from ..physics.ctf import ctf_2d
+    from ..physics.fourier import fftn_centered, frequency_grid_2d, radial_shells
+    from ..physics.reconstruction import ctf_tensors
 
     n = len(particles.stack)
     rng = np.random.default_rng(seed)

@@ -21,8 +21,14 @@ import starfile
 import torch
 from scipy.spatial.transform import Rotation
 
-from .data.mrc import write_volume
-from .geometry.rotations import random_rotations
+from ..data.mrc import write_volume
+from ..data.safe_write import replacing
+from ..geometry.rotations import random_rotations
+from ..physics.ctf import ctf_2d
+from ..physics.fourier import fftn_centered, frequency_grid_2d, ifftn_centered
+from ..physics.shifts import centering_phase
+from ..physics.slicing import extract_slices
+from ..resources import bundled_map_path
 from .nuisances import (
     EMPTY,
     OTHER,
@@ -35,12 +41,6 @@ from .nuisances import (
     noise_filter,
     normalize_background,
 )
-from .physics.ctf import ctf_2d
-from .physics.fourier import fftn_centered, frequency_grid_2d, ifftn_centered
-from .physics.shifts import centering_phase
-from .physics.slicing import extract_slices
-from .resources import bundled_map_path
-from .safe_write import replacing
 
 __all__ = [
     "Nuisances",

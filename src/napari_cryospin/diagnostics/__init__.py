@@ -1,0 +1,1 @@
+"""What the data say about themselves before a run: polarity, and whether the images follow their CTFs."""

@@ -1,0 +1,1 @@
+"""Simulated particle stacks: projection, CTF, noise, realistic nuisances, maps from atomic models."""
