@@ -17,7 +17,7 @@ import traceback
 from ..engine.error_funnel import exit_status, explain
 from .stop_signals import RunStopped
 
-_COMMANDS = ("simulate", "backproject", "evaluate", "reconstruct", "demo")
+_COMMANDS = ("simulate", "backproject", "evaluate", "reconstruct", "expand", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ RESULT_FILES = (
     "local_resolution.mrc",
     "poses.star",
     "particles_kept.star",
+    "poses_expanded.star",
     "metrics.json",
     "checkpoint.pt",
     "fsc.png",

@@ -112,3 +112,29 @@ def symmetrize_grid(grid: torch.Tensor, operators: np.ndarray | torch.Tensor) ->
             flat, where.reshape(1, d, d, d, 3), mode="bilinear", padding_mode="zeros", align_corners=True
         )
     return (total / len(ops)).reshape(*lead, d, d, d)
+
+
+def expand_poses(
+    rotations: np.ndarray,
+    shifts_px: np.ndarray,
+    operators: np.ndarray,
+    centre_px: np.ndarray | tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pose with its symmetry mates, as RELION's ``relion_particle_symmetry_expand`` writes them.
+
+    ``rotations`` (n, 3, 3) and ``shifts_px`` (n, 2) (RELION's origin sign) of particles of a map with
+    ``V(c + g·(p − c)) = V(p)`` for each operator g of ``operators`` (G, 3, 3, identity included) about
+    ``centre_px`` c (x, y, z pixels from the box centre; 0 for a map in its group's frame). Each mate
+    ``R' = g·R``, ``s' = s + ((R'ᵀ − Rᵀ)·c)[:2]`` gives the particle's image again. Returns the rotations
+    (n·G, 3, 3), shifts (n·G, 2) and the particle each row came from (n·G,), a particle's mates together.
+    """
+    rot = np.asarray(rotations, np.float64)
+    ops = np.asarray(operators, np.float64)
+    centre = np.asarray(centre_px, np.float64)
+    mates = np.einsum("gij,njk->ngik", ops, rot)  # (n, G, 3, 3)
+    moved = (
+        np.einsum("ngji,j->ngi", mates, centre)[..., :2] - np.einsum("nji,j->ni", rot, centre)[:, None, :2]
+    )
+    shifts = np.asarray(shifts_px, np.float64)[:, None, :] + moved
+    index = np.repeat(np.arange(len(rot)), len(ops))
+    return mates.reshape(-1, 3, 3), shifts.reshape(-1, 2), index
