@@ -85,7 +85,7 @@ def test_every_setting_is_declared_once_and_is_its_cli_flag():
         assert action.option_strings == ([s.flag] if s.flag.startswith("-") else []), s.name
         assert action.choices == (None if s.choices is None else tuple(s.choices)), s.name
     internal = {s.name for s in run_settings() if s.flag is None}
-    assert internal == {"snapshot_interval_s", "eval_every", "symmetry"}
+    assert internal == {"snapshot_interval_s", "eval_every"}
     assert {s.name for s in run_settings() if s.dock is not None} >= {"particles", "out", "heads", "box"}
 
 
@@ -117,11 +117,19 @@ def test_cli_flags_keep_their_spellings_and_behaviour():
         build_parser().parse_args(["reconstruct", "p.star", "--out", "o", "--switch", "later"])
 
 
-@pytest.mark.parametrize("group", ["C5", "d7", "O"])
-def test_a_point_group_is_refused_in_ab_initio_until_it_can_be_imposed_right(group):
-    """Imposed from exploration's first maps a group gave a wrong C5 map whose halves agreed (measured)."""
-    with pytest.raises(ValueError, match=r"symmetry .+: imposing a point group during ab initio is not"):
+@pytest.mark.parametrize(("given", "group"), [("C5", "C5"), ("d7", "D7"), ("O", "O"), ("c1", "C1")])
+def test_a_point_group_the_run_can_find_is_accepted(given, group):
+    assert RunConfig(particles="p.star", out="run", symmetry=given).symmetry == group
+    assert (
+        config_from_args(
+            build_parser().parse_args(["reconstruct", "p.star", "--out", "o", "--symmetry", group])
+        ).symmetry
+        == group
+    )
+
+
+@pytest.mark.parametrize("group", ["C0", "C13", "D40", "X2"])
+def test_a_point_group_the_run_cannot_find_is_refused(group):
+    """Only the groups detection can place in the map (n ≤ 12) are imposed; a bad name is one clear line."""
+    with pytest.raises(ValueError, match=group):
         RunConfig(particles="p.star", out="run", symmetry=group)
-    assert RunConfig(particles="p.star", out="run", symmetry="c1").symmetry == "C1"
-    with pytest.raises(ValueError, match="C0"):
-        RunConfig(particles="p.star", out="run", symmetry="C0")

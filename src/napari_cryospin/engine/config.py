@@ -21,6 +21,14 @@ JUNK_MODES = ("auto", "keep")
 DEVICES = ("auto", "cuda", "mps", "cpu")
 """Device names a run accepts (``cuda:N`` picks one GPU)."""
 
+SYMMETRY_GROUPS = {
+    "C1": "C1 (none)",
+    **{f"C{n}": f"C{n}" for n in range(2, 13)},
+    **{f"D{n}": f"D{n}" for n in range(2, 13)},
+    **{g: g for g in ("T", "O", "I")},
+}
+"""``--symmetry`` values: the groups whose axes the run can find in its map (``symmetry_detect.py``)."""
+
 MIN_SUBSET = 100
 """Smallest explored subset (``explore_subset``): the run's own minimum, two half maps of ≥ 50 particles."""
 
@@ -112,9 +120,9 @@ class RunConfig:
     (``engine/junk.py``) out of the final maps; ``"keep"`` scores them but keeps every particle. ``box``
     None lets ``engine/working_box.py`` choose the working box. ``explore_subset`` N > 0 explores and
     auto-encodes N particles only and poses the others with the encoder (``engine/amortized.py``); 0: all.
-    ``symmetry`` is the point group imposed on every map; only C1 (none) is accepted for now: imposed
-    from exploration's first, blob-like maps a group settles on a wrong map whose halves still agree
-    (docs/method.md, "Symmetry"). The run detects the group instead (``metrics/symmetry_detect.py``).
+    ``symmetry`` is the point group imposed from the switch on, in the frame its axes have in the C1 map
+    (``engine/symmetry_frame.py``); imposed from exploration's first, blob-like maps a group settles on a
+    wrong map whose halves still agree (docs/method.md, "Symmetry"). Every run also detects the group.
     ``overwrite`` lets a fresh run replace the results of another run in ``out`` (see ``run_folder.py``);
     ``resume`` continues the run there.
     """
@@ -227,12 +235,17 @@ class RunConfig:
         low=0,
     )
     symmetry: str = setting(
-        "C1", help="point group imposed on every map: only C1 for now (set in code)", flag=None
+        "C1",
+        help="point group to impose (C1 none, Cn, Dn with n ≤ 12, T, O, I; RELION's orientations): the "
+        "run explores and auto-encodes in C1, finds the group's axes in its map at the switch and imposes it "
+        "from there on, in the group's frame (default %(default)s)",
+        choices=SYMMETRY_GROUPS,
+        dock="advanced",
     )
 
     def __post_init__(self) -> None:
+        self.symmetry = canonical(self.symmetry)  # c5 → C5; ValueError naming the groups for a bad name
         self.validate()
-        self.symmetry = canonical(self.symmetry)
 
     def validate(self) -> None:
         """Check every setting; ValueError with one line naming the option and its allowed values."""
@@ -247,13 +260,6 @@ class RunConfig:
             raise ValueError(
                 "--explore-subset needs exploration (--explore-epochs 0 was given): the encoder learns from "
                 "the subset's grid-search poses. Fix: give --explore-epochs 1 or more, or --explore-subset 0."
-            )
-        if canonical(self.symmetry) != "C1":  # canonical: ValueError naming the accepted groups
-            raise ValueError(
-                f"symmetry {self.symmetry}: imposing a point group during ab initio is not available yet "
-                "(imposed from the first maps it settles on a wrong map whose halves still agree). Fix: run "
-                "C1: the run names the group its map shows, and `cryospin backproject --symmetry` imposes "
-                "it on poses in that group's frame."
             )
         check_device(self.device)
         if not (self.switch is None or self.switch == "auto" or (_is_int(self.switch) and self.switch >= 0)):

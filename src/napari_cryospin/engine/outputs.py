@@ -182,6 +182,7 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     full, half_a, half_b, rot, shift = _gold_standard(model, keep=keep)
     scores = particle_scores(model)
     symmetry = detect_symmetry(half_a, half_b, model.config.seed)  # the working box's half maps
+    imposed = model.imposed["group"] if model.imposed and model.imposed["imposed"] else "C1"
     mates = check_mates(model, (symmetry.group, symmetry.operators()))  # its symmetry mates not counted
     if not model.dp.main:  # the maps and scores are every process's work; the files are process 0's
         return FinalReport("")
@@ -227,7 +228,8 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
                 "validity": validity,
                 "junk": junk.summary(keep is not None),
                 "mates": mates.summary(),
-                "symmetry": symmetry.to_dict(model.config.symmetry),
+                "symmetry": symmetry.to_dict(imposed),
+                "symmetry_imposed": model.imposed,
                 "maps": sizes,
                 "noise": model.noise.to_dict(),
                 "semi_amortized": model.semi.report,
@@ -242,6 +244,6 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     n_junk = model.n - n_kept if keep is not None else int(np.count_nonzero(junk.junk))
     fate = "left out" if keep is not None else "kept (--junk keep)"
     junk_note = f"; {n_junk} junk {fate}" if n_junk else ""  # said only when there is junk
-    notes = f"{validity['message']}; {symmetry.message(model.config.symmetry)}{junk_note}"
+    notes = f"{validity['message']}; {symmetry.message(imposed)}{junk_note}"
     summary = _summary_line(model, out, post, maps.box, sizes["box"], notes)
     return FinalReport(summary, res, (freq, curve), labelled)

@@ -101,7 +101,10 @@ class RunModel:
         self.dp = dp if dp is not None else distributed.DataParallel(device=device)
         self.particles = particles
         self.n, self.box = len(particles), particles.box
-        self.symmetry = group_operators(config.symmetry)  # (n, 3, 3): imposed on every map (C1: identity)
+        self.symmetry = group_operators(
+            "C1"
+        )  # (n, 3, 3) imposed on every map: ``--symmetry`` from the switch
+        self.imposed: dict | None = None  # how --symmetry was imposed at the switch (symmetry_frame.py)
         explored = explored_count(config.explore_subset, self.n)  # exploration's batches follow its size
         self.schedule = Schedule(self.box, config, device_kind or device.type, explored)
         self.disk = FrequencyDisk(self.box, particles.pixel_size, device)
@@ -263,6 +266,7 @@ class RunModel:
             "agreement": self.agreement,
             "research_moved": self.research_moved,
             "semi": self.semi.state(),
+            "imposed": self.imposed,
         }
 
     def load_state(self, st: dict) -> None:
@@ -285,6 +289,15 @@ class RunModel:
         self.halves_aligned = st.get("halves_aligned", True)
         self.agreement, self.research_moved = st.get("agreement"), st.get("research_moved")
         self.semi.restore(st.get("semi"))
+        self.imposed = st.get("imposed")
+        if self.imposed is not None and self.imposed["imposed"]:
+            self.impose(self.imposed["group"])
+
+    def impose(self, group: str) -> None:
+        """Read every map through point group ``group`` from now on (its RELION frame: the map's axes are
+        carried there first, ``symmetry_frame.py``)."""
+        self.symmetry = group_operators(group)
+        self.volume.impose(self.symmetry)
 
     def follow_fsc(self, fsc: list[float] | None) -> None:
         """Keep the halves' FSC per shell (None: not measured while decoding) and the pose filter it makes."""

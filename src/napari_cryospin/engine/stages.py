@@ -16,6 +16,7 @@ from . import distributed
 from .amortized_posing import pose_rest
 from .events import Stage
 from .mates import map_twofolds, score_hypotheses
+from .symmetry_frame import impose_symmetry
 from .validity import half_agreement
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,8 @@ class Stages:
                 m.best_head[idx] = win.cpu()
             self.dp.sync_blocks(distributed.particle_state(self.model, self.pose_opt), m.n)
         pose_rest(self.model, encoded=m.stage == Stage.ENCODING)  # audit and unsure: grid search
+        if self.config.symmetry != "C1" and m.imposed is None:  # --symmetry: from here on, in its frame
+            m.imposed = impose_symmetry(m, self.prev_rot)
         m.schedule.switch_epoch = m.epoch
         self.explore_sums = [None] * m.volume.copies
         m.stage = Stage.DECODING

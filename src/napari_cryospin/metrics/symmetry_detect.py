@@ -222,10 +222,9 @@ def _axes_of(frame: np.ndarray, ops: np.ndarray) -> dict[str, list[list[float]]]
     return dict(sorted(out.items(), key=lambda kv: -int(kv[0].split("-")[0])))
 
 
-def detect_symmetry(map_a: np.ndarray, map_b: np.ndarray | None = None, seed: int = 0) -> SymmetryReport:
-    """The point group ``map_a`` (and its independent half ``map_b``, V[z, y, x]) obeys; see module doc."""
-    scorer = _Scorer(np.asarray(map_a), np.asarray(map_a if map_b is None else map_b))
-    rng = np.random.default_rng(seed)
+def _candidates(scorer: _Scorer, rng: np.random.Generator) -> dict[str, tuple[float, np.ndarray]]:
+    """Each group's low-resolution score and frame: Cn about the best direction, Dn's 2-fold perpendicular
+    to it, T, O and I about the best axis of their highest order (groups below ``PRUNE`` not refined)."""
     dirs = _half_sphere(_DIRECTIONS)
     cands: dict[str, tuple[float, np.ndarray]] = {}
     best_axis: dict[int, np.ndarray] = {}
@@ -263,6 +262,14 @@ def detect_symmetry(map_a: np.ndarray, map_b: np.ndarray | None = None, seed: in
         scores = [float(scorer(torch.as_tensor(f @ few @ f.T)).mean()) for f in trials]
         if max(scores) >= PRUNE:
             cands[name] = _refine_frame(scorer, trials[int(np.argmax(scores))], ops, rng)
+    return cands
+
+
+def detect_symmetry(map_a: np.ndarray, map_b: np.ndarray | None = None, seed: int = 0) -> SymmetryReport:
+    """The point group ``map_a`` (and its independent half ``map_b``, V[z, y, x]) obeys; see module doc."""
+    scorer = _Scorer(np.asarray(map_a), np.asarray(map_a if map_b is None else map_b))
+    rng = np.random.default_rng(seed)
+    cands = _candidates(scorer, rng)
     centre = scorer.centre.numpy() * (np.asarray(map_a).shape[0] / scorer.box)
     coarse = {k: float(s) for k, (s, _) in cands.items()}
     full_a = np.asarray(map_a, np.float64)
@@ -340,3 +347,19 @@ def _shell_below_half(curve: np.ndarray) -> float:
     """The first shell where ``curve`` falls below 0.5 (the last shell when it never does)."""
     below = np.flatnonzero(curve[1:] < 0.5)
     return float(len(curve) - 1) if below.size == 0 else float(below[0])
+
+
+def group_frame(
+    map_a: np.ndarray, map_b: np.ndarray, group: str, seed: int = 0
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Where ``group``'s axes lie in a map with independent halves ``map_a``, ``map_b``: its full-resolution
+    score (0 when the group's low-resolution score was below ``PRUNE``), its frame (the map's operators
+    are frame · g · frameᵀ) and the centre the axes pass through (x, y, z voxels from the box centre)."""
+    scorer = _Scorer(np.asarray(map_a), np.asarray(map_b))
+    cands = _candidates(scorer, np.random.default_rng(seed))
+    centre = scorer.centre.numpy() * (np.asarray(map_a).shape[0] / scorer.box)
+    if group not in cands or cands[group][0] < PRUNE:
+        return 0.0, np.eye(3), centre
+    frame = cands[group][1]
+    full_a, full_b = np.asarray(map_a, np.float64), np.asarray(map_b, np.float64)
+    return fsc_score(full_a, full_b, frame, group_operators(group), centre), frame, centre

@@ -36,6 +36,11 @@ class HartleyVolume(nn.Module):
         self._frozen_mask: torch.Tensor | None = None  # the real-space mask ``frozen()`` applies first
         self._shared: tuple[torch.Tensor, ...] | None = None  # every copy's grid, inside ``shared()`` only
 
+    def impose(self, operators: np.ndarray | None) -> None:
+        """Read every grid through point group ``operators`` (n, 3, 3) from now on (None or C1: none)."""
+        self.operators = None if operators is None or len(operators) < 2 else np.asarray(operators)
+        self._symmetric_cache = {}
+
     @property
     def copies(self) -> int:
         """How many independent maps this decoder holds (1, or 2 for half maps)."""
