@@ -62,7 +62,7 @@ def test_refined_posterior_puts_a_sharp_peak_in_the_pose_pixel_where_the_grid_ca
 
 def test_saved_run_shows_any_particle_with_heads_pose_and_path(finished_run):
     run = SavedRun(finished_run)
-    assert run.n == 200 and run.poses is not None
+    assert run.n == 200 and run.model.poses is not None
     view = run.particle_view(7)
     assert view.index == 7 and view.labels == ["head 1", "head 2", "head 3", "kept", "pose"]
     assert view.winner == 4 and view.candidates.shape == (5, 3, 3)
