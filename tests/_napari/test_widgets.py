@@ -11,6 +11,7 @@ from napari_cryospin._napari._explorer import RunExplorer
 from napari_cryospin._napari._hub import hub_for
 from napari_cryospin._napari._plots import RunPlots, head_percentages
 from napari_cryospin._napari._posterior_view import PosteriorView
+from napari_cryospin._napari._verdict import verdict_lines
 from napari_cryospin._napari._volume import MAP_LAYER
 from napari_cryospin.engine.device import available_devices
 from napari_cryospin.engine.events import Command, Stage
@@ -277,8 +278,14 @@ def test_the_end_says_each_number_once(ui_snapshot):
     snapshot.images_per_s, snapshot.resolution = 0.0, 24.8
     snapshot.message = "done: 24.7 Å (mask-corrected FSC 0.143); validity: the two halves agree"
     line = status_line(snapshot, None)
-    assert "images/s" not in line and "24.8" not in line and line.count("Å") == 1
-    assert line == "epoch 2 · done\n" + snapshot.message
+    assert "images/s" not in line and "24.8" not in line and "Å" not in line
+    assert line == "epoch 2 · done: the verdict is below"
+    assert verdict_lines(snapshot.message) == [
+        "• done: 24.7 Å (mask-corrected FSC 0.143)",
+        "• validity: the two halves agree",
+    ]
+    snapshot.message = "stopped at epoch 2; checkpoint saved in run/"
+    assert status_line(snapshot, None) == "epoch 2 · done\n" + snapshot.message
 
 
 def test_progress_bar_shows_percentage_stage_and_time_left(qtbot, ui_viewer, ui_snapshot):
