@@ -36,7 +36,7 @@ from ..engine.events import Snapshot, Stage
 from ..engine.run_results import POSE_CHANGE, RunResults, export_selection, read_run
 from ..error_funnel import explain
 from ._hub import hub_for
-from ._layout import dock_in_tabs
+from ._layout import dock_in_tabs, scrolled
 from ._map_display import MapDisplay
 from ._volume import ANGSTROM, MAP_LAYER, RUN_MAP, hide_map, show_volume
 
@@ -156,6 +156,7 @@ class RunExplorer(QWidget):
         self.hist_ax = self.figure.add_subplot()
         self.selector: SpanSelector | None = None
         self.selection_label = QLabel("No selection: brush a range in the histogram.")
+        self.selection_label.setWordWrap(True)
         self.clear_button = QPushButton("Clear selection")
         self.export_button = QPushButton("Export selection…")
         self.export_button.setToolTip(
@@ -172,7 +173,8 @@ class RunExplorer(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.clear_button)
         buttons.addWidget(self.export_button)
-        layout = QVBoxLayout(self)
+        content = QWidget()  # scrolled: a dock shorter than this never lays the plot over the label
+        layout = QVBoxLayout(content)
         layout.addLayout(row)
         layout.addWidget(self.status)
         layout.addWidget(display)
@@ -181,6 +183,7 @@ class RunExplorer(QWidget):
         layout.addWidget(self.canvas)
         layout.addWidget(self.selection_label)
         layout.addLayout(buttons)
+        QVBoxLayout(self).addWidget(scrolled(content))
         dock_in_tabs(self)
 
         self.browse_button.clicked.connect(self._browse)
