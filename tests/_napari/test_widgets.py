@@ -95,6 +95,40 @@ def test_view_follows_the_stack_layer_slice(qtbot, ui_viewer):
     assert view.particle_slider.maximum() == 29
 
 
+def test_the_posterior_names_the_particle_napari_shows(qtbot, ui_viewer):
+    stack = ui_viewer.add_image(np.zeros((200, 8, 8)), metadata={"particles_path": "p.star"})
+    ui_viewer.dims.set_current_step(0, 150)
+    view = PosteriorView(ui_viewer)  # opened with napari's slider at 150
+    qtbot.addWidget(view)
+    assert view.particle_spin.value() == 150 == hub_for(ui_viewer).particle
+    ui_viewer.add_image(np.zeros((200, 8, 8)), name="another layer")  # now the selected one
+    assert ui_viewer.layers.selection.active is not stack
+    ui_viewer.dims.set_current_step(0, 199)
+    assert view.particle_spin.value() == 199
+    hub_for(ui_viewer).select_particle(57)  # chosen elsewhere (the explorer's table): napari follows
+    assert view.particle_spin.value() == 57 and ui_viewer.dims.current_step[0] == 57
+    view.follow_check.setChecked(False)
+    ui_viewer.dims.set_current_step(0, 10)
+    assert view.particle_spin.value() == 57
+    view.follow_check.setChecked(True)
+    assert view.particle_spin.value() == 10
+
+
+def test_open_stack_names_the_file_chosen_not_the_sample(qtbot, ui_viewer, tmp_path):
+    dock = ReconstructionDock(ui_viewer)
+    qtbot.addWidget(dock)
+    sample = str(tmp_path / "sample" / "particles.star")
+    ui_viewer.add_image(np.zeros((3, 8, 8)), name="simulated particles", metadata={"particles_path": sample})
+    settings = dock.settings
+    assert settings.layer_combo.currentText() == "simulated particles"
+    settings.set_particles(str(tmp_path / "mine.star"))  # Browse… picked another file
+    assert settings.layer_combo.currentIndex() == 0 and settings.particles_edit.text().endswith("mine.star")
+    ui_viewer.add_image(np.zeros((3, 8, 8)), name="other", metadata={"particles_path": "other.star"})
+    assert settings.layer_combo.currentIndex() == 0  # a layer opened later does not claim the file
+    settings.particles_edit.setText(sample)  # typed back: the layer of that file is named again
+    assert settings.layer_combo.currentText() == "simulated particles"
+
+
 def test_histogram_sums_to_100_percent(qtbot, ui_viewer, ui_snapshot):
     plots = RunPlots(ui_viewer)
     qtbot.addWidget(plots)

@@ -141,7 +141,9 @@ class PosteriorView(QWidget):
         self.centre_button.clicked.connect(self.centre_on_winner)
         self.hub.snapshot.connect(self.on_snapshot)
         self.hub.chosen.connect(self.particle_spin.setValue)
+        self.follow_check.toggled.connect(self._follow_stack)
         napari_viewer.dims.events.current_step.connect(self._follow_stack)
+        napari_viewer.dims.events.ndisplay.connect(self._follow_stack)
         napari_viewer.layers.selection.events.active.connect(self._follow_stack)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._sync_range)
@@ -159,28 +161,46 @@ class PosteriorView(QWidget):
         self.particle_slider.blockSignals(True)
         self.particle_slider.setValue(index)
         self.particle_slider.blockSignals(False)
+        self._move_the_slice(index)
         if index != self.hub.particle:
             self.hub.select_particle(index)
         if self.view is not None and self.view.index != index:
             self.info.setText(f"Particle {index}: waiting for the next snapshot of the run…")
 
     def _stack_layer(self):
+        """The particle stack whose slice is followed: the selected one, else the first one open."""
+        stacks = [
+            layer for layer in self.viewer.layers if layer.metadata.get("particles_path") and layer.ndim == 3
+        ]
         active = self.viewer.layers.selection.active
-        if active is not None and active.metadata.get("particles_path") and active.ndim == 3:
-            return active
-        return None
+        return active if active in stacks else next(iter(stacks), None)
+
+    def _following(self):
+        """The stack layer to keep in step with, when following is on and napari shows slices (2D)."""
+        if not self.follow_check.isChecked() or self.viewer.dims.ndisplay != 2:
+            return None
+        return self._stack_layer()
 
     def _sync_range(self, _event=None) -> None:
         stacks = [layer for layer in self.viewer.layers if layer.metadata.get("particles_path")]
         top = max((layer.data.shape[0] for layer in stacks), default=1) - 1
         self.particle_slider.setRange(0, max(top, 0))
+        self._follow_stack()
 
     def _follow_stack(self, _event=None) -> None:
-        layer = self._stack_layer()
-        if not self.follow_check.isChecked() or layer is None or self.viewer.dims.ndisplay != 2:
+        layer = self._following()
+        if layer is None:
             return
         index = round(float(layer.world_to_data(self.viewer.dims.point)[0]))
         self.particle_spin.setValue(int(np.clip(index, 0, layer.data.shape[0] - 1)))
+
+    def _move_the_slice(self, index: int) -> None:
+        """Show particle ``index``'s slice in napari too, so that its slider and this dock agree."""
+        layer = self._following()
+        if layer is None or not 0 <= index < layer.data.shape[0]:
+            return
+        axis = self.viewer.dims.ndim - layer.ndim
+        self.viewer.dims.set_point(axis, float(layer.data_to_world((index, 0, 0))[0]))
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """Draw the particle view if it is the one asked for (keeping its last posterior)."""

@@ -172,6 +172,7 @@ class RunSettings(QWidget):
         form.addRow(self.advanced)
 
         self.layer_combo.activated.connect(self._use_layer)
+        self.particles_edit.textChanged.connect(self._name_the_layer)
         self.particles_edit.editingFinished.connect(self._suggest_out)
         self.out_edit.textChanged.connect(self.out_changed)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -200,16 +201,14 @@ class RunSettings(QWidget):
         return [layer for layer in self.viewer.layers if layer.metadata.get("particles_path")]
 
     def _refresh_layers(self, _event=None) -> None:
-        current = self.layer_combo.currentText()
         self.layer_combo.clear()
         self.layer_combo.addItem("— choose a file below —")
         for layer in self.particle_layers():
             self.layer_combo.addItem(layer.name)
-        if current and self.layer_combo.findText(current) > 0:
-            self.layer_combo.setCurrentIndex(self.layer_combo.findText(current))
-        elif not self.particles_edit.text() and self.layer_combo.count() > 1:
-            self.layer_combo.setCurrentIndex(1)
+        if not self.particles_edit.text() and self.layer_combo.count() > 1:
             self._use_layer(1)
+        else:
+            self._name_the_layer(self.particles_edit.text())
 
     def _use_layer(self, index: int) -> None:
         if index <= 0:
@@ -217,6 +216,13 @@ class RunSettings(QWidget):
         name = self.layer_combo.itemText(index)
         if name in self.viewer.layers:
             self.set_particles(self.viewer.layers[name].metadata["particles_path"])
+
+    def _name_the_layer(self, path: str) -> None:
+        """Show in "open stack" the layer of the particle file now chosen, or none when it is no layer's."""
+        layers = self.particle_layers()
+        names = [layer.name for layer in layers if str(layer.metadata["particles_path"]) == path.strip()]
+        index = self.layer_combo.findText(names[0]) if names else 0
+        self.layer_combo.setCurrentIndex(max(index, 0))
 
     def set_particles(self, path: str) -> None:
         """Use the particle file `path`, suggesting an output folder next to it."""
