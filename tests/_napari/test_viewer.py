@@ -104,6 +104,33 @@ def test_docks_opened_from_the_plugins_menu_fit_a_1920x1080_screen(qtbot, make_n
     assert shot.shape[0] <= screen.height()
 
 
+def test_a_dock_put_elsewhere_opens_there_again(qtbot, make_napari_viewer, ui_layout_file):
+    from qtpy.QtCore import Qt
+
+    names = ("cryoSPIN reconstruction", "Run plots", "Run explorer")
+
+    def open_docks():
+        viewer = make_napari_viewer(show=True)
+        docks = [viewer.window.add_plugin_dock_widget("napari-cryospin", name)[0] for name in names]
+        return viewer, viewer.window._qt_window, docks
+
+    viewer, window, (dock, plots, explorer) = open_docks()
+    qtbot.waitUntil(lambda: len(window.tabifiedDockWidgets(dock)) == 2, timeout=MINUTE_MS)
+    window.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, explorer)  # dragged to the left
+    plots.setFloating(True)  # and this one floated
+    plots.setGeometry(300, 200, 480, 700)
+    qtbot.waitUntil(lambda: plots.geometry().topLeft().x() == 300)
+    where = plots.geometry()
+    viewer.close()
+    assert ui_layout_file.is_file()
+
+    viewer, window, (dock, plots, explorer) = open_docks()
+    qtbot.waitUntil(lambda: plots.isFloating(), timeout=MINUTE_MS)
+    assert window.dockWidgetArea(explorer) == Qt.DockWidgetArea.LeftDockWidgetArea
+    assert window.dockWidgetArea(dock) == Qt.DockWidgetArea.RightDockWidgetArea
+    assert plots.geometry().topLeft() == where.topLeft()
+
+
 def test_the_advanced_header_stays_after_a_run(qtbot, make_napari_viewer):
     from napari_cryospin.engine.events import Snapshot, Stage
 
