@@ -47,7 +47,10 @@ def test_when_the_kept_pose_wins_the_posterior_says_how_far_each_head_was(qtbot,
     _publish(ui_viewer, snapshot)
     a, b = particle.candidates[0], particle.candidates[2]
     degrees = np.degrees(np.arccos(np.clip((np.trace(a.T @ b) - 1) / 2, -1, 1)))
-    assert "kept wins" in view.info.text() and f"head 1 {degrees:.0f}°" in view.info.text()
+    assert "kept pose wins" in view.info.text() and f"head 1 {degrees:.0f}°" in view.info.text()
+    legend = view.figure.axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["head 1", "head 2", "kept pose (winner)"]
+    assert legend.get_title().get_text() == "heads from 1 (poses.star's cryospinHead from 0)"
     particle.winner = 0
     _publish(ui_viewer, snapshot)
     assert "No head found" not in view.info.text()

@@ -75,10 +75,23 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(a.T @ b) - 1.0) / 2.0, -1.0, 1.0))))
 
 
+SHOWN_NAMES = {"kept": "kept pose", "pose": "final pose"}
+"""How the engine's candidate labels read in the legends and the caption."""
+HEADS_TITLE = "heads from 1 (poses.star's cryospinHead from 0)"
+
+
 def candidate_label(view, index: int) -> str:
-    """The name of a candidate ("head 2", "kept", "grid 1"); "head N" when the engine gave no labels."""
+    """The name of a candidate ("head 2", "kept pose", "final pose", "grid 1"); "head N" when the engine
+    gave no labels."""
     labels = getattr(view, "labels", None) or []
-    return labels[index] if index < len(labels) else f"head {index + 1}"
+    label = labels[index] if index < len(labels) else f"head {index + 1}"
+    return SHOWN_NAMES.get(label, label)
+
+
+def _heads_title(view) -> str | None:
+    """The legend's title when heads are among the candidates: how their numbers map to poses.star's."""
+    names = [candidate_label(view, k) for k in range(len(view.candidates))]
+    return HEADS_TITLE if any(name.startswith("head ") for name in names) else None
 
 
 class PosteriorView(QWidget):
@@ -295,6 +308,8 @@ class PosteriorView(QWidget):
             bbox_to_anchor=(0.5, -0.04),
             ncol=4,
             fontsize=7,
+            title=_heads_title(view),
+            title_fontsize=7,
             frameon=False,
             handletextpad=0.2,
             columnspacing=0.8,
@@ -395,7 +410,7 @@ class PosteriorView(QWidget):
         for k in range(len(view.candidates)):
             label = candidate_label(view, k)
             won = k == view.winner
-            pose = label == "pose"
+            pose = label == SHOWN_NAMES["pose"]
             artist = ax.scatter(
                 x[k],
                 y[k],
@@ -432,12 +447,10 @@ class PosteriorView(QWidget):
         winner = candidate_label(view, view.winner)
         text = f"Particle {view.index}: {winner} wins; losses per candidate: {losses}."
         heads = [k for k in range(len(view.candidates)) if candidate_label(view, k).startswith("head ")]
-        if (
-            heads and view.winner not in heads
-        ):  # the kept (or final) pose beat every head: how far off were they
+        if heads and view.winner not in heads:  # the kept (or final) pose beat every head: how far off
             best = view.candidates[view.winner]
             off = ", ".join(
                 f"{candidate_label(view, k)} {_angle_deg(view.candidates[k], best):.0f}°" for k in heads
             )
-            text += f" No head found this pose; each head's candidate from it: {off}."
+            text += f" No head found this pose; each head's candidate is this far from the {winner}: {off}."
         return text
