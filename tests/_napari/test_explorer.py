@@ -62,9 +62,11 @@ def test_explorer_opens_a_run_browses_posteriors_brushes_and_exports(
     assert explorer.column_combo.currentText() == "confidence"  # a score that separates particles
     header = explorer.table_model.headerData
     head = list(explorer.table_model.frame.columns).index("head")
-    assert "counted from 1" in header(
-        head, explorer_module.Qt.Orientation.Horizontal, explorer_module.Qt.ItemDataRole.ToolTipRole
-    )
+    tips = [
+        header(column, explorer_module.Qt.Orientation.Horizontal, explorer_module.Qt.ItemDataRole.ToolTipRole)
+        for column in range(explorer.table_model.columnCount())
+    ]
+    assert "counted from 1" in tips[head] and all(tips), tips  # every column explained in plain words
     assert "run half A" in ui_viewer.layers and not ui_viewer.layers["run half A"].visible
     assert explorer.table_model.rowCount() == 200
     assert plots.trace.fsc is not None and plots.bar_heights().sum() > 99.0

@@ -54,6 +54,11 @@ COLUMN_TIPS = {
     "threshold (metrics.json, junk).",
     "LogLikeliContribution": "How much better the map at the pose explains the image than noise alone "
     "(log-likelihood ratio, nats). Low: the image holds little of the map.",
+    "mate margin": "How much better the pose fits than its best 'mate' — the same view turned 180° in "
+    "plane, seen from the other side, or turned about one of the map's axes (log-likelihood, nats). "
+    "1 or less: the image cannot tell the pose from that turn (common for small elongated particles).",
+    "mate": "Which turn of the pose fits best after the pose itself: 1 in-plane 180°, 2 flip about x, "
+    "3 flip about y, 4–6 the map's axes from the longest to the shortest.",
 }
 """Plain-words tooltips of the particle table's columns (RELION's names kept for the columns RELION has)."""
 HISTOGRAM_FIRST = ("confidence", "ParticleSelectZScore")
