@@ -40,7 +40,7 @@ def _heads_shown(hub) -> bool:
 def main() -> None:
     """Simulated sample, 6 epochs: exploring 2, auto-encoding to epoch 4, then auto-decoding."""
     folder = Path(tempfile.mkdtemp(prefix="cryospin-docs-"))
-    _layout.layout_file = lambda: folder / "layout.ini"  # the default layout, not this user's
+    _layout.layout_file = lambda: folder / "layout.ini"  # nothing floats as this user's docks may
     viewer = napari.Viewer(show=True)
     window = viewer.window._qt_window
     window.setGeometry(window.screen().availableGeometry())

@@ -325,6 +325,24 @@ def test_the_end_says_each_number_once(ui_snapshot):
     assert status_line(snapshot, None) == "epoch 2 · done\n" + snapshot.message
 
 
+def test_the_verdict_lists_each_clause_and_each_reason_on_a_line():
+    message = (
+        "done: 7.7 Å (mask-corrected FSC 0.143 of the 64-px half maps; B 407 Å², volume_sharpened.mrc), "
+        "protein dark (auto, z 143); WARNING: the map is not reliable (the halves shared one map until the "
+        "switch; the final half maps agree only to 5.2 cycles per box (FSC 0.143)); no symmetry found (C1)"
+    )
+    assert verdict_lines(message) == [
+        "• done: 7.7 Å:",
+        "    – mask-corrected FSC 0.143 of the 64-px half maps",
+        "    – B 407 Å², volume_sharpened.mrc",
+        "• protein dark (auto, z 143)",
+        "• WARNING: the map is not reliable:",
+        "    – the halves shared one map until the switch",
+        "    – the final half maps agree only to 5.2 cycles per box (FSC 0.143)",
+        "• no symmetry found (C1)",
+    ]
+
+
 def test_progress_bar_shows_percentage_stage_and_time_left(qtbot, ui_viewer, ui_snapshot):
     dock = ReconstructionDock(ui_viewer)
     qtbot.addWidget(dock)

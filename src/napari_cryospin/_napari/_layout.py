@@ -1,15 +1,15 @@
 """Where the cryoSPIN docks go: tabbed together in napari's window, so that they fit a 1920×1080 screen.
 
 Stacked, the four docks need about 2600 px of height; each one opened from the Plugins menu joins the
-tab group of the cryoSPIN docks already in its dock area. A dock the user drags to another dock area or
-floats is put there again the next time it opens (remembered in ``layout_file()``).
+tab group of the cryoSPIN docks already in its dock area. napari remembers each dock's area itself; a dock
+the user floats floats again where it was the next time it opens (remembered in ``layout_file()``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtCore import QEvent, QObject, QSettings, QSize, QStandardPaths, Qt, QTimer
+from qtpy.QtCore import QEvent, QObject, QSettings, QSize, QStandardPaths, QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QWidget
 
 TABBED = "cryospin_tabbed"
@@ -17,7 +17,7 @@ TABBED = "cryospin_tabbed"
 
 
 def layout_file() -> Path:
-    """Where each dock's place (dock area, or floating and where) is remembered: the user's config folder."""
+    """Where each dock's floating (and where) is remembered: the user's config folder."""
     config = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericConfigLocation)
     return Path(config) / "napari-cryospin" / "layout.ini"
 
@@ -27,7 +27,8 @@ def _store() -> QSettings:
 
 
 class _Remembered(QObject):
-    """Keeps its dock's place in the layout file whenever the user moves, floats or docks it."""
+    """Keeps in the layout file whether its dock floats, and where, whenever the user floats, moves or
+    docks it."""
 
     def __init__(self, dock: QDockWidget) -> None:
         super().__init__(dock)
@@ -49,33 +50,24 @@ class _Remembered(QObject):
     def save(self, *_args) -> None:
         if self.closing:
             return
-        window, store = self.dock.parent(), _store()
+        store = _store()
+        store.setValue(f"{self.key}/floating", self.dock.isFloating())
         if self.dock.isFloating():
-            store.setValue(f"{self.key}/floating", True)
             store.setValue(f"{self.key}/geometry", self.dock.saveGeometry())
-        elif isinstance(window, QMainWindow):
-            area = window.dockWidgetArea(self.dock)
-            if area != Qt.DockWidgetArea.NoDockWidgetArea:  # taken out of the window (closing): no choice
-                store.setValue(f"{self.key}/floating", False)
-                store.setValue(f"{self.key}/area", area.value)
 
 
-def restore_place(dock: QDockWidget, window: QMainWindow) -> None:
-    """Put ``dock`` where the user last had it: floating where it was, or in its dock area."""
+def restore_floating(dock: QDockWidget) -> None:
+    """Float ``dock`` where it was when the user last had it floating."""
     store, key = _store(), type(dock.widget()).__name__
     if store.value(f"{key}/floating", False, type=bool):
         dock.setFloating(True)
         geometry = store.value(f"{key}/geometry")
         if geometry is not None:
             dock.restoreGeometry(geometry)
-        return
-    area = store.value(f"{key}/area", 0, type=int)
-    if area and Qt.DockWidgetArea(area) != window.dockWidgetArea(dock):
-        window.addDockWidget(Qt.DockWidgetArea(area), dock)
 
 
 class _TabOnFirstShow(QObject):
-    """When its widget is first shown (docked by then): the dock's remembered place, its siblings' tabs."""
+    """When its widget is first shown (docked by then): float it as remembered, or tab it with its siblings."""
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.Show:
@@ -87,7 +79,7 @@ class _TabOnFirstShow(QObject):
         widget = self.parent()
         dock = widget.parent()
         if isinstance(dock, QDockWidget) and isinstance(dock.parent(), QMainWindow):
-            restore_place(dock, dock.parent())
+            restore_floating(dock)
             tab_with_siblings(widget)
             _Remembered(dock)
 

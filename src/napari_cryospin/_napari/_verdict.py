@@ -9,26 +9,36 @@ from qtpy.QtWidgets import QGroupBox, QLabel, QVBoxLayout
 from ..engine.events import Snapshot
 
 
-def _split_top_level(text: str, separator: str = "; ") -> list[str]:
-    """``text`` cut at each ``separator`` outside parentheses."""
+def _split_top_level(text: str, separator: str = "; ", keep: int = 0) -> list[str]:
+    """``text`` cut at each ``separator`` outside parentheses, its first ``keep`` characters kept."""
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
         depth += (char == "(") - (char == ")")
         if depth == 0 and text.startswith(separator, i):
-            parts.append(text[start:i])
+            parts.append(text[start : i + keep])
             start = i + len(separator)
     parts.append(text[start:])
     return [part.strip() for part in parts if part.strip()]
 
 
+def _opening_of_last(text: str) -> int:
+    """Where the parenthesis closed by ``text``'s last character opens (-1: it ends otherwise)."""
+    depth = 0
+    for i in range(len(text) - 1, -1, -1):
+        depth += (text[i] == ")") - (text[i] == "(")
+        if depth == 0:
+            return i if text.endswith(")") else -1
+    return -1
+
+
 def verdict_lines(message: str) -> list[str]:
-    """The engine's final line as one bullet per clause; a clause ending in a parenthesis of several
-    reasons lists them below it."""
+    """The engine's final line as one bullet per clause (a parenthesis followed by a comma ends one too);
+    a clause ending in a parenthesis of several reasons lists them below it."""
+    clauses = [part for clause in _split_top_level(message) for part in _split_top_level(clause, "), ", 1)]
     lines = []
-    for clause in _split_top_level(message):
-        opening = clause.find("(")
-        inner = clause[opening + 1 : -1] if opening > 0 and clause.endswith(")") else ""
-        reasons = _split_top_level(inner)
+    for clause in clauses:
+        opening = _opening_of_last(clause)
+        reasons = _split_top_level(clause[opening + 1 : -1]) if opening > 0 else []
         if len(reasons) > 1:
             lines.append(f"• {clause[:opening].rstrip()}:")
             lines.extend(f"    – {reason}" for reason in reasons)
