@@ -67,7 +67,7 @@ def restore_floating(dock: QDockWidget) -> None:
 
 
 class _TabOnFirstShow(QObject):
-    """When its widget is first shown (docked by then): float it as remembered, or tab it with its siblings."""
+    """When its widget is first shown (docked by then): float it as remembered, or tab it with siblings."""
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.Show:
