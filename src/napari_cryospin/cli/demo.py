@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 DEMO_TIME = "41 min measured on 2 CPU cores shared with other jobs, load ~6; see docs/benchmarks.md"
 """How long the demo took, as measured (docs/benchmarks.md gives the machine, the load and the split)."""
 
