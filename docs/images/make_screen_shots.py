@@ -10,6 +10,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from make_screenshots import save, wait
+from qtpy.QtCore import QThreadPool
 from qtpy.QtWidgets import QApplication
 
 from napari_cryospin._napari import _layout
@@ -76,6 +77,7 @@ def main() -> None:
     explorer.select_range(float(np.percentile(finite, 0)), float(np.percentile(finite, 20)))
     wait(lambda: not explorer._busy)
     _shoot(viewer, "screen_explorer.png")
+    QThreadPool.globalInstance().waitForDone(60_000)  # a worker still going as the window closes aborts
     viewer.close()
 
 
