@@ -109,6 +109,33 @@ class RunSettings(QWidget):
             lambda mode: self.switch_epoch_spin.setEnabled(mode == "at epoch")
         )
         self.switch_epoch_spin.setEnabled(False)
+
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("open stack", self.layer_combo)
+        form.addRow("particles", _with_button(self.particles_edit, browse_particles))
+        form.addRow("output folder", _with_button(self.out_edit, browse_out))
+        form.addRow("device", self.device_combo)
+        form.addRow("heads", self.heads_spin)
+        form.addRow("epochs", self.epochs_spin)
+        form.addRow("exploration epochs", self.explore_spin)
+        switch_row = QHBoxLayout()
+        switch_row.addWidget(self.switch_combo, 1)
+        switch_row.addWidget(self.switch_epoch_spin)
+        form.addRow("switch", switch_row)
+        self.advanced = self._advanced_section(defaults)
+        form.addRow(self.advanced)
+
+        self.layer_combo.activated.connect(self._use_layer)
+        self.particles_edit.textChanged.connect(self._name_the_layer)
+        self.particles_edit.editingFinished.connect(self._suggest_out)
+        self.out_edit.textChanged.connect(self.out_changed)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    def _advanced_section(self, defaults: dict) -> QCollapsible:
+        """The collapsed "Advanced" rows: box, batch size, polarity, junk, noise model, half maps."""
         self.box_spin = _spin(MIN_BOX - 2, 1024, MIN_BOX - 2, step=2)
         self.box_spin.setSpecialValueText("auto")  # shown at the minimum, one step below MIN_BOX
         self.box_spin.setToolTip(
@@ -144,20 +171,6 @@ class RunSettings(QWidget):
         )
         self.half_maps_check = QCheckBox("reconstruct half maps (gold-standard FSC)")
         self.half_maps_check.setChecked(defaults["half_maps"])
-
-        form = QFormLayout(self)
-        form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("open stack", self.layer_combo)
-        form.addRow("particles", _with_button(self.particles_edit, browse_particles))
-        form.addRow("output folder", _with_button(self.out_edit, browse_out))
-        form.addRow("device", self.device_combo)
-        form.addRow("heads", self.heads_spin)
-        form.addRow("epochs", self.epochs_spin)
-        form.addRow("exploration epochs", self.explore_spin)
-        switch_row = QHBoxLayout()
-        switch_row.addWidget(self.switch_combo, 1)
-        switch_row.addWidget(self.switch_epoch_spin)
-        form.addRow("switch", switch_row)
         advanced_form = QWidget()
         advanced = QFormLayout(advanced_form)
         advanced.setContentsMargins(0, 0, 0, 0)
@@ -167,17 +180,9 @@ class RunSettings(QWidget):
         advanced.addRow("junk", self.junk_combo)
         advanced.addRow("noise model", self.noise_combo)
         advanced.addRow("", self.half_maps_check)
-        self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(advanced_form)
-        form.addRow(self.advanced)
-
-        self.layer_combo.activated.connect(self._use_layer)
-        self.particles_edit.textChanged.connect(self._name_the_layer)
-        self.particles_edit.editingFinished.connect(self._suggest_out)
-        self.out_edit.textChanged.connect(self.out_changed)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
-        self._refresh_layers()
+        section = QCollapsible("Advanced")
+        section.addWidget(advanced_form)
+        return section
 
     def _poll_devices(self) -> None:
         if not self._devices.done():
