@@ -1,6 +1,8 @@
-"""`cryospin reconstruct`'s progress: a line for each final step the engine logs, under the bar."""
+"""`cryospin reconstruct`'s progress: a line for each final step the engine logs, under the bar; `--help`
+states the demo's measured time."""
 
 import io
+import re
 from types import SimpleNamespace
 
 from napari_cryospin.cli.reconstruct import consume
@@ -30,3 +32,11 @@ def test_each_final_step_is_a_line(tmp_path):
     lines = stream.getvalue().replace("\r", "\n").splitlines()
     assert "writing full-size maps…" in lines and "writing metrics.json and plots…" in lines
     assert not outputs.log.handlers  # the printer goes with the run
+
+
+def test_help_states_the_demos_measured_time():
+    from napari_cryospin.cli import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "a few minutes" not in text
+    assert re.search(r"demo .*\(\d+ min measured on \d+ CPU cores.*load ~\d", text), text

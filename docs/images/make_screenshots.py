@@ -61,10 +61,10 @@ def main() -> None:
         time.sleep(0.05)
     save(viewer.screenshot(canvas_only=False, flash=False), "particles_opened.png")
 
-    dock.settings.out_edit.setText(tempfile.mkdtemp(prefix="cryospin-docs-"))
-    dock.settings.epochs_spin.setValue(8)
-    dock.settings.switch_combo.setCurrentText("at epoch")
-    dock.settings.switch_epoch_spin.setValue(4)
+    dock.settings.inputs["out"].write(tempfile.mkdtemp(prefix="cryospin-docs-"))
+    dock.settings.inputs["epochs"].write(8)
+    dock.settings.inputs["switch"].combo.setCurrentText("at epoch")
+    dock.settings.inputs["switch"].epoch.setValue(4)
     posterior.select_particle(17)
     dock.start()
     hub = dock.hub

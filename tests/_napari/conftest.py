@@ -24,6 +24,16 @@ def ui_discover_plugins():
     npe2.PluginManager.instance().discover()
 
 
+@pytest.fixture(autouse=True)
+def ui_layout_file(tmp_path, monkeypatch) -> Path:
+    """Each test remembers the docks' places in a file of its own, never in the user's config folder."""
+    from napari_cryospin._napari import _layout
+
+    path = tmp_path / "layout.ini"
+    monkeypatch.setattr(_layout, "layout_file", lambda: path)
+    return path
+
+
 @pytest.fixture
 def ui_viewer(qtbot):
     """A GUI-free ViewerModel (no OpenGL needed)."""

@@ -3,8 +3,10 @@
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 
 from napari_cryospin._napari._explorer import RUN_MAP, RunExplorer
 from napari_cryospin._napari._map_display import MapDisplay, default_iso_level, slice_layer_name
@@ -60,9 +62,11 @@ def test_explorer_opens_a_run_browses_posteriors_brushes_and_exports(
     assert explorer.column_combo.currentText() == "confidence"  # a score that separates particles
     header = explorer.table_model.headerData
     head = list(explorer.table_model.frame.columns).index("head")
-    assert "counted from 1" in header(
-        head, explorer_module.Qt.Orientation.Horizontal, explorer_module.Qt.ItemDataRole.ToolTipRole
-    )
+    tips = [
+        header(column, explorer_module.Qt.Orientation.Horizontal, explorer_module.Qt.ItemDataRole.ToolTipRole)
+        for column in range(explorer.table_model.columnCount())
+    ]
+    assert "counted from 1" in tips[head] and all(tips), tips  # every column explained in plain words
     assert "run half A" in ui_viewer.layers and not ui_viewer.layers["run half A"].visible
     assert explorer.table_model.rowCount() == 200
     assert plots.trace.fsc is not None and plots.bar_heights().sum() > 99.0
@@ -162,3 +166,24 @@ def test_a_level_change_pending_when_the_form_is_deleted_is_harmless(qtbot, ui_v
 def test_explorer_import_does_not_load_torch():
     code = "import sys, napari_cryospin._napari._explorer; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
+
+
+def test_the_selection_label_stays_below_the_plot_in_a_short_dock(qtbot, ui_viewer):
+    from qtpy.QtCore import QPoint
+    from qtpy.QtWidgets import QWidget
+
+    holder = QWidget()
+    qtbot.addWidget(holder)
+    explorer = RunExplorer(ui_viewer)
+    explorer.setParent(holder)
+    explorer.setGeometry(0, 0, 360, 400)  # shorter than its content, as a squeezed dock
+    table = pd.DataFrame({"particle": np.arange(50), "confidence": np.linspace(-5.0, 40.0, 50)})
+    explorer.results = SimpleNamespace(table=table, poses=None)
+    explorer.column_combo.addItem("confidence")
+    holder.show()
+    explorer.select_range(-5.0, 10.0)
+    label, canvas = explorer.selection_label, explorer.canvas
+    qtbot.waitUntil(lambda: label.height() >= label.heightForWidth(label.width()))
+    assert label.text().startswith("17 of 50 particles with confidence in")
+    label_top = label.mapTo(explorer, QPoint(0, 0)).y()
+    assert label_top >= canvas.mapTo(explorer, QPoint(0, canvas.height())).y()  # not under the plot

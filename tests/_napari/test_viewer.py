@@ -104,6 +104,33 @@ def test_docks_opened_from_the_plugins_menu_fit_a_1920x1080_screen(qtbot, make_n
     assert shot.shape[0] <= screen.height()
 
 
+def test_a_dock_put_elsewhere_opens_there_again(qtbot, make_napari_viewer, ui_layout_file):
+    from qtpy.QtCore import Qt
+
+    names = ("cryoSPIN reconstruction", "Run plots", "Run explorer")
+
+    def open_docks():
+        viewer = make_napari_viewer(show=True)
+        docks = [viewer.window.add_plugin_dock_widget("napari-cryospin", name)[0] for name in names]
+        return viewer, viewer.window._qt_window, docks
+
+    viewer, window, (dock, plots, explorer) = open_docks()
+    qtbot.waitUntil(lambda: len(window.tabifiedDockWidgets(dock)) == 2, timeout=MINUTE_MS)
+    window.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, explorer)  # dragged to the left
+    plots.setFloating(True)  # and this one floated
+    plots.setGeometry(300, 200, 480, 700)
+    qtbot.waitUntil(lambda: plots.geometry().topLeft().x() == 300)
+    where = plots.geometry()
+    viewer.close()
+    assert ui_layout_file.is_file()
+
+    viewer, window, (dock, plots, explorer) = open_docks()
+    qtbot.waitUntil(lambda: plots.isFloating(), timeout=MINUTE_MS)
+    assert window.dockWidgetArea(explorer) == Qt.DockWidgetArea.LeftDockWidgetArea
+    assert window.dockWidgetArea(dock) == Qt.DockWidgetArea.RightDockWidgetArea
+    assert plots.geometry().topLeft() == where.topLeft()
+
+
 def test_the_advanced_header_stays_after_a_run(qtbot, make_napari_viewer):
     from napari_cryospin.engine.events import Snapshot, Stage
 
@@ -117,11 +144,50 @@ def test_the_advanced_header_stays_after_a_run(qtbot, make_napari_viewer):
     dock.worker = object()  # pretend a run is going: only the GUI side is under test here
     message = "done: 24.7 Å (mask-corrected FSC 0.143 of the 64-px half maps); " + "a long verdict; " * 20
     dock._on_snapshot(Snapshot(3, 9, Stage.DONE, 1.0, 90.0, 0.0, 0.8, 2.0, resolution=24.7, message=message))
-    qtbot.waitUntil(lambda: dock.status.text().endswith(message))
+    qtbot.waitUntil(lambda: dock.verdict.label.text().endswith("• a long verdict"))
     dock.worker = None
     dock._update_buttons()
-    status = (
-        dock.status
-    )  # laid out with all its lines (stacked docks clipped it and squeezed the header to 0 px)
-    qtbot.waitUntil(lambda: status.height() >= status.heightForWidth(status.width()) > 3 * header.height())
+    verdict = dock.verdict.label  # every line laid out (stacked docks clipped it, squeezed the header)
+    qtbot.waitUntil(lambda: verdict.height() >= verdict.heightForWidth(verdict.width()) > 3 * header.height())
     assert header.isVisible() and header.height() >= header.sizeHint().height()
+
+
+def test_the_verdict_fits_the_pop_up_and_the_dock_at_1080p(qtbot, make_napari_viewer, monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtWidgets import QApplication, QLabel
+
+    import napari_cryospin._napari._dock as dock_module
+    from napari_cryospin.engine.events import Snapshot, Stage
+
+    shown = []
+    monkeypatch.setattr(dock_module, "show_warning", shown.append)
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.setGeometry(window.screen().availableGeometry())
+    frame, dock = viewer.window.add_plugin_dock_widget("napari-cryospin", "cryoSPIN reconstruction")
+    out = tmp_path / ("a-long-folder-name-for-the-results-of-this-run-" * 2)
+    message = (
+        "done: 8.1 Å (mask-corrected FSC 0.143 of the 64-px half maps; B -312 Å², volume_sharpened.mrc), "
+        "protein dark (auto, z 143); WARNING: the map is not reliable (the halves shared one map until the "
+        "switch, so the resolution is optimistic; the final half maps agree only to 5.2 cycles per box "
+        "(FSC 0.143); 31 % of the particles fit a mate of their pose as well); symmetry: C1 (no point group "
+        f"found above chance); 24 junk left out; 64-px map; results in {out}"
+    )
+    dock._config, dock.worker = SimpleNamespace(out=str(out), epochs=6), object()
+    dock._on_snapshot(Snapshot(5, 90, Stage.DONE, 1.0, 300.0, 0.0, 0.8, 2.0, resolution=8.1, message=message))
+    dock._on_finished()
+    frame.raise_()
+    QApplication.processEvents()
+    pop_up = NapariQtNotification(shown[0], "warning")  # napari's pop-up: 400 px wide, one elided line
+    qtbot.addWidget(pop_up)
+    pop_up.show()
+    QApplication.processEvents()
+    assert QLabel.text(pop_up.message) == shown[0] == "cryoSPIN: 8.1 Å, map NOT reliable (see dock)"
+    screen = window.screen().availableGeometry()
+    label = dock.verdict.label
+    assert dock.verdict.isVisible() and "    – the final half maps agree only to 5.2" in label.text()
+    assert label.height() >= label.heightForWidth(label.width())  # every line shown
+    assert frame.minimumSizeHint().height() <= screen.height() and window.height() <= screen.height()
+    assert frame.width() < screen.width() / 3  # the long folder name wraps instead of widening the dock

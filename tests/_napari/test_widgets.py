@@ -11,6 +11,7 @@ from napari_cryospin._napari._explorer import RunExplorer
 from napari_cryospin._napari._hub import hub_for
 from napari_cryospin._napari._plots import RunPlots, head_percentages
 from napari_cryospin._napari._posterior_view import PosteriorView
+from napari_cryospin._napari._verdict import verdict_lines
 from napari_cryospin._napari._volume import MAP_LAYER
 from napari_cryospin.engine.device import available_devices
 from napari_cryospin.engine.events import Command, Stage
@@ -46,7 +47,10 @@ def test_when_the_kept_pose_wins_the_posterior_says_how_far_each_head_was(qtbot,
     _publish(ui_viewer, snapshot)
     a, b = particle.candidates[0], particle.candidates[2]
     degrees = np.degrees(np.arccos(np.clip((np.trace(a.T @ b) - 1) / 2, -1, 1)))
-    assert "kept wins" in view.info.text() and f"head 1 {degrees:.0f}°" in view.info.text()
+    assert "kept pose wins" in view.info.text() and f"head 1 {degrees:.0f}°" in view.info.text()
+    legend = view.figure.axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["head 1", "head 2", "kept pose (winner)"]
+    assert legend.get_title().get_text() == "heads from 1 (poses.star's cryospinHead from 0)"
     particle.winner = 0
     _publish(ui_viewer, snapshot)
     assert "No head found" not in view.info.text()
@@ -92,6 +96,40 @@ def test_view_follows_the_stack_layer_slice(qtbot, ui_viewer):
     ui_viewer.dims.set_current_step(0, 12)
     assert view.particle_spin.value() == 12
     assert view.particle_slider.maximum() == 29
+
+
+def test_the_posterior_names_the_particle_napari_shows(qtbot, ui_viewer):
+    stack = ui_viewer.add_image(np.zeros((200, 8, 8)), metadata={"particles_path": "p.star"})
+    ui_viewer.dims.set_current_step(0, 150)
+    view = PosteriorView(ui_viewer)  # opened with napari's slider at 150
+    qtbot.addWidget(view)
+    assert view.particle_spin.value() == 150 == hub_for(ui_viewer).particle
+    ui_viewer.add_image(np.zeros((200, 8, 8)), name="another layer")  # now the selected one
+    assert ui_viewer.layers.selection.active is not stack
+    ui_viewer.dims.set_current_step(0, 199)
+    assert view.particle_spin.value() == 199
+    hub_for(ui_viewer).select_particle(57)  # chosen elsewhere (the explorer's table): napari follows
+    assert view.particle_spin.value() == 57 and ui_viewer.dims.current_step[0] == 57
+    view.follow_check.setChecked(False)
+    ui_viewer.dims.set_current_step(0, 10)
+    assert view.particle_spin.value() == 57
+    view.follow_check.setChecked(True)
+    assert view.particle_spin.value() == 10
+
+
+def test_open_stack_names_the_file_chosen_not_the_sample(qtbot, ui_viewer, tmp_path):
+    dock = ReconstructionDock(ui_viewer)
+    qtbot.addWidget(dock)
+    sample = str(tmp_path / "sample" / "particles.star")
+    ui_viewer.add_image(np.zeros((3, 8, 8)), name="simulated particles", metadata={"particles_path": sample})
+    settings = dock.settings
+    assert settings.layer_combo.currentText() == "simulated particles"
+    settings.set_particles(str(tmp_path / "mine.star"))  # Browse… picked another file
+    assert settings.layer_combo.currentIndex() == 0 and settings.inputs["particles"].read().endswith("mine.star")
+    ui_viewer.add_image(np.zeros((3, 8, 8)), name="other", metadata={"particles_path": "other.star"})
+    assert settings.layer_combo.currentIndex() == 0  # a layer opened later does not claim the file
+    settings.inputs["particles"].edit.setText(sample)  # typed back: the layer of that file is named again
+    assert settings.layer_combo.currentText() == "simulated particles"
 
 
 def test_histogram_sums_to_100_percent(qtbot, ui_viewer, ui_snapshot):
@@ -277,8 +315,32 @@ def test_the_end_says_each_number_once(ui_snapshot):
     snapshot.images_per_s, snapshot.resolution = 0.0, 24.8
     snapshot.message = "done: 24.7 Å (mask-corrected FSC 0.143); validity: the two halves agree"
     line = status_line(snapshot, None)
-    assert "images/s" not in line and "24.8" not in line and line.count("Å") == 1
-    assert line == "epoch 2 · done\n" + snapshot.message
+    assert "images/s" not in line and "24.8" not in line and "Å" not in line
+    assert line == "epoch 2 · done: the verdict is below"
+    assert verdict_lines(snapshot.message) == [
+        "• done: 24.7 Å (mask-corrected FSC 0.143)",
+        "• validity: the two halves agree",
+    ]
+    snapshot.message = "stopped at epoch 2; checkpoint saved in run/"
+    assert status_line(snapshot, None) == "epoch 2 · done\n" + snapshot.message
+
+
+def test_the_verdict_lists_each_clause_and_each_reason_on_a_line():
+    message = (
+        "done: 7.7 Å (mask-corrected FSC 0.143 of the 64-px half maps; B 407 Å², volume_sharpened.mrc), "
+        "protein dark (auto, z 143); WARNING: the map is not reliable (the halves shared one map until the "
+        "switch; the final half maps agree only to 5.2 cycles per box (FSC 0.143)); no symmetry found (C1)"
+    )
+    assert verdict_lines(message) == [
+        "• done: 7.7 Å:",
+        "    – mask-corrected FSC 0.143 of the 64-px half maps",
+        "    – B 407 Å², volume_sharpened.mrc",
+        "• protein dark (auto, z 143)",
+        "• WARNING: the map is not reliable:",
+        "    – the halves shared one map until the switch",
+        "    – the final half maps agree only to 5.2 cycles per box (FSC 0.143)",
+        "• no symmetry found (C1)",
+    ]
 
 
 def test_progress_bar_shows_percentage_stage_and_time_left(qtbot, ui_viewer, ui_snapshot):

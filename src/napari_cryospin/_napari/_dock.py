@@ -37,6 +37,7 @@ from ._layout import dock_in_tabs, scrolled
 from ._map_display import MapDisplay
 from ._run import EngineWorker, engine_stream, merge_snapshots
 from ._settings import RunSettings
+from ._verdict import VerdictPanel, short_verdict
 from ._volume import MAP_LAYER, RUN_MAP, hide_map, show_volume
 
 FLUSH_MS = 150
@@ -80,6 +81,7 @@ class ReconstructionDock(QWidget):
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1000)
         self.progress_bar.setFormat("not started")
+        self.verdict = VerdictPanel()
 
         buttons = QHBoxLayout()
         for button in (self.start_button, self.stop_button, self.resume_button):
@@ -91,6 +93,7 @@ class ReconstructionDock(QWidget):
         layout.addWidget(self.switch_button)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
+        layout.addWidget(self.verdict)
         self.map_display = MapDisplay(napari_viewer, MAP_LAYER)
         display = QCollapsible("Map display")
         display.addWidget(self.map_display.native)
@@ -204,6 +207,7 @@ class ReconstructionDock(QWidget):
         self.hub.attach(self.send)
         hide_map(self.viewer, RUN_MAP)  # a run opened in the explorer would hide the live map
         self.map_display.apply()
+        self.verdict.show_message("")
         self.status.setText("Loading particles and building the model…")
         self._update_buttons()
         self.worker.start()
@@ -218,6 +222,8 @@ class ReconstructionDock(QWidget):
         if snapshot is None:
             return
         self.status.setText(status_line(snapshot, self._config))
+        if is_verdict(snapshot):
+            self.verdict.show_message(snapshot.message)
         self.progress_bar.setValue(round(snapshot.progress * 1000))
         self.progress_bar.setFormat(progress_text(snapshot))
         if self._progress is not None:
@@ -247,8 +253,7 @@ class ReconstructionDock(QWidget):
         self._update_buttons()
         last = self.hub.last
         if last is not None and last.stage == Stage.DONE and self._config is not None:
-            text = f"cryoSPIN: {last.message or 'finished'} (output folder {self._config.out})"
-            (show_warning if "WARNING" in text else show_info)(text)
+            (show_warning if "WARNING" in last.message else show_info)(short_verdict(last))
         elif self._config is not None and not (Path(self._config.out) / "checkpoint.pt").exists():
             show_warning("cryoSPIN: the run ended without a checkpoint; Resume is not possible.")
 
@@ -281,11 +286,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def is_verdict(snapshot: Snapshot) -> bool:
+    """Whether ``snapshot`` is a finished run's last, whose message is the verdict (not a stop's)."""
+    return snapshot.stage == Stage.DONE and snapshot.message.startswith("done")
+
+
 def status_line(snapshot: Snapshot, config: RunConfig | None) -> str:
-    """One line for the dock: epoch, stage, speed, loss and resolution; at the end, the engine's message
+    """One line for the dock: epoch, stage, speed, loss and resolution; at the end, the verdict panel
     alone carries the numbers (the final maps' resolution, the verdict), so that none is said twice."""
     epoch = snapshot.epoch + 1 if config is None else min(snapshot.epoch + 1, config.epochs)
     epochs = f"/{config.epochs}" if config is not None else ""
+    if is_verdict(snapshot):
+        return f"epoch {epoch}{epochs} · {snapshot.stage.value}: the verdict is below"
     if snapshot.stage == Stage.DONE and snapshot.message:
         return f"epoch {epoch}{epochs} · {snapshot.stage.value}\n{snapshot.message}"
     parts = [f"epoch {epoch}{epochs}", snapshot.stage.value]

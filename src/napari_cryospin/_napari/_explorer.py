@@ -36,7 +36,7 @@ from ..engine.error_funnel import explain
 from ..engine.events import Snapshot, Stage
 from ..engine.run_results import POSE_CHANGE, RunResults, export_selection, read_run
 from ._hub import hub_for
-from ._layout import dock_in_tabs
+from ._layout import dock_in_tabs, scrolled
 from ._map_display import MapDisplay
 from ._volume import ANGSTROM, MAP_LAYER, RUN_MAP, hide_map, show_volume
 
@@ -54,6 +54,11 @@ COLUMN_TIPS = {
     "threshold (metrics.json, junk).",
     "LogLikeliContribution": "How much better the map at the pose explains the image than noise alone "
     "(log-likelihood ratio, nats). Low: the image holds little of the map.",
+    "mate margin": "How much better the pose fits than its best 'mate' — the same view turned 180° in "
+    "plane, seen from the other side, or turned about one of the map's axes (log-likelihood, nats). "
+    "1 or less: the image cannot tell the pose from that turn (common for small elongated particles).",
+    "mate": "Which turn of the pose fits best after the pose itself: 1 in-plane 180°, 2 flip about x, "
+    "3 flip about y, 4–6 the map's axes from the longest to the shortest.",
 }
 """Plain-words tooltips of the particle table's columns (RELION's names kept for the columns RELION has)."""
 HISTOGRAM_FIRST = ("confidence", "ParticleSelectZScore")
@@ -156,6 +161,7 @@ class RunExplorer(QWidget):
         self.hist_ax = self.figure.add_subplot()
         self.selector: SpanSelector | None = None
         self.selection_label = QLabel("No selection: brush a range in the histogram.")
+        self.selection_label.setWordWrap(True)
         self.clear_button = QPushButton("Clear selection")
         self.export_button = QPushButton("Export selection…")
         self.export_button.setToolTip(
@@ -172,7 +178,8 @@ class RunExplorer(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.clear_button)
         buttons.addWidget(self.export_button)
-        layout = QVBoxLayout(self)
+        content = QWidget()  # scrolled: a dock shorter than this never lays the plot over the label
+        layout = QVBoxLayout(content)
         layout.addLayout(row)
         layout.addWidget(self.status)
         layout.addWidget(display)
@@ -181,6 +188,7 @@ class RunExplorer(QWidget):
         layout.addWidget(self.canvas)
         layout.addWidget(self.selection_label)
         layout.addLayout(buttons)
+        QVBoxLayout(self).addWidget(scrolled(content))
         dock_in_tabs(self)
 
         self.browse_button.clicked.connect(self._browse)

@@ -1,29 +1,87 @@
 """Where the cryoSPIN docks go: tabbed together in napari's window, so that they fit a 1920×1080 screen.
 
 Stacked, the four docks need about 2600 px of height; each one opened from the Plugins menu joins the
-tab group of the cryoSPIN docks already in its dock area. A dock the user drags elsewhere stays there.
+tab group of the cryoSPIN docks already in its dock area. napari remembers each dock's area itself; a dock
+the user floats floats again where it was the next time it opens (remembered in ``layout_file()``).
 """
 
 from __future__ import annotations
 
-from qtpy.QtCore import QEvent, QObject, QSize, QTimer
+from pathlib import Path
+
+from qtpy.QtCore import QEvent, QObject, QSettings, QSize, QStandardPaths, QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QWidget
 
 TABBED = "cryospin_tabbed"
 """Attribute marking a widget whose dock joins the other cryoSPIN docks' tabs."""
 
 
+def layout_file() -> Path:
+    """Where each dock's floating (and where) is remembered: the user's config folder."""
+    config = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericConfigLocation)
+    return Path(config) / "napari-cryospin" / "layout.ini"
+
+
+def _store() -> QSettings:
+    return QSettings(str(layout_file()), QSettings.Format.IniFormat)
+
+
+class _Remembered(QObject):
+    """Keeps in the layout file whether its dock floats, and where, whenever the user floats, moves or
+    docks it."""
+
+    def __init__(self, dock: QDockWidget) -> None:
+        super().__init__(dock)
+        self.dock, self.key = dock, type(dock.widget()).__name__
+        self.closing = False  # napari docks every floating dock as its window closes: not the user's choice
+        dock.dockLocationChanged.connect(self.save)
+        dock.topLevelChanged.connect(self.save)
+        dock.installEventFilter(self)
+        dock.parent().installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        kind = event.type()
+        if watched is not self.dock:  # the window: only its closing matters (nothing of the dock is read)
+            self.closing = self.closing or kind == QEvent.Type.Close
+        elif kind in (QEvent.Type.Move, QEvent.Type.Resize) and self.dock.isFloating():
+            self.save()
+        return False
+
+    def save(self, *_args) -> None:
+        if self.closing:
+            return
+        store = _store()
+        store.setValue(f"{self.key}/floating", self.dock.isFloating())
+        if self.dock.isFloating():
+            store.setValue(f"{self.key}/geometry", self.dock.saveGeometry())
+
+
+def restore_floating(dock: QDockWidget) -> None:
+    """Float ``dock`` where it was when the user last had it floating."""
+    store, key = _store(), type(dock.widget()).__name__
+    if store.value(f"{key}/floating", False, type=bool):
+        dock.setFloating(True)
+        geometry = store.value(f"{key}/geometry")
+        if geometry is not None:
+            dock.restoreGeometry(geometry)
+
+
 class _TabOnFirstShow(QObject):
-    """Tabs its widget's dock with its siblings when the widget is first shown (it is docked by then)."""
+    """When its widget is first shown (docked by then): float it as remembered, or tab it with siblings."""
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.Show:
             watched.removeEventFilter(self)
-            QTimer.singleShot(0, self._tab)  # after napari's own placing of the dock
+            QTimer.singleShot(0, self._place)  # after napari's own placing of the dock
         return False
 
-    def _tab(self) -> None:
-        tab_with_siblings(self.parent())
+    def _place(self) -> None:
+        widget = self.parent()
+        dock = widget.parent()
+        if isinstance(dock, QDockWidget) and isinstance(dock.parent(), QMainWindow):
+            restore_floating(dock)
+            tab_with_siblings(widget)
+            _Remembered(dock)
 
 
 def dock_in_tabs(widget: QWidget) -> None:

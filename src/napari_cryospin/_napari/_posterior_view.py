@@ -75,10 +75,23 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(a.T @ b) - 1.0) / 2.0, -1.0, 1.0))))
 
 
+SHOWN_NAMES = {"kept": "kept pose", "pose": "final pose"}
+"""How the engine's candidate labels read in the legends and the caption."""
+HEADS_TITLE = "heads from 1 (poses.star's cryospinHead from 0)"
+
+
 def candidate_label(view, index: int) -> str:
-    """The name of a candidate ("head 2", "kept", "grid 1"); "head N" when the engine gave no labels."""
+    """The name of a candidate ("head 2", "kept pose", "final pose", "grid 1"); "head N" when the engine
+    gave no labels."""
     labels = getattr(view, "labels", None) or []
-    return labels[index] if index < len(labels) else f"head {index + 1}"
+    label = labels[index] if index < len(labels) else f"head {index + 1}"
+    return SHOWN_NAMES.get(label, label)
+
+
+def _heads_title(view) -> str | None:
+    """The legend's title when heads are among the candidates: how their numbers map to poses.star's."""
+    names = [candidate_label(view, k) for k in range(len(view.candidates))]
+    return HEADS_TITLE if any(name.startswith("head ") for name in names) else None
 
 
 class PosteriorView(QWidget):
@@ -141,7 +154,9 @@ class PosteriorView(QWidget):
         self.centre_button.clicked.connect(self.centre_on_winner)
         self.hub.snapshot.connect(self.on_snapshot)
         self.hub.chosen.connect(self.particle_spin.setValue)
+        self.follow_check.toggled.connect(self._follow_stack)
         napari_viewer.dims.events.current_step.connect(self._follow_stack)
+        napari_viewer.dims.events.ndisplay.connect(self._follow_stack)
         napari_viewer.layers.selection.events.active.connect(self._follow_stack)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._sync_range)
@@ -159,28 +174,46 @@ class PosteriorView(QWidget):
         self.particle_slider.blockSignals(True)
         self.particle_slider.setValue(index)
         self.particle_slider.blockSignals(False)
+        self._move_the_slice(index)
         if index != self.hub.particle:
             self.hub.select_particle(index)
         if self.view is not None and self.view.index != index:
             self.info.setText(f"Particle {index}: waiting for the next snapshot of the run…")
 
     def _stack_layer(self):
+        """The particle stack whose slice is followed: the selected one, else the first one open."""
+        stacks = [
+            layer for layer in self.viewer.layers if layer.metadata.get("particles_path") and layer.ndim == 3
+        ]
         active = self.viewer.layers.selection.active
-        if active is not None and active.metadata.get("particles_path") and active.ndim == 3:
-            return active
-        return None
+        return active if active in stacks else next(iter(stacks), None)
+
+    def _following(self):
+        """The stack layer to keep in step with, when following is on and napari shows slices (2D)."""
+        if not self.follow_check.isChecked() or self.viewer.dims.ndisplay != 2:
+            return None
+        return self._stack_layer()
 
     def _sync_range(self, _event=None) -> None:
         stacks = [layer for layer in self.viewer.layers if layer.metadata.get("particles_path")]
         top = max((layer.data.shape[0] for layer in stacks), default=1) - 1
         self.particle_slider.setRange(0, max(top, 0))
+        self._follow_stack()
 
     def _follow_stack(self, _event=None) -> None:
-        layer = self._stack_layer()
-        if not self.follow_check.isChecked() or layer is None or self.viewer.dims.ndisplay != 2:
+        layer = self._following()
+        if layer is None:
             return
         index = round(float(layer.world_to_data(self.viewer.dims.point)[0]))
         self.particle_spin.setValue(int(np.clip(index, 0, layer.data.shape[0] - 1)))
+
+    def _move_the_slice(self, index: int) -> None:
+        """Show particle ``index``'s slice in napari too, so that its slider and this dock agree."""
+        layer = self._following()
+        if layer is None or not 0 <= index < layer.data.shape[0]:
+            return
+        axis = self.viewer.dims.ndim - layer.ndim
+        self.viewer.dims.set_point(axis, float(layer.data_to_world((index, 0, 0))[0]))
 
     def on_snapshot(self, snapshot: Snapshot) -> None:
         """Draw the particle view if it is the one asked for (keeping its last posterior)."""
@@ -275,6 +308,8 @@ class PosteriorView(QWidget):
             bbox_to_anchor=(0.5, -0.04),
             ncol=4,
             fontsize=7,
+            title=_heads_title(view),
+            title_fontsize=7,
             frameon=False,
             handletextpad=0.2,
             columnspacing=0.8,
@@ -375,7 +410,7 @@ class PosteriorView(QWidget):
         for k in range(len(view.candidates)):
             label = candidate_label(view, k)
             won = k == view.winner
-            pose = label == "pose"
+            pose = label == SHOWN_NAMES["pose"]
             artist = ax.scatter(
                 x[k],
                 y[k],
@@ -412,12 +447,10 @@ class PosteriorView(QWidget):
         winner = candidate_label(view, view.winner)
         text = f"Particle {view.index}: {winner} wins; losses per candidate: {losses}."
         heads = [k for k in range(len(view.candidates)) if candidate_label(view, k).startswith("head ")]
-        if (
-            heads and view.winner not in heads
-        ):  # the kept (or final) pose beat every head: how far off were they
+        if heads and view.winner not in heads:  # the kept (or final) pose beat every head: how far off
             best = view.candidates[view.winner]
             off = ", ".join(
                 f"{candidate_label(view, k)} {_angle_deg(view.candidates[k], best):.0f}°" for k in heads
             )
-            text += f" No head found this pose; each head's candidate from it: {off}."
+            text += f" No head found this pose; each head's candidate is this far from the {winner}: {off}."
         return text

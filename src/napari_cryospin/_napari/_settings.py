@@ -33,6 +33,7 @@ class RunSettings(QWidget):
         self._lay_out()
         self.layer_combo.activated.connect(self._use_layer)
         self.inputs["particles"].changed.connect(self._suggest_out)
+        self.inputs["particles"].edit.textChanged.connect(self._name_the_layer)
         self.inputs["out"].edit.textChanged.connect(self.out_changed)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_layers)
@@ -60,16 +61,25 @@ class RunSettings(QWidget):
         return [layer for layer in self.viewer.layers if layer.metadata.get("particles_path")]
 
     def _refresh_layers(self, _event=None) -> None:
-        current = self.layer_combo.currentText()
         self.layer_combo.clear()
         self.layer_combo.addItem("— choose a file below —")
         for layer in self.particle_layers():
             self.layer_combo.addItem(layer.name)
-        if current and self.layer_combo.findText(current) > 0:
-            self.layer_combo.setCurrentIndex(self.layer_combo.findText(current))
-        elif not self.inputs["particles"].read() and self.layer_combo.count() > 1:
+        if not self.inputs["particles"].read() and self.layer_combo.count() > 1:
             self.layer_combo.setCurrentIndex(1)
             self._use_layer(1)
+        else:
+            self._name_the_layer(self.inputs["particles"].read())
+
+    def _name_the_layer(self, path: str) -> None:
+        """Show in "open stack" the layer of the particle file now chosen, or none when it is no layer's."""
+        names = [
+            layer.name
+            for layer in self.particle_layers()
+            if str(layer.metadata["particles_path"]) == path.strip()
+        ]
+        index = self.layer_combo.findText(names[0]) if names else 0
+        self.layer_combo.setCurrentIndex(max(index, 0))
 
     def _use_layer(self, index: int) -> None:
         if index <= 0:
