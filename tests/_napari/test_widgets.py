@@ -125,7 +125,8 @@ def test_open_stack_names_the_file_chosen_not_the_sample(qtbot, ui_viewer, tmp_p
     settings = dock.settings
     assert settings.layer_combo.currentText() == "simulated particles"
     settings.set_particles(str(tmp_path / "mine.star"))  # Browse… picked another file
-    assert settings.layer_combo.currentIndex() == 0 and settings.inputs["particles"].read().endswith("mine.star")
+    assert settings.layer_combo.currentIndex() == 0
+    assert settings.inputs["particles"].read().endswith("mine.star")
     ui_viewer.add_image(np.zeros((3, 8, 8)), name="other", metadata={"particles_path": "other.star"})
     assert settings.layer_combo.currentIndex() == 0  # a layer opened later does not claim the file
     settings.inputs["particles"].edit.setText(sample)  # typed back: the layer of that file is named again
