@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace) -> None:
             )  # decoding: by half, as in a run
             step(part)
             if sync:
-                dp.sync_rows(distributed.particle_state(engine.model, engine.pose_opt), idx)
+                dp.sync_rows(distributed.particle_state(engine.model, engine.stages.pose_opt), idx)
             dp.sum_scalar(0.0)
             if k:
                 rates.append(len(idx) / (time.perf_counter() - t))
@@ -132,15 +132,15 @@ def measure(args: argparse.Namespace) -> None:
     engine.model.epoch = last
     rate = {}
     explore_points = sch.points(engine.model.disk, Stage.EXPLORING, last)
-    rate["explore"] = timed(lambda p: engine._exploring_step(p, explore_points), sch.explore_batch)
+    rate["explore"] = timed(lambda p: engine.stages.exploring_step(p, explore_points), sch.explore_batch)
     engine.model.stage = Stage.ENCODING
     enc_points = sch.points(engine.model.disk, Stage.ENCODING, last + 1)
-    rate["encode"] = timed(lambda p: engine._encoding_step(p, enc_points), cfg.batch_size)
+    rate["encode"] = timed(lambda p: engine.stages.encoding_step(p, enc_points), cfg.batch_size)
     engine.model.stage = Stage.DECODING
     engine.model.poses = ParticlePoses(engine.model.best_rot, engine.model.best_shift).to(engine.device)
-    engine.pose_opt = engine._pose_optimizer()
+    engine.stages.pose_opt = engine.stages.pose_optimizer()
     dec_points = sch.points(engine.model.disk, Stage.DECODING, cfg.epochs - 1)
-    rate["decode"] = timed(lambda p: engine._decoding_step(p, dec_points), cfg.batch_size)
+    rate["decode"] = timed(lambda p: engine.stages.decoding_step(p, dec_points), cfg.batch_size)
     rot, shift = engine.model.best_rot.numpy(), engine.model.best_shift.numpy()
     rate["backproject"] = timed(
         lambda p: accumulate(engine.model.particles, rot, shift, p, device=engine.device), 256, sync=False

@@ -17,6 +17,7 @@ from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
 from napari_cryospin.engine.events import Command, Stage
 from napari_cryospin.engine.run_model import RunModel
+from napari_cryospin.engine.stages import Stages
 from process_group import free_port, join_as
 from test_distributed import _agree, _halves
 from tiny_run import TINY_RUN
@@ -80,7 +81,7 @@ def semi_run(tiny_dataset, tmp_path_factory):
     """A tiny run exploring 100 of 200 particles, recording which particles each stage searched."""
     out = tmp_path_factory.mktemp("semi") / "run"
     seen: dict[str, list[np.ndarray]] = {"explored": [], "encoded": [], "switch_search": []}
-    explore, encode, search = Engine._exploring_step, Engine._encoding_step, RunModel.fine_grid_search
+    explore, encode, search = Stages.exploring_step, Stages.encoding_step, RunModel.fine_grid_search
 
     def explore_spy(self, idx, n_points):
         seen["explored"].append(np.array(idx))
@@ -99,8 +100,8 @@ def semi_run(tiny_dataset, tmp_path_factory):
     )
     engine = Engine(config)
     with pytest.MonkeyPatch.context() as mp_:
-        mp_.setattr(Engine, "_exploring_step", explore_spy)
-        mp_.setattr(Engine, "_encoding_step", encode_spy)
+        mp_.setattr(Stages, "exploring_step", explore_spy)
+        mp_.setattr(Stages, "encoding_step", encode_spy)
         mp_.setattr(RunModel, "fine_grid_search", search_spy)
         snaps = list(engine.run())
     snap = snaps[-1]

@@ -71,9 +71,9 @@ def test_winner_takes_all_picks_lowest_loss_head(tiny_dataset, tmp_path):
                 copy,
             )
             expected[own] = err.argmin(1)
-    eng.enc_opt.param_groups[0]["lr"] = 0.0
-    eng.vol_opt.param_groups[0]["lr"] = 0.0
-    eng._encoding_step(idx, eng.model.disk.count(8))
+    eng.stages.enc_opt.param_groups[0]["lr"] = 0.0
+    eng.stages.vol_opt.param_groups[0]["lr"] = 0.0
+    eng.stages.encoding_step(idx, eng.model.disk.count(8))
     assert torch.equal(eng.model.best_head[idx], expected)
 
 

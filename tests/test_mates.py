@@ -80,7 +80,7 @@ def tiny_engine(tiny_dataset, tmp_path_factory) -> Engine:
         engine.model.volume.set_from_real_space(torch.from_numpy(solve_map(sums)), copy=c)
     engine.model.halves_aligned = True  # both halves in the truth's frame
     engine.model.best_rot, engine.model.best_shift = rot, shift
-    engine._switch_to_decoding("test")
+    engine.stages.switch_to_decoding("test")
     return engine
 
 
@@ -123,7 +123,7 @@ def test_research_brings_planted_flips_back(tiny_engine):
     saved = tiny_engine.model.poses.all_poses()
     try:
         which, before = _plant(tiny_engine, seed=1)
-        tiny_engine._research_poses()
+        tiny_engine.stages.research_poses()
         after, _ = tiny_engine.model.poses.all_poses()
     finally:
         tiny_engine.model.poses.reseed(torch.arange(tiny_engine.model.n), *saved)

@@ -118,7 +118,7 @@ def test_exploration_fits_the_images_better_as_it_goes(tiny_dataset, tmp_path):
         errs = []
         for pos in range(0, eng.model.n, eng.model.schedule.explore_batch):
             idx = np.sort(perm[pos : pos + eng.model.schedule.explore_batch])
-            errs.append(eng._exploring_step(idx, eng.model.disk.count(6)))
+            errs.append(eng.stages.exploring_step(idx, eng.model.disk.count(6)))
         losses.append(np.mean(errs))
     assert losses[-1] < losses[0]
     assert torch.all(eng.model.best_head == eng.config.heads)  # every particle holds a kept pose
@@ -141,8 +141,8 @@ def test_global_research_rescues_poses_in_a_wrong_basin(tiny_dataset, tmp_path):
     start = torch.as_tensor(truth.rotations, dtype=torch.float32)
     start[lost] = random_rotations(int(lost.sum()), generator=torch.Generator().manual_seed(5))
     eng.model.best_rot, eng.model.best_shift = start, torch.as_tensor(truth.shifts, dtype=torch.float32)
-    eng._switch_to_decoding("test")
-    eng._research_poses()
+    eng.stages.switch_to_decoding("test")
+    eng.stages.research_poses()
     rot, _ = eng.model.current_poses()
     true = torch.as_tensor(truth.rotations, dtype=torch.float64)
     error = np.degrees(geodesic_distance(true, torch.as_tensor(rot, dtype=torch.float64)).numpy())
@@ -178,7 +178,7 @@ def test_exploration_follows_each_last_shift_but_keeps_the_box_centre_in_its_win
     radius = eng.model.schedule.shift_search
     last = torch.tensor([[1.0, -1.0], [3 * radius, 0.0], [0.0, -2 * radius], [radius, radius]])
     eng.model.best_shift[:4] = last
-    centres = eng._explore_centres(torch.arange(4))
+    centres = eng.stages.explore_centres(torch.arange(4))
     assert torch.equal(centres[0], last[0])  # inside the radius: followed as it is
     lengths = centres.norm(dim=-1)
     assert torch.all(lengths <= radius + 1e-5)  # so the box centre is always in the search window
@@ -200,11 +200,11 @@ def test_aligning_the_halves_is_not_counted_as_a_pose_change(tiny_dataset, tmp_p
     eng.model.volume.set_from_real_space(volume, copy=0)
     eng.model.volume.set_from_real_space(torch.rot90(volume, 1, (0, 2)).contiguous(), copy=1)  # B: 90° off
     eng.model.best_rot = torch.as_tensor(truth.rotations, dtype=torch.float32)
-    eng.prev_rot = eng.model.best_rot.clone()  # the poses at the last exploration epoch's end
+    eng.stages.prev_rot = eng.model.best_rot.clone()  # the poses at the last exploration epoch's end
     before = eng.model.best_rot.clone()
-    eng._align_halves()
+    eng.stages.align_halves()
     in_b = eng.model.halves.numpy() == 1
     moved = np.degrees(geodesic_distance(before.double(), eng.model.best_rot.double()).numpy())
     assert np.median(moved[in_b]) > 60 and np.all(moved[~in_b] < 1e-3)  # half B's frame did change
-    change = np.degrees(geodesic_distance(eng.prev_rot.double(), eng.model.best_rot.double()).numpy())
+    change = np.degrees(geodesic_distance(eng.stages.prev_rot.double(), eng.model.best_rot.double()).numpy())
     assert np.all(change < 1e-3)  # but no particle's pose did, as the auto-switch measures it

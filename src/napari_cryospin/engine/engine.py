@@ -12,8 +12,8 @@ and every epoch end write an atomic checkpoint; ``config.resume`` continues from
 halves' alignment, the one long stretch without a snapshot (~20 s on a CPU; one-process runs).
 
 This module holds the loop of stages; the run itself is its :class:`~.run_model.RunModel` (``model``),
-and each stage's step (``stages.py``) and what a snapshot shows (``views.py``) are mixed into
-:class:`Engine`.
+each stage's step is its :class:`~.stages.Stages` (``stages``, with the optimisers), and what a snapshot
+shows (``views.py``) is mixed into :class:`Engine`.
 """
 
 from __future__ import annotations
@@ -27,14 +27,12 @@ import torch
 
 from ..data.safe_write import write_json
 from ..geometry.rotations import geodesic_distance
-from ..physics.reconstruction import Accumulator
 from . import distributed
 from .checkpoint import open_run_folder, read_resume_state, save_checkpoint
 from .config import RunConfig
 from .device import resolve_device
 from .events import Command, Snapshot, Stage
 from .inputs import input_identity
-from .optimizers import RowAdam, adam
 from .outputs import write_epoch_record, write_results
 from .run_folder import write_run_record
 from .run_model import RunModel
@@ -54,7 +52,7 @@ class StopRun(Exception):
     """Raised inside the loop when the consumer asked to stop."""
 
 
-class Engine(Stages, Views):
+class Engine(Views):
     """One reconstruction run; validates the input when constructed (errors name the file and fix).
 
     ``model`` (:class:`~.run_model.RunModel`) is the run; the engine holds what advances it: the
@@ -80,65 +78,28 @@ class Engine(Stages, Views):
         self.poll: Callable[[], Command | None] | None = None  # set by the consumer: see the module docstring
 
     def _build(self) -> None:
-        """Build the model (``RunModel.build``) and the optimisers; the loop starts at the first epoch."""
-        m = self.model
-        m.build()
-        self.enc_opt = adam(m.encoder.parameters(), m.schedule.encoder_lr, self.device)
-        self.vol_opt = adam(m.volume.parameters(), m.schedule.volume_lr_encoding, self.device)
-        self.pose_opt = None
-        self.explore_sums: list = [None] * m.volume.copies
-        self.prev_rot = self.prev_head = self.perm = None
-        self.pos = self.step = 0
+        """Build the model (``RunModel.build``) and its stages' steps; the loop starts at the first epoch."""
+        self.model.build()
+        self.stages = Stages(self.model, self.dp, self._stop_if_asked)
+        self.perm, self.pos, self.step = None, 0, 0
 
     def _state(self) -> dict:
-        """The checkpoint: the model's state, the optimisers and the place in the epoch."""
+        """The checkpoint: the model's state, its steps' (optimisers, running sums), the epoch's place."""
         return {
             **self.model.state(),
+            **self.stages.state(),
             "input": self.identity,
             "pos": self.pos,
-            "explore_sums": self.explore_sums,
             "perm": self.perm,
             "step": self.step,
-            "enc_opt": self.enc_opt.state_dict(),
-            "vol_opt": self.vol_opt.state_dict(),
-            "pose_opt": None if self.pose_opt is None else self.pose_opt.state_dict(),
-            "prev_rot": self.prev_rot,
-            "prev_head": self.prev_head,
             "rng": torch.get_rng_state(),
         }
 
     def _restore(self, st: dict) -> None:
-        m = self.model
-        m.load_state(st)
+        self.model.load_state(st)
+        self.stages.load_state(st)
         self.pos, self.perm, self.step = st["pos"], st["perm"], st["step"]
-        self.explore_sums = [
-            None if acc is None else Accumulator(acc.num.to(self.device), acc.den.to(self.device))
-            for acc in st["explore_sums"]
-        ]
-        self.enc_opt.load_state_dict(st["enc_opt"])
-        self.vol_opt = self._volume_optimizer()  # the map may have split into halves since the start
-        self.vol_opt.load_state_dict(st["vol_opt"])
-        if m.poses is not None:
-            self.pose_opt = self._pose_optimizer()
-            self.pose_opt.load_state_dict(st["pose_opt"])
-        self.prev_rot, self.prev_head = st["prev_rot"], st["prev_head"]
         torch.set_rng_state(st["rng"])
-
-    def _volume_optimizer(self) -> torch.optim.Optimizer:
-        m = self.model
-        sch = m.schedule
-        lr = sch.volume_lr_decoding if m.stage == Stage.DECODING else sch.volume_lr_encoding
-        return adam(m.volume.parameters(), lr, self.device)
-
-    def _pose_optimizer(self) -> torch.optim.Optimizer:
-        m = self.model
-        assert m.poses is not None
-        return RowAdam(
-            [
-                {"params": [m.poses.omega.weight], "lr": m.schedule.rotation_lr},
-                {"params": [m.poses.shift.weight], "lr": m.schedule.shift_lr},
-            ]
-        )
 
     # ----------------------------------------------------------------------------------------- setup
     def _stop_if_asked(self) -> None:
@@ -201,12 +162,12 @@ class Engine(Stages, Views):
         global re-search when it is due, and the pose steps' rates."""
         m = self.model
         if m.stage == Stage.EXPLORING and m.epoch >= m.schedule.explore_epochs:
-            self._align_halves()
+            self.stages.align_halves()
             m.stage = Stage.ENCODING
             log.info("exploration done after %d epochs; auto-encoding starts", m.epoch)
         sw = self.config.switch
         if m.stage in BEFORE_DECODING and isinstance(sw, int) and not isinstance(sw, bool) and m.epoch >= sw:
-            self._switch_to_decoding(f"set epoch {sw}")
+            self.stages.switch_to_decoding(f"set epoch {sw}")
         if self.perm is not None:
             return
         gen = torch.Generator().manual_seed(self.config.seed * 1000 + m.epoch)
@@ -217,11 +178,11 @@ class Engine(Stages, Views):
             self.perm = distributed.balanced_order(self.perm, m.halves_np)
         self.pos = 0
         if m.stage == Stage.DECODING and m.epoch == m.schedule.research_epoch():
-            self._research_poses()
-        if self.pose_opt is not None:
+            self.stages.research_poses()
+        if self.stages.pose_opt is not None:
             scale = m.schedule.pose_rate_scale(m.epoch)
             rates = (m.schedule.rotation_lr, m.schedule.shift_lr)
-            for group, rate in zip(self.pose_opt.param_groups, rates, strict=True):
+            for group, rate in zip(self.stages.pose_opt.param_groups, rates, strict=True):
                 group["lr"] = rate * scale
 
     def _epoch_steps(self) -> Generator[Snapshot, Command | None, tuple[float, float]]:
@@ -257,19 +218,19 @@ class Engine(Stages, Views):
             raise StopRun
         if m.stage in BEFORE_DECODING and switch:
             self._commands = [c for c in self._commands if c.kind != "switch"]
-            self._switch_to_decoding("requested by the user")
+            self.stages.switch_to_decoding("requested by the user")
         bs = m.schedule.explore_batch if m.stage == Stage.EXPLORING else self.config.batch_size
         idx = self.perm[self.pos : self.pos + bs]
         part = self.dp.split(idx, m.halves_np, self._halves_owned())  # this process's share
         t0 = time.perf_counter()
         n_points = m.schedule.points(m.disk, m.stage, m.epoch)
         if m.stage == Stage.EXPLORING:
-            loss = self._exploring_step(part, n_points)
+            loss = self.stages.exploring_step(part, n_points)
         elif m.stage == Stage.ENCODING:
-            loss = self._encoding_step(part, n_points)
+            loss = self.stages.encoding_step(part, n_points)
         else:
-            loss = self._decoding_step(part, n_points)
-        self.dp.sync_rows(distributed.particle_state(m, self.pose_opt), idx)
+            loss = self.stages.decoding_step(part, n_points)
+        self.dp.sync_rows(distributed.particle_state(m, self.stages.pose_opt), idx)
         if m.stage == Stage.DECODING and self._selected in set(idx.tolist()):
             self._record_path()
         m.elapsed += time.perf_counter() - t0
@@ -310,7 +271,7 @@ class Engine(Stages, Views):
     def _sync_halves(self) -> None:
         """Every process takes each half's map and Adam moments from the half's owners (epoch end, stop)."""
         if self._halves_owned():
-            self.dp.sync_copies(self.model.volume, self.vol_opt)
+            self.dp.sync_copies(self.model.volume, self.stages.vol_opt)
 
     def _record_path(self) -> None:
         assert self.model.poses is not None
@@ -324,10 +285,12 @@ class Engine(Stages, Views):
         rot_t = torch.from_numpy(rot)
         stable = change = None
         posed = torch.from_numpy(m.semi.posed(m.stage))  # only the explored subset before the switch
-        if self.prev_rot is not None:
-            change = float(torch.rad2deg(geodesic_distance(self.prev_rot[posed], rot_t[posed])).median())
+        if self.stages.prev_rot is not None:
+            change = float(
+                torch.rad2deg(geodesic_distance(self.stages.prev_rot[posed], rot_t[posed])).median()
+            )
             if m.stage == Stage.ENCODING:
-                stable = float((self.prev_head[posed] == m.best_head[posed]).float().mean())
+                stable = float((self.stages.prev_head[posed] == m.best_head[posed]).float().mean())
         every = self.config.eval_every or max(1, self.config.epochs // 8)
         evaluate = (m.epoch + 1) % every == 0 or m.epoch + 1 == self.config.epochs
         record = write_epoch_record(self.model, self.out, loss, ips, stable, change, evaluate)
@@ -339,15 +302,15 @@ class Engine(Stages, Views):
         if m.epoch == m.schedule.research_epoch():
             record["research_moved"] = m.research_moved
         m.history.append(record)
-        self.prev_rot = rot_t.clone()
-        self.prev_head = m.best_head.clone()
+        self.stages.prev_rot = rot_t.clone()
+        self.stages.prev_head = m.best_head.clone()
         m.epoch += 1
         self.perm = None
         self.pos = 0
         if m.stage == Stage.ENCODING and self.config.switch == "auto":
             go, reason = auto.should_switch(m.epoch, self.config.epochs, stable, change)
             if go:
-                self._switch_to_decoding(reason)
+                self.stages.switch_to_decoding(reason)
         if self.dp.main:
             save_checkpoint(self.out, self._state())
             write_json(self.out / "metrics.json", {"config": self.config.to_dict(), "epochs": m.history})

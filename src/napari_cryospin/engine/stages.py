@@ -4,6 +4,7 @@ search, auto-encoding, the switch, auto-decoding and its global re-search, the h
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -11,11 +12,13 @@ import torch
 from ..metrics.alignment import align_maps
 from ..model.poses import ParticlePoses
 from ..model.search import forget, grid_search, insert_weighted
-from ..physics.reconstruction import solve_map
+from ..physics.reconstruction import Accumulator, solve_map
 from . import distributed
 from .amortized_posing import pose_rest
 from .events import Stage
 from .mates import map_twofolds, score_hypotheses
+from .optimizers import RowAdam, adam
+from .run_model import RunModel
 from .symmetry_frame import impose_symmetry
 from .validity import half_agreement
 
@@ -23,9 +26,66 @@ log = logging.getLogger(__name__)
 
 
 class Stages:
-    """One step of each stage (mixed into :class:`~.engine.Engine`, which calls them from its loop)."""
+    """Each stage's step over a run's model, with what the steps move besides it: the optimisers,
+    exploration's running sums and the poses the last epoch ended with (the auto-switch's measure).
+    :class:`~.engine.Engine` calls them from its loop."""
 
-    def _exploring_step(self, idx: np.ndarray, n_points: int) -> float:
+    def __init__(
+        self, model: RunModel, dp: distributed.DataParallel, stop_check: Callable[[], None] | None = None
+    ) -> None:
+        """``stop_check``: called between the chunks of the halves' alignment; it raises to stop the run."""
+        self.model, self.config, self.dp, self.device = model, model.config, dp, model.device
+        self.stop_check = stop_check
+        self.enc_opt = adam(model.encoder.parameters(), model.schedule.encoder_lr, self.device)
+        self.vol_opt = adam(model.volume.parameters(), model.schedule.volume_lr_encoding, self.device)
+        self.pose_opt: torch.optim.Optimizer | None = None
+        self.explore_sums: list = [None] * model.volume.copies
+        self.prev_rot: torch.Tensor | None = None
+        self.prev_head: torch.Tensor | None = None
+
+    def state(self) -> dict:
+        """The steps' part of a checkpoint."""
+        return {
+            "explore_sums": self.explore_sums,
+            "enc_opt": self.enc_opt.state_dict(),
+            "vol_opt": self.vol_opt.state_dict(),
+            "pose_opt": None if self.pose_opt is None else self.pose_opt.state_dict(),
+            "prev_rot": self.prev_rot,
+            "prev_head": self.prev_head,
+        }
+
+    def load_state(self, st: dict) -> None:
+        """Take the steps' part of checkpoint ``st``, after the model took its own."""
+        self.explore_sums = [
+            None if acc is None else Accumulator(acc.num.to(self.device), acc.den.to(self.device))
+            for acc in st["explore_sums"]
+        ]
+        self.enc_opt.load_state_dict(st["enc_opt"])
+        self.vol_opt = self.volume_optimizer()  # the map may have split into halves since the start
+        self.vol_opt.load_state_dict(st["vol_opt"])
+        if self.model.poses is not None:
+            self.pose_opt = self.pose_optimizer()
+            self.pose_opt.load_state_dict(st["pose_opt"])
+        self.prev_rot, self.prev_head = st["prev_rot"], st["prev_head"]
+
+    def volume_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the map at the stage's rate."""
+        sch = self.model.schedule
+        lr = sch.volume_lr_decoding if self.model.stage == Stage.DECODING else sch.volume_lr_encoding
+        return adam(self.model.volume.parameters(), lr, self.device)
+
+    def pose_optimizer(self) -> torch.optim.Optimizer:
+        """Row-wise Adam over the particles' rotations and shifts (auto-decoding)."""
+        m = self.model
+        assert m.poses is not None
+        return RowAdam(
+            [
+                {"params": [m.poses.omega.weight], "lr": m.schedule.rotation_lr},
+                {"params": [m.poses.shift.weight], "lr": m.schedule.shift_lr},
+            ]
+        )
+
+    def exploring_step(self, idx: np.ndarray, n_points: int) -> float:
         """Soft-assign the batch over the grid, fold it into each half's running sums, re-solve the maps."""
         m = self.model
         batch = m.batch(idx)
@@ -37,7 +97,7 @@ class Stages:
                 m.volume,
                 sub,
                 m.grids[sch.explore_grid(m.epoch)],
-                self._explore_centres(sub.idx),
+                self.explore_centres(sub.idx),
                 m.offsets,
                 m.disk,
                 n_points,
@@ -63,7 +123,7 @@ class Stages:
             errors.append(found.errors[:, 0])
         return float(torch.cat(errors).mean())
 
-    def _explore_centres(self, idx: torch.Tensor) -> torch.Tensor:
+    def explore_centres(self, idx: torch.Tensor) -> torch.Tensor:
         """Where exploration's shift search is centred for particles ``idx`` (B, 2) px: each particle's last
         shift when the schedule has a shift prior, else the box centre.
 
@@ -87,7 +147,7 @@ class Stages:
         return len(pool) if m.volume.copies == 1 else int((m.halves_np[pool] == copy).sum())
 
     @torch.no_grad()
-    def _align_halves(self) -> None:
+    def align_halves(self) -> None:
         """Bring half B's map and poses into half A's frame and record how well the two maps agree.
 
         The halves were explored independently (each could have settled in its own orientation or hand), so
@@ -98,7 +158,7 @@ class Stages:
             return
         a = m.volume.real_space(0).cpu().numpy()
         b = m.volume.real_space(1).cpu().numpy()
-        between = None if self.dp.active else self._stop_if_asked  # processes search apart: no stop there
+        between = None if self.dp.active else self.stop_check  # processes search apart: no stop there
         change = align_maps(b, a, seed=self.config.seed, map_fn=self.dp.map, between=between)  # a hand each
         m.volume.set_from_real_space(torch.from_numpy(change.aligned).to(self.device), copy=1)
         members = (m.halves == 1).cpu()
@@ -112,7 +172,7 @@ class Stages:
         m.halves_aligned = True
         log.info("halves aligned: %s", m.agreement["summary"])
 
-    def _encoding_step(self, idx: np.ndarray, n_points: int) -> float:
+    def encoding_step(self, idx: np.ndarray, n_points: int) -> float:
         """WTA over the heads trains the encoder; the map learns from each particle's best candidate.
 
         The heads' errors see the map detached, so heads that are still wrong do not blur it; the
@@ -141,7 +201,7 @@ class Stages:
         m.best_head[cpu_idx] = win.cpu()
         return float(map_loss.detach())
 
-    def _decoding_step(self, idx: np.ndarray, n_points: int) -> float:
+    def decoding_step(self, idx: np.ndarray, n_points: int) -> float:
         m = self.model
         assert m.poses is not None and self.pose_opt is not None
         if len(idx) == 0:  # this process's half has no particle in the batch: its map still takes Adam's step
@@ -172,14 +232,14 @@ class Stages:
         return float(loss.detach())
 
     @torch.no_grad()
-    def _switch_to_decoding(self, reason: str) -> None:
+    def switch_to_decoding(self, reason: str) -> None:
         """One pass picks every particle's best candidate (heads and kept pose); it seeds auto-decoding.
 
         From exploration, the kept poses are the candidates (the encoder has not been trained yet).
         """
         m = self.model
         if m.stage == Stage.EXPLORING:
-            self._align_halves()
+            self.align_halves()
         if m.stage == Stage.ENCODING:
             m.encoder.eval()
             n_points = m.schedule.points(m.disk, Stage.ENCODING, m.epoch)
@@ -203,10 +263,10 @@ class Stages:
         m.stage = Stage.DECODING
         m.switch_reason = reason
         m.poses = ParticlePoses(m.best_rot, m.best_shift).to(self.device)
-        self.pose_opt = self._pose_optimizer()
+        self.pose_opt = self.pose_optimizer()
         if self.config.half_maps:
             m.volume.split()
-        self.vol_opt = self._volume_optimizer()
+        self.vol_opt = self.volume_optimizer()
         log.info("switched to auto-decoding at epoch %d: %s", m.epoch, reason)
 
     def _reseed(self, which: torch.Tensor, rot: torch.Tensor, shift: torch.Tensor) -> None:
@@ -219,7 +279,7 @@ class Stages:
                     moment[which] = 0.0
 
     @torch.no_grad()
-    def _research_poses(self) -> None:
+    def research_poses(self) -> None:
         """Give every particle its best mate (``mates.py``), or else the best fine-grid pose, against its
         half map whenever that fits better.
 

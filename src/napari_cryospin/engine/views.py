@@ -28,7 +28,7 @@ class Views:
                 m.volume,
                 batch,
                 m.grids[m.schedule.explore_grid(m.epoch)],
-                self._explore_centres(batch.idx),
+                self.stages.explore_centres(batch.idx),
                 m.offsets,
                 m.disk,
                 m.n_points(),
