@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_cryospin.data.mrc import read_volume
 from napari_cryospin.metrics.fsc import fsc, soft_mask
@@ -151,6 +152,18 @@ def test_auto_mask_covers_the_particle_and_leaves_the_solvent_out(particle):
     assert (mask > 0.5).mean() < 0.35 and info["fraction_of_box"] < 0.35  # a particle, not the box
     corners = soft_mask(64, 30, 0) == 0
     assert mask[corners].max() == 0.0  # the solvent at the box's edge is out
+
+
+def test_the_mask_edge_is_soft_in_voxels_at_coarse_sampling(particle):
+    """At 5 Å/px the 6 Å edge would be one voxel: the edge is at least RELION's 6 voxels wide instead."""
+    _, (half_a, half_b), _ = particle
+    coarse = 5.0
+    mask, info = auto_mask(0.5 * (half_a + half_b), half_a, half_b, coarse)
+    assert info["soft_edge_A"] == 6 * coarse and info["dilate_A"] == 3 * coarse
+    inside = mask > 0.999
+    distance = ndimage.distance_transform_edt(~inside)  # voxels from the full-weight region
+    edge = (mask > 0.01) & (mask < 0.999)
+    assert distance[edge].max() >= 5  # the raised cosine spans several voxels, not one
 
 
 def test_local_resolution_is_finer_where_the_halves_agree():

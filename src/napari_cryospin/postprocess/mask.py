@@ -23,9 +23,13 @@ NOISE_SIGMAS = 5.0
 KEEP_FRACTION = 0.1
 """Connected regions smaller than this fraction of the largest are dropped."""
 DILATE_A = 3.0
-"""The thresholded region is grown by this many Å…"""
+"""The thresholded region is grown by this many Å (at least ``DILATE_PX`` voxels)…"""
 SOFT_EDGE_A = 6.0
-"""…then falls to 0 over this many Å as a raised cosine."""
+"""…then falls to 0 over this many Å (at least ``SOFT_EDGE_PX`` voxels) as a raised cosine."""
+DILATE_PX = 3
+SOFT_EDGE_PX = 6
+"""RELION's automatic mask in voxels (extension 3, soft edge 6): at coarse sampling (5 Å/px) 6 Å is one
+voxel, an edge sharp enough that the mask alone correlates the halves at every frequency."""
 
 
 def auto_mask(
@@ -44,15 +48,16 @@ def auto_mask(
     sizes = np.bincount(labels.ravel())[1:]
     keep = np.isin(labels, 1 + np.flatnonzero(sizes >= KEEP_FRACTION * sizes.max()))
     outside = ndimage.distance_transform_edt(~keep) * voxel  # Å from the kept region
-    t = np.clip((outside - DILATE_A) / SOFT_EDGE_A, 0.0, 1.0)
+    dilate, edge = max(DILATE_A, DILATE_PX * voxel), max(SOFT_EDGE_A, SOFT_EDGE_PX * voxel)
+    t = np.clip((outside - dilate) / edge, 0.0, 1.0)
     mask = (0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
     info = {
         "lowpass_A": lowpass,
         "threshold": threshold,
         "threshold_by_max": by_max,
         "threshold_by_noise": by_noise,
-        "dilate_A": DILATE_A,
-        "soft_edge_A": SOFT_EDGE_A,
+        "dilate_A": dilate,
+        "soft_edge_A": edge,
         "fraction_of_box": float(mask.mean()),
     }
     return mask, info
