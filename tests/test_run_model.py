@@ -60,3 +60,21 @@ def test_the_explorer_draws_a_particle_as_the_live_run_does(tiny_dataset, tmp_pa
     np.testing.assert_allclose(saved.projection, live.projection, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(saved.log_posterior, live.log_posterior, atol=1e-4)
     assert saved.winner == live.winner
+
+
+def test_the_explorer_marks_the_mates_of_the_group_the_run_detected(tiny_dataset, tmp_path):
+    import json
+
+    from napari_cryospin.geometry.symmetry import group_operators
+
+    _saved_engine(str(tiny_dataset / "particles.star"), tmp_path / "run", explore_epochs=0, switch=1)
+    run = SavedRun(tmp_path / "run")
+    assert run.particle_view(2, refined=False).mates is None  # no metrics.json: nothing detected
+    frame = group_operators("C4")[1]  # the detected axes, turned by 90° about z
+    found = {"group": "C3", "frame": frame.tolist()}
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"final": {"symmetry": found}}))
+    view = run.particle_view(2, refined=False)
+    winner = view.candidates[view.winner]
+    expected = frame @ group_operators("C3")[1:] @ frame.T @ winner
+    assert view.mates_group == "C3"
+    np.testing.assert_allclose(view.mates, expected, atol=1e-5)

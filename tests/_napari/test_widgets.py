@@ -384,3 +384,20 @@ def test_a_view_without_posterior_keeps_the_last_one(qtbot, ui_viewer, ui_snapsh
     later.particle.log_posterior = None
     _publish(ui_viewer, later)
     assert view.view.log_posterior is kept
+
+
+def test_the_posterior_marks_the_winners_symmetry_mates(qtbot, ui_viewer, ui_snapshot):
+    from napari_cryospin.geometry.symmetry import group_operators
+
+    view = PosteriorView(ui_viewer)
+    qtbot.addWidget(view)
+    snapshot = ui_snapshot(heads=3)
+    _publish(ui_viewer, snapshot)
+    assert view.mate_artist is None  # C1: nothing to mark
+    particle = snapshot.particle
+    particle.mates = group_operators("C4")[1:] @ particle.candidates[particle.winner]
+    particle.mates_group = "C4"
+    _publish(ui_viewer, snapshot)
+    assert len(view.mate_artist.get_offsets()) == 3
+    labels = [text.get_text() for text in view.figure.axes[0].get_legend().get_texts()]
+    assert "C4 mates of the head" in " ".join(labels)

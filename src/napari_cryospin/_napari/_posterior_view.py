@@ -104,6 +104,7 @@ class PosteriorView(QWidget):
         self.view: ParticleView | None = None
         self.stage: Stage | None = None
         self.head_artists: list = []
+        self.mate_artist = None  # the winner's symmetry mates on the sky, when the run has a group
 
         self.particle_spin = QSpinBox()
         self.particle_spin.setRange(0, 10_000_000)
@@ -243,6 +244,7 @@ class PosteriorView(QWidget):
         self.zoom_figure.clear()
         self.head_artists = []
         self.zoom_artists = []
+        self.mate_artist = None
         image_ax, projection_ax = self.images_figure.subplots(1, 2)
         sky_ax = self.figure.add_subplot(projection="mollweide")
         if self.view is None:
@@ -302,6 +304,7 @@ class PosteriorView(QWidget):
         else:
             self._draw_path(ax, rotation)
             self._draw_heads(ax, rotation)
+        self._draw_mates(ax, rotation)
         self._style_sky(ax)
         ax.legend(
             loc="upper center",
@@ -342,6 +345,26 @@ class PosteriorView(QWidget):
                 linewidths=width,
                 zorder=5,
             )
+
+    def _draw_mates(self, ax, rotation: np.ndarray) -> None:
+        """The winner's symmetry mates (the imposed group, or the one the finished run detected): views as
+        good as the winner's, which the posterior cannot tell apart."""
+        view = self.view
+        if view.mates is None or not len(view.mates):
+            return
+        lon, lat = lonlat(view.mates[:, :, 2], rotation)
+        winner = candidate_label(view, view.winner)
+        self.mate_artist = ax.scatter(
+            lon,
+            lat,
+            s=120,
+            marker="D",
+            facecolors="none",
+            edgecolors="white",
+            linewidths=1.4,
+            zorder=4,
+            label=f"{view.mates_group} mates of the {winner}",
+        )
 
     def _draw_path(self, ax, rotation: np.ndarray) -> None:
         """The particle's pose over auto-decoding (steps of a live run, saved epochs of a finished one)."""

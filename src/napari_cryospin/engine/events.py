@@ -57,6 +57,8 @@ class ParticleView:
     log_posterior: np.ndarray | None = None  # (12·nside²,) HEALPix (RING) log posterior of view direction
     labels: list[str] = field(default_factory=list)  # one per candidate ("head 1", "search", …)
     zoom: SkyPatch | None = None  # fine samples around the mode (with ``log_posterior``)
+    mates: np.ndarray | None = None  # (G − 1, 3, 3) the winner's symmetry mates g·R (imposed/detected group)
+    mates_group: str = ""  # that group's name ("" when none)
 
 
 @dataclass

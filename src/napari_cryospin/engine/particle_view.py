@@ -28,6 +28,7 @@ def scored_view(
     path: np.ndarray | None = None,
     posterior: str | None = None,
     anchors: torch.Tensor | None = None,
+    symmetry: tuple[str, np.ndarray] | None = None,
 ) -> ParticleView:
     """Particle ``index``'s picture for ``candidates`` (rotations (C, 3, 3), shifts (C, 2) px, labels).
 
@@ -54,6 +55,9 @@ def scored_view(
             log_post, zoom = refined_view_posterior(score, chosen.cpu().double(), nside, device=model.device)
         else:
             log_post = view_log_posterior(score, nside=nside, device=model.device)
+    mates = None
+    if symmetry is not None and len(symmetry[1]) > 1:
+        mates = np.asarray(symmetry[1][1:], np.float32) @ rot[win].cpu().numpy()
     return ParticleView(
         index=index,
         image=batch.images[0].cpu().numpy(),
@@ -65,6 +69,8 @@ def scored_view(
         log_posterior=log_post,
         labels=labels,
         zoom=zoom,
+        mates=mates,
+        mates_group="" if mates is None else symmetry[0],
     )
 
 

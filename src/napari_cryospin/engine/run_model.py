@@ -299,6 +299,12 @@ class RunModel:
         self.symmetry = group_operators(group)
         self.volume.impose(self.symmetry)
 
+    def imposed_symmetry(self) -> tuple[str, np.ndarray] | None:
+        """The imposed group's name and operators (identity first, in the map's frame), None in C1."""
+        if self.imposed is None or not self.imposed["imposed"]:
+            return None
+        return self.imposed["group"], self.symmetry
+
     def follow_fsc(self, fsc: list[float] | None) -> None:
         """Keep the halves' FSC per shell (None: not measured while decoding) and the pose filter it makes."""
         self.schedule.reference_fsc = fsc

@@ -8,11 +8,13 @@ and the refined view posterior, all drawn by ``particle_view.py`` from the model
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..geometry.symmetry import group_operators
 from .particle_view import scored_view
 from .run_model import RunModel
 
@@ -23,6 +25,19 @@ class SavedRun:
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu") -> None:
         self.folder = Path(folder)
         self.model = RunModel.from_checkpoint(self.folder, device)
+
+    def symmetry(self) -> tuple[str, np.ndarray] | None:
+        """The group whose mates the viewer marks: the imposed one, else the one detected in the final half
+        maps (metrics.json ``final.symmetry``, its operators in the map's frame); None for C1."""
+        imposed = self.model.imposed_symmetry()
+        if imposed is not None:
+            return imposed
+        try:
+            found = json.loads((self.folder / "metrics.json").read_text())["final"]["symmetry"]
+            group, frame = found["group"], np.asarray(found["frame"], np.float64)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return None if group == "C1" else (group, frame @ group_operators(group) @ frame.T)
 
     @property
     def n(self) -> int:
@@ -78,4 +93,5 @@ class SavedRun:
             path=self.epoch_path(index),
             posterior="refined" if refined else "grid",
             anchors=rot if pose_anchor else rot[: self.model.config.heads],
+            symmetry=self.symmetry(),
         )

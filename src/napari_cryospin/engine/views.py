@@ -22,6 +22,7 @@ class Views:
         i = min(max(self._selected, 0), m.n - 1)
         idx = np.array([i])
         posterior = "refined" if with_posterior else None
+        symmetry = m.imposed_symmetry()  # the viewer marks the winner's mates under the imposed group
         if m.stage == Stage.EXPLORING:
             batch = m.batch(idx)
             found = grid_search(
@@ -38,17 +39,21 @@ class Views:
             )
             rot, shift = found.rotations[0], found.shifts[0]
             labels = [f"grid {j + 1}" for j in range(len(rot))]
-            return scored_view(m, i, (rot, shift, labels), errors=found.errors[0], posterior=posterior)
+            return scored_view(
+                m, i, (rot, shift, labels), errors=found.errors[0], posterior=posterior, symmetry=symmetry
+            )
         if m.poses is None:
             m.encoder.eval()
             rot, shift = m.encoder(m.encoder_input(m.batch(idx)))
             rot, shift, has = m.with_kept(idx, rot, shift)
             labels = [f"head {j + 1}" for j in range(self.config.heads)] + ["kept"]
             keep = len(labels) if bool(has[0]) else len(labels) - 1  # no kept pose yet: heads only
-            return scored_view(m, i, (rot[0, :keep], shift[0, :keep], labels[:keep]), posterior=posterior)
+            return scored_view(
+                m, i, (rot[0, :keep], shift[0, :keep], labels[:keep]), posterior=posterior, symmetry=symmetry
+            )
         rot, shift = m.poses(torch.as_tensor(idx, device=m.device))
         path = np.asarray(self._paths.get(i, []), np.float32).reshape(-1, 3, 3)
-        return scored_view(m, i, (rot, shift, ["pose"]), path=path, posterior=posterior)
+        return scored_view(m, i, (rot, shift, ["pose"]), path=path, posterior=posterior, symmetry=symmetry)
 
     def _snapshot(self, loss: float, ips: float, full: bool, with_posterior: bool = False) -> Snapshot:
         m = self.model
