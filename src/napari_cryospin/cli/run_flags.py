@@ -22,6 +22,10 @@ def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return typed
 
 
+LISTED_CHOICES = 8
+"""Settings with more choices than this show a name in the usage line instead of every choice."""
+
+
 def _argument(s: Setting) -> dict[str, Any]:
     """``add_argument`` keywords for one declared setting (positional settings take only ``help``)."""
     if not s.flag.startswith("-"):
@@ -35,6 +39,8 @@ def _argument(s: Setting) -> dict[str, Any]:
         kw["action"] = "store_false" if s.default else "store_true"
     elif s.choices is not None:
         kw["choices"] = tuple(s.choices)
+        if len(s.choices) > LISTED_CHOICES:  # a long list is named in the help, not in the usage line
+            kw["metavar"] = s.name.upper()
     elif s.parse is not None:
         kw["type"] = _typed(s.parse)
     elif s.low is not None:
