@@ -141,3 +141,11 @@ def test_exported_selection_runs_in_reconstruct_and_backproject(finished_run, tm
     tiny += ["--encoder-width", "4", "--encoder-box", "16", "--batch-size", "50"]
     assert main(["reconstruct", str(star), "--out", str(tmp_path / "re"), *tiny]) == 0
     assert len(load_particles(tmp_path / "re" / "poses.star")) == len(rows)
+
+
+def test_the_summary_names_the_resolution_as_the_run_reported_it(tmp_path):
+    """The explorer's line and the run's verdict call the same number the same way."""
+    from napari_cryospin.engine.run_results import RunResults
+
+    line = RunResults(tmp_path, None, 1.0, None, resolution=7.7).summary()
+    assert "7.7 Å (mask-corrected FSC 0.143)" in line and "half-map" not in line

@@ -91,7 +91,7 @@ class RunResults:
     history: list[dict] = field(default_factory=list)
     fsc: tuple[np.ndarray, np.ndarray] | None = None  # (frequency 1/Å, FSC) of the final half maps
     fsc_curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # by label
-    resolution: float | None = None  # Å at FSC 0.143
+    resolution: float | None = None  # Å, as reported: mask-corrected FSC 0.143 of the full-size halves
     poses: pd.DataFrame | None = None  # poses.star's particle rows as written
     optics: pd.DataFrame | None = None
     table: pd.DataFrame | None = None  # one row per particle: "particle" then the plottable scores
@@ -103,7 +103,7 @@ class RunResults:
     def summary(self) -> str:
         """One line: the folder, particle count, resolution and whether it finished."""
         n = 0 if self.table is None else len(self.table)
-        res = f", {self.resolution:.1f} Å (half-map FSC 0.143)" if self.resolution else ""
+        res = f", {self.resolution:.1f} Å (mask-corrected FSC 0.143)" if self.resolution else ""
         state = "finished" if self.finished else "unfinished (no valid run.json)"
         unread = f"; {len(self.problems)} file(s) could not be read (see the warnings)" * bool(self.problems)
         return f"{self.folder.name}: {n} particles{res}, {state}{unread}"
