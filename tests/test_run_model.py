@@ -73,7 +73,7 @@ def test_the_explorer_marks_the_mates_of_the_group_the_run_detected(tiny_dataset
     frame = group_operators("C4")[1]  # the detected axes, turned by 90° about z
     found = {"group": "C3", "frame": frame.tolist()}
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"final": {"symmetry": found}}))
-    view = run.particle_view(2, refined=False)
+    view = SavedRun(tmp_path / "run").particle_view(2, refined=False)  # opened again: the run's record read
     winner = view.candidates[view.winner]
     expected = frame @ group_operators("C3")[1:] @ frame.T @ winner
     assert view.mates_group == "C3"

@@ -32,20 +32,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _detected(folder: Path, pixel_size: float) -> tuple[str, np.ndarray, np.ndarray]:
     """The run's detected group, its operators (G, 3, 3) in the map's frame and their centre (x, y, z px
     of the poses' images), from metrics.json."""
-    from ..geometry.symmetry import group_operators
+    from ..geometry.symmetry import framed_operators
 
     path = folder / "metrics.json"
     try:
         final = json.loads(path.read_text())["final"]
         found, maps = final["symmetry"], final["maps"]
-        group, frame = found["group"], np.asarray(found["frame"], np.float64)
+        group, frame = found["group"], found["frame"]
         centre = np.asarray(found["centre_voxels"], np.float64) * maps["working_voxel_size"] / pixel_size
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(
             f"{path}: no detected symmetry to expand by ({exc.__class__.__name__}). Fix: give --symmetry G, "
             "or expand a run finished by this version."
         ) from None
-    return group, frame @ group_operators(group) @ frame.T, centre
+    return group, framed_operators(group, frame), centre
 
 
 def run(args: argparse.Namespace) -> int:

@@ -171,9 +171,8 @@ class Engine(Views):
         if self.perm is not None:
             return
         gen = torch.Generator().manual_seed(self.config.seed * 1000 + m.epoch)
-        self.perm = m.semi.order(
-            torch.randperm(m.n, generator=gen).numpy(), m.stage
-        )  # pre-switch: the subset
+        # Before the switch only the explored subset is walked.
+        self.perm = m.semi.order(torch.randperm(m.n, generator=gen).numpy(), m.stage)
         if m.stage == Stage.DECODING and m.volume.copies == 2:  # in any number of processes
             self.perm = distributed.balanced_order(self.perm, m.halves_np)
         self.pos = 0

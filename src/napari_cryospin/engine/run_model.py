@@ -101,9 +101,8 @@ class RunModel:
         self.dp = dp if dp is not None else distributed.DataParallel(device=device)
         self.particles = particles
         self.n, self.box = len(particles), particles.box
-        self.symmetry = group_operators(
-            "C1"
-        )  # (n, 3, 3) imposed on every map: ``--symmetry`` from the switch
+        # (n, 3, 3) the group every map is read through: C1 until --symmetry is imposed at the switch.
+        self.symmetry = group_operators("C1")
         self.imposed: dict | None = None  # how --symmetry was imposed at the switch (symmetry_frame.py)
         explored = explored_count(config.explore_subset, self.n)  # exploration's batches follow its size
         self.schedule = Schedule(self.box, config, device_kind or device.type, explored)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..geometry.symmetry import group_operators
+from ..geometry.symmetry import framed_operators
 from .particle_view import scored_view
 from .run_model import RunModel
 
@@ -25,19 +25,12 @@ class SavedRun:
     def __init__(self, folder: str | Path, device: str | torch.device = "cpu") -> None:
         self.folder = Path(folder)
         self.model = RunModel.from_checkpoint(self.folder, device)
+        self._detected = _detected_symmetry(self.folder)
 
     def symmetry(self) -> tuple[str, np.ndarray] | None:
         """The group whose mates the viewer marks: the imposed one, else the one detected in the final half
-        maps (metrics.json ``final.symmetry``, its operators in the map's frame); None for C1."""
-        imposed = self.model.imposed_symmetry()
-        if imposed is not None:
-            return imposed
-        try:
-            found = json.loads((self.folder / "metrics.json").read_text())["final"]["symmetry"]
-            group, frame = found["group"], np.asarray(found["frame"], np.float64)
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return None if group == "C1" else (group, frame @ group_operators(group) @ frame.T)
+        maps (its operators in the map's frame); None for C1."""
+        return self.model.imposed_symmetry() or self._detected
 
     @property
     def n(self) -> int:
@@ -95,3 +88,14 @@ class SavedRun:
             anchors=rot if pose_anchor else rot[: self.model.config.heads],
             symmetry=self.symmetry(),
         )
+
+
+def _detected_symmetry(folder: Path) -> tuple[str, np.ndarray] | None:
+    """The group a finished run detected (metrics.json ``final.symmetry``) with its operators (G, 3, 3) in
+    the map's frame; None for C1, or when the run has no such record."""
+    try:
+        found = json.loads((folder / "metrics.json").read_text())["final"]["symmetry"]
+        group, frame = found["group"], found["frame"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return None if group == "C1" else (group, framed_operators(group, frame))

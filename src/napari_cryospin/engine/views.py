@@ -98,5 +98,3 @@ class Views:
         return (
             "halves agree" if self.model.agreement["agree"] else "WARNING: halves disagree (map not reliable)"
         )
-
-    # ------------------------------------------------------------------------------------------ loop

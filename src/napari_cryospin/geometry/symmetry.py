@@ -88,6 +88,13 @@ def group_operators(name: object) -> np.ndarray:
     return np.stack(ops)
 
 
+def framed_operators(name: object, frame: np.ndarray) -> np.ndarray:
+    """The group's rotations (order, 3, 3), identity first, in a map whose axes lie along the columns of
+    ``frame`` (3, 3): ``frame · g · frameᵀ`` for RELION's g (a detected group's ``frame``)."""
+    frame = np.asarray(frame, np.float64)
+    return frame @ group_operators(name) @ frame.T
+
+
 def symmetrize_grid(grid: torch.Tensor, operators: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``mean_g grid(g·q)`` of a centred real (…, D, D, D) grid ([z, y, x], centre D // 2), by trilinear
     interpolation (zero outside); differentiable. The same call symmetrises a real-space map, a Fourier

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..geometry.symmetry import axis_rotation, group_operators
+from ..geometry.symmetry import axis_rotation, framed_operators, group_operators
 from .alignment import _lowpass_crop
 from .fsc import fsc
 
@@ -66,8 +66,7 @@ class SymmetryReport:
     def operators(self) -> np.ndarray:
         """(G, 3, 3) the detected group's operators other than the identity, in the map's x y z frame
         (``frame · g · frameᵀ``); (0, 3, 3) for C1."""
-        ops = group_operators(self.group)[1:]
-        return self.frame @ ops @ self.frame.T if len(ops) else np.zeros((0, 3, 3))
+        return framed_operators(self.group, self.frame)[1:]
 
     def to_dict(self, imposed: str = "C1") -> dict:
         """Plain JSON for metrics.json (``imposed``: the run's ``--symmetry``)."""
