@@ -294,8 +294,9 @@ def is_verdict(snapshot: Snapshot) -> bool:
 def status_line(snapshot: Snapshot, config: RunConfig | None) -> str:
     """One line for the dock: epoch, stage, speed, loss and resolution; at the end, the verdict panel
     alone carries the numbers (the final maps' resolution, the verdict), so that none is said twice."""
-    epoch = snapshot.epoch + 1 if config is None else min(snapshot.epoch + 1, config.epochs)
-    epochs = f"/{config.epochs}" if config is not None else ""
+    total = snapshot.epochs or (config.epochs if config is not None else 0)
+    epoch = min(snapshot.epoch + 1, total) if total else snapshot.epoch + 1
+    epochs = f"/{total}" if total else ""
     if is_verdict(snapshot):
         return f"epoch {epoch}{epochs} · {snapshot.stage.value}: the verdict is below"
     if snapshot.stage == Stage.DONE and snapshot.message:

@@ -144,7 +144,7 @@ class Engine(Views):
         self._last_yield = 0.0
         auto = AutoSwitch()
         try:
-            while m.epoch < self.config.epochs:
+            while m.epoch < m.schedule.epochs:  # an extended exploration adds epochs
                 self._begin_epoch()
                 loss, ips = yield from self._epoch_steps()
                 self._sync_halves()
@@ -161,7 +161,7 @@ class Engine(Views):
         """Stage changes due at this epoch, then (unless resumed mid-epoch) the epoch's particle order, the
         global re-search when it is due, and the pose steps' rates."""
         m = self.model
-        if m.stage == Stage.EXPLORING and m.epoch >= m.schedule.explore_epochs:
+        if m.stage == Stage.EXPLORING and m.epoch >= m.schedule.explore_end and self.stages.halves_settled():
             self.stages.align_halves()
             m.stage = Stage.ENCODING
             log.info("exploration done after %d epochs; auto-encoding starts", m.epoch)
@@ -291,7 +291,7 @@ class Engine(Views):
             if m.stage == Stage.ENCODING:
                 stable = float((self.stages.prev_head[posed] == m.best_head[posed]).float().mean())
         every = self.config.eval_every or max(1, self.config.epochs // 8)
-        evaluate = (m.epoch + 1) % every == 0 or m.epoch + 1 == self.config.epochs
+        evaluate = (m.epoch + 1) % every == 0 or m.epoch + 1 == m.schedule.epochs
         record = write_epoch_record(self.model, self.out, loss, ips, stable, change, evaluate)
         record["radius"] = m.schedule.radius(m.stage, m.epoch)
         if m.stage == Stage.DECODING and record["fsc"] is not None:
@@ -307,7 +307,7 @@ class Engine(Views):
         self.perm = None
         self.pos = 0
         if m.stage == Stage.ENCODING and self.config.switch == "auto":
-            go, reason = auto.should_switch(m.epoch, self.config.epochs, stable, change)
+            go, reason = auto.should_switch(m.epoch, m.schedule.epochs, stable, change)
             if go:
                 self.stages.switch_to_decoding(reason)
         if self.dp.main:

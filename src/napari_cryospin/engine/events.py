@@ -83,3 +83,4 @@ class Snapshot:
     message: str = ""  # a human-readable line for status bars
     polarity: str = ""  # how the images' polarity was decided, e.g. "protein white, inverted (auto, z -54)"
     halves: str = ""  # whether the independently explored halves agree, once they are aligned
+    epochs: int = 0  # the run's epochs in all (an exploration extended while the halves disagreed adds some)

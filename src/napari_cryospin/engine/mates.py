@@ -216,7 +216,7 @@ def check_mates(
     twofolds = map_twofolds(model)
     held_out = model.volume.copies == 2 and model.halves_aligned
     stage = Stage.DECODING if model.stage == Stage.DONE else model.stage
-    n_points = model.schedule.points(model.disk, stage, min(model.epoch, model.config.epochs - 1))
+    n_points = model.schedule.points(model.disk, stage, min(model.epoch, model.schedule.epochs - 1))
     out = torch.zeros(model.n, 3, dtype=torch.float64)  # (margin, mate, symmetry mates); each its block
     block = model.dp.block(model.n)
     with model.volume.frozen(model.reference_weight, model.reference_mask):

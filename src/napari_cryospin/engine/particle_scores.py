@@ -27,7 +27,7 @@ def particle_scores(model: RunModel, batch_size: int = 256) -> dict[str, np.ndar
     (see :func:`pose_confidence`)."""
     rot, shift = model.current_poses()
     stage = Stage.DECODING if model.stage == Stage.DONE else model.stage
-    n_points = model.schedule.points(model.disk, stage, min(model.epoch, model.config.epochs - 1))
+    n_points = model.schedule.points(model.disk, stage, min(model.epoch, model.schedule.epochs - 1))
     model.encoder.eval()
     scores = torch.zeros(model.n, 2, dtype=torch.float64)  # (loss, confidence); each process its block
     block = model.dp.block(model.n)

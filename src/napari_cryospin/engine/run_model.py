@@ -129,6 +129,7 @@ class RunModel:
         self.switch_reason = ""
         self.halves_aligned = True
         self.agreement: dict | None = None  # how well the independent halves agreed once aligned
+        self.explore_checks: list[float] = []  # FSC-0.5 radii of the checks that extended exploration
         self.research_moved: float | None = None  # share of particles the global re-search moved
 
     # ------------------------------------------------------------------------------------- factories
@@ -250,6 +251,8 @@ class RunModel:
             "epoch": self.epoch,
             "switch_epoch": self.schedule.switch_epoch,
             "radius_cap": self.schedule.radius_cap,
+            "explore_extended": self.schedule.explore_extended,
+            "explore_checks": self.explore_checks,
             "reference_fsc": self.schedule.reference_fsc,
             "elapsed": self.elapsed,
             "scale": self.scale,
@@ -272,6 +275,8 @@ class RunModel:
         """Take the model's part of checkpoint ``st`` (keys a browsed checkpoint may lack default)."""
         self.stage, self.epoch = Stage(st["stage"]), int(st["epoch"])
         self.schedule.switch_epoch, self.schedule.radius_cap = st.get("switch_epoch"), st.get("radius_cap")
+        self.schedule.extend_exploration(int(st.get("explore_extended", 0)))
+        self.explore_checks = list(st.get("explore_checks", []))
         self.follow_fsc(st.get("reference_fsc"))
         self.elapsed, self.scale = st.get("elapsed", 0.0), float(st["scale"])
         self.encoder.load_state_dict(st["encoder"])
@@ -433,7 +438,7 @@ class RunModel:
         finished run's last epoch of auto-decoding)."""
         stage = self.stage if stage is None else stage
         stage = Stage.DECODING if stage == Stage.DONE else stage
-        epoch = min(self.epoch, self.config.epochs - 1) if epoch is None else epoch
+        epoch = min(self.epoch, self.schedule.epochs - 1) if epoch is None else epoch
         return self.schedule.points(self.disk, stage, epoch)
 
     def current_poses(self) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,10 @@ class Schedule:
     # of local refinement (with a good map: 99 % within 25° of the truth on ribosome70s, against 65 %).
     explore_grids = ((2, 12), (4, 24))
     explore_fine_from = 0.5  # of the exploration epochs
+    # While the independent halves still disagree at exploration's planned end, it goes on at its top radius
+    # on the fine grid, this many epochs at a time, for at most as many epochs again as planned (the run's
+    # total grows by as much): at SNR 0.05 one half can need twice the planned epochs to find the structure.
+    explore_extend_step = 2
     explore_top_k = 8  # poses kept per image
     explore_temperatures = (1.0, 1.0)
     explore_prior = True
@@ -63,11 +67,27 @@ class Schedule:
         self.max_radius = box / 2 - 1
 
         self.explore_epochs = min(config.explore_epochs, config.epochs)
+        self.explore_extended = 0  # epochs added to exploration because the halves still disagreed
         # Stochastic EM needs many map updates per epoch: ~16 batches, of 32 to 256 images.
         self.explore_batch = int(min(256, max(32, n_particles // 16)))
         self.switch_epoch: int | None = None  # set by the engine when auto-decoding starts
         self.radius_cap: float | None = None  # set by the engine from the half maps' FSC while decoding
         self.reference_fsc: list[float] | None = None  # the halves' last FSC per shell, while decoding
+
+    @property
+    def explore_end(self) -> int:
+        """The epoch exploration ends at: the planned epochs and those added while the halves disagreed."""
+        return self.explore_epochs + self.explore_extended
+
+    def can_extend_exploration(self) -> bool:
+        """Whether exploration may still be extended (at most ``explore_epochs`` epochs in all)."""
+        return self.explore_epochs > 0 and self.explore_extended < self.explore_epochs
+
+    def extend_exploration(self, epochs: int | None = None) -> None:
+        """Add ``epochs`` (default ``explore_extend_step``) to exploration and to the run."""
+        step = self.explore_extend_step if epochs is None else epochs
+        self.explore_extended += step
+        self.epochs += step
 
     def cap_from_fsc(self, radius_fsc0143: float) -> None:
         """Limit auto-decoding's radius to the half maps' FSC-0.143 radius (cycles per box) plus a margin."""
@@ -89,8 +109,8 @@ class Schedule:
     def radius(self, stage: Stage, epoch: int) -> float:
         """Low-pass radius in cycles per box of the likelihood at ``epoch``."""
         lo, hi = (min(r, 0.8 * self.max_radius) for r in self.explore_radii)
-        if stage == Stage.EXPLORING:
-            return lo + (hi - lo) * epoch / max(1, self.explore_epochs - 1)
+        if stage == Stage.EXPLORING:  # an extended exploration stays at the top
+            return lo + (hi - lo) * min(epoch, self.explore_epochs - 1) / max(1, self.explore_epochs - 1)
         if stage == Stage.ENCODING:
             if self.explore_epochs:
                 return hi
@@ -98,7 +118,7 @@ class Schedule:
             start, top = self.start_fraction * self.max_radius, 0.75 * self.max_radius
             return start + ramp * (top - start)
         start = self.switch_epoch if self.switch_epoch is not None else epoch
-        at_switch = self.radius(Stage.EXPLORING if start < self.explore_epochs else Stage.ENCODING, start)
+        at_switch = self.radius(Stage.EXPLORING if start < self.explore_end else Stage.ENCODING, start)
         ramp = min(1.0, (epoch - start + 1) / max(1.0, (self.epochs - start) / 2))
         radius = min(self.max_radius, at_switch + ramp * (self.max_radius - at_switch))
         if self.radius_cap is not None:
@@ -114,7 +134,7 @@ class Schedule:
 
     def explored_radius(self, epoch: int) -> float:
         """The highest radius (cycles per box) exploration has used by the start of ``epoch``."""
-        return self.radius(Stage.EXPLORING, max(0, min(epoch, self.explore_epochs) - 1))
+        return self.radius(Stage.EXPLORING, max(0, min(epoch, self.explore_end) - 1))
 
     def research_epoch(self) -> int | None:
         """The auto-decoding epoch that starts with a global re-search of every pose (None: none).
@@ -133,7 +153,7 @@ class Schedule:
     def explore_temperature(self, epoch: int) -> float:
         """Posterior temperature of exploration: from ``explore_temperatures[0]`` down to the last value."""
         hot, cold = self.explore_temperatures
-        return hot + (cold - hot) * epoch / max(1, self.explore_epochs - 1)
+        return hot + (cold - hot) * min(epoch, self.explore_epochs - 1) / max(1, self.explore_epochs - 1)
 
     def points(self, disk, stage: Stage, epoch: int) -> int:
         """Number of disk points inside :meth:`radius`."""

@@ -66,7 +66,7 @@ class Views:
             epoch=m.epoch,
             step=self.step,
             stage=m.stage,
-            progress=min(1.0, (m.epoch + self.pos / epoch_size) / self.config.epochs),
+            progress=min(1.0, (m.epoch + self.pos / epoch_size) / m.schedule.epochs),
             elapsed_s=m.elapsed,
             images_per_s=ips,
             loss=loss,
@@ -80,12 +80,14 @@ class Views:
             message=self._message(loss, ips, last.get("resolution")),
             polarity=m.polarity.summary(),
             halves=self._halves_status(),
+            epochs=m.schedule.epochs,
         )
 
     def _message(self, loss: float, ips: float, res: float | None) -> str:
         r = f", {res:.1f} Å" if res else ""
         halves = f" · {self._halves_status()}" if self.model.agreement is not None else ""
-        m, epochs = self.model, self.config.epochs
+        m = self.model
+        epochs = m.schedule.epochs
         return (
             f"epoch {min(m.epoch + 1, epochs)}/{epochs} · {m.stage.value} · "
             f"{ips:.0f} img/s · loss {loss:.4f}{r}{halves} · {m.polarity.summary()}"
