@@ -13,6 +13,7 @@ from napari_cryospin.engine.mates import (
     LOCAL_DEG,
     MATE_NAMES,
     SYMMETRY_DEG,
+    TWOFOLD_NAMES,
     WARN_FRACTION,
     check_mates,
     map_twofolds,
@@ -48,8 +49,8 @@ def test_mates_are_distinct_twofolds():
     rot = random_rotations(50, torch.Generator().manual_seed(1))
     twofolds = torch.from_numpy(principal_twofolds(_rod())).float()
     mates = mate_rotations(rot, twofolds)
-    assert mates.shape == (50, len(MATE_NAMES), 3, 3)
-    for i in range(len(MATE_NAMES)):
+    assert mates.shape == (50, len(TWOFOLD_NAMES), 3, 3)
+    for i in range(len(TWOFOLD_NAMES)):
         twice = mate_rotations(mates[:, i], twofolds)[:, i]  # R·Q·Q = R and S·S·R = R
         assert torch.rad2deg(geodesic_distance(twice, rot)).max() < 1e-3
         assert torch.rad2deg(geodesic_distance(mates[:, i], rot)).min() > 179.0  # each a half turn
@@ -113,10 +114,35 @@ def test_mate_check_finds_planted_flips(tiny_engine, tmp_path):
     final = json.loads((tmp_path / "metrics.json").read_text())["final"]
     assert abs(final["mates"]["fraction_as_good"] - found.as_good.mean()) < 1e-9
     assert final["validity"]["reliable"] is False
-    assert "fit a flipped pose as well" in final["validity"]["message"]
+    assert "fit a flipped or distant pose as well" in final["validity"]["message"]
     table = read_run(tmp_path).table
     assert (table["mate margin"].to_numpy() <= 1.0).sum() == found.as_good.sum()
     assert set(np.unique(table["mate"])) <= set(range(1, len(MATE_NAMES) + 1))
+
+
+def test_mate_check_finds_particles_left_on_distant_poses(tiny_engine):
+    """Poses 100–150° from the truth are on no 2-fold of it (each ≥ 30° from every half turn): the best
+    distant grid pose, not a mate, is what fits them as well."""
+    saved = tiny_engine.model.poses.all_poses()
+    rot, shift = saved
+    rng = np.random.default_rng(4)
+    which = np.sort(rng.choice(tiny_engine.model.n, int(PLANTED * tiny_engine.model.n), replace=False))
+    gen = torch.Generator().manual_seed(5)
+    wrong = torch.empty(len(which), 3, 3)
+    for k, i in enumerate(which):
+        while True:
+            turn = random_rotations(1, gen)[0]
+            angle = float(torch.rad2deg(geodesic_distance(turn, torch.eye(3))))
+            if 100.0 <= angle <= 150.0:
+                wrong[k] = turn @ rot[i]
+                break
+    try:
+        tiny_engine.model.poses.reseed(torch.from_numpy(which), wrong, shift[which])
+        found = check_mates(tiny_engine.model)
+    finally:
+        tiny_engine.model.poses.reseed(torch.arange(tiny_engine.model.n), *saved)
+    assert found.as_good[which].mean() > 0.8
+    assert (found.mate[which][found.as_good[which]] == len(MATE_NAMES) - 1).mean() > 0.8  # the distant pose
 
 
 def test_research_brings_planted_flips_back(tiny_engine):

@@ -55,10 +55,11 @@ COLUMN_TIPS = {
     "LogLikeliContribution": "How much better the map at the pose explains the image than noise alone "
     "(log-likelihood ratio, nats). Low: the image holds little of the map.",
     "mate margin": "How much better the pose fits than its best 'mate' — the same view turned 180° in "
-    "plane, seen from the other side, or turned about one of the map's axes (log-likelihood, nats). "
-    "1 or less: the image cannot tell the pose from that turn (common for small elongated particles).",
+    "plane, seen from the other side, turned about one of the map's axes, or the best pose at least 90° "
+    "away (log-likelihood on the other half's map, nats). 1 or less: the image cannot tell the pose from "
+    "that one (common for small elongated particles at low SNR).",
     "mate": "Which turn of the pose fits best after the pose itself: 1 in-plane 180°, 2 flip about x, "
-    "3 flip about y, 4–6 the map's axes from the longest to the shortest.",
+    "3 flip about y, 4–6 the map's axes from the longest to the shortest, 7 a pose at least 90° away.",
 }
 """Plain-words tooltips of the particle table's columns (RELION's names kept for the columns RELION has)."""
 HISTOGRAM_FIRST = ("confidence", "ParticleSelectZScore")
