@@ -6,6 +6,7 @@ from dataclasses import replace
 import mrcfile
 import numpy as np
 import pytest
+import torch
 
 from napari_cryospin.data.mrc import read_volume
 from napari_cryospin.data.particles import load_particles
@@ -17,6 +18,7 @@ from napari_cryospin.engine.validity import half_agreement
 from napari_cryospin.physics.reconstruction import split_halves
 from napari_cryospin.resources import bundled_map_path
 from napari_cryospin.simulation.simulate import simulate_to_dir
+from tiny_run import TINY_RUN
 
 N = 400
 
@@ -59,7 +61,7 @@ def _run(folder, out) -> dict:
         heads=2,
         epochs=3,
         explore_epochs=2,
-        switch=2,
+        switch="auto",
         device="cpu",
         encoder_width=4,
         encoder_box=16,
@@ -102,6 +104,38 @@ def test_halves_given_different_structures_are_flagged(two_structures, tmp_path)
     with two unlike half maps, an honest (poor) resolution and a warning for the user."""
     mixed = _run(two_structures[1], tmp_path / "mixed")
     assert not mixed["halves_agreement"]["agree"]
+    assert mixed["halves_agreement"]["explore_epochs"] == 4  # explored on, to twice the planned 2 epochs
+    assert len(mixed["halves_agreement"]["earlier_radii_fsc05"]) == 1
     assert mixed["validity"]["reliable"] is False
     assert mixed["validity"]["ctf_check"]["consistent"]  # the CTFs are right: the halves are the problem
     assert "WARNING" in mixed["message"]
+
+
+def test_exploration_goes_on_while_the_halves_disagree(tiny_dataset, tmp_path):
+    """At exploration's planned end, halves holding the same map end it; unlike halves extend it (and the
+    run) by two epochs at a time, at most to twice the planned epochs, at exploration's top radius."""
+    cfg = RunConfig(
+        particles=str(tiny_dataset / "particles.star"),
+        out=str(tmp_path / "run"),
+        **{**TINY_RUN, "explore_epochs": 3, "epochs": 6, "explore_extend": "auto"},
+    )
+    engine = Engine(cfg)
+    engine._build()
+    model, schedule = engine.model, engine.model.schedule
+    volume, _ = read_volume(bundled_map_path(32))
+    top = schedule.radius(Stage.EXPLORING, 2)
+    model.epoch = 3
+    model.volume.set_from_real_space(torch.from_numpy(volume), copy=0)
+    model.volume.set_from_real_space(torch.from_numpy(_other_structure(32) * volume.sum() / 6), copy=1)
+    assert not engine.stages.halves_settled()
+    assert (schedule.explore_end, schedule.epochs) == (5, 8)
+    assert schedule.radius(Stage.EXPLORING, 4) == top and schedule.explore_grid(4) == 1
+    model.epoch = 5
+    assert not engine.stages.halves_settled()
+    assert (schedule.explore_end, schedule.epochs) == (6, 9)  # 3 more at most: one epoch was left
+    model.epoch = 6
+    assert engine.stages.halves_settled() and schedule.explore_end == 6  # no room left
+    model.volume.set_from_real_space(torch.from_numpy(volume), copy=1)
+    schedule.explore_extended, schedule.epochs = 0, 6
+    model.epoch = 3
+    assert engine.stages.halves_settled() and schedule.explore_end == 3  # the same map: it ends

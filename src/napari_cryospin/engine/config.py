@@ -15,6 +15,9 @@ from ..geometry.symmetry import canonical
 from ..model.noise import MODES as NOISE_MODES
 from .setting import Setting, declared, labelled, setting
 
+EXTEND_MODES = ("auto", "off")
+"""``--explore-extend`` values: explore longer while the independent halves disagree, or exactly as set."""
+
 JUNK_MODES = ("auto", "keep")
 """``--junk`` values: leave the particles scored as junk out of the final maps, or keep every particle."""
 
@@ -158,6 +161,15 @@ class RunConfig:
         most=10_000,
         dock="main",
         label="exploration epochs",
+    )
+    explore_extend: str = setting(
+        "auto",
+        help="auto (default): while the independently explored halves still disagree at the end of "
+        "--explore-epochs, explore on, 2 epochs at a time, up to twice as many (the run grows by as much); "
+        "off: exactly --explore-epochs",
+        choices=labelled(EXTEND_MODES, ("until the halves agree (auto)", "exactly as set")),
+        dock="advanced",
+        label="longer exploration",
     )
     switch: int | str | None = setting(
         "auto",

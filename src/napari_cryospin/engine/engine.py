@@ -161,12 +161,16 @@ class Engine(Views):
         """Stage changes due at this epoch, then (unless resumed mid-epoch) the epoch's particle order, the
         global re-search when it is due, and the pose steps' rates."""
         m = self.model
-        if m.stage == Stage.EXPLORING and m.epoch >= m.schedule.explore_end and self.stages.halves_settled():
+        sw = self.config.switch
+        set_switch = (
+            m.stage in BEFORE_DECODING and isinstance(sw, int) and not isinstance(sw, bool) and m.epoch >= sw
+        )
+        exploring = m.stage == Stage.EXPLORING and m.epoch >= m.schedule.explore_end
+        if exploring and (set_switch or self.stages.halves_settled()):  # a switch set for now ends it
             self.stages.align_halves()
             m.stage = Stage.ENCODING
             log.info("exploration done after %d epochs; auto-encoding starts", m.epoch)
-        sw = self.config.switch
-        if m.stage in BEFORE_DECODING and isinstance(sw, int) and not isinstance(sw, bool) and m.epoch >= sw:
+        if set_switch:
             self.stages.switch_to_decoding(f"set epoch {sw}")
         if self.perm is not None:
             return

@@ -68,6 +68,7 @@ class Schedule:
 
         self.explore_epochs = min(config.explore_epochs, config.epochs)
         self.explore_extended = 0  # epochs added to exploration because the halves still disagreed
+        self.extend_allowed = config.explore_extend == "auto"
         # Stochastic EM needs many map updates per epoch: ~16 batches, of 32 to 256 images.
         self.explore_batch = int(min(256, max(32, n_particles // 16)))
         self.switch_epoch: int | None = None  # set by the engine when auto-decoding starts
@@ -81,11 +82,15 @@ class Schedule:
 
     def can_extend_exploration(self) -> bool:
         """Whether exploration may still be extended (at most ``explore_epochs`` epochs in all)."""
-        return self.explore_epochs > 0 and self.explore_extended < self.explore_epochs
+        return self.extend_allowed and self.explore_epochs > 0 and self.explore_extended < self.explore_epochs
 
     def extend_exploration(self, epochs: int | None = None) -> None:
         """Add ``epochs`` (default ``explore_extend_step``) to exploration and to the run."""
-        step = self.explore_extend_step if epochs is None else epochs
+        step = (
+            min(self.explore_extend_step, self.explore_epochs - self.explore_extended)
+            if epochs is None
+            else epochs
+        )
         self.explore_extended += step
         self.epochs += step
 

@@ -200,6 +200,8 @@ class Stages:
         m.agreement = half_agreement(a, change.aligned, m.schedule.explored_radius(m.epoch))
         m.agreement["explore_epochs"] = m.schedule.explore_end
         m.agreement["earlier_radii_fsc05"] = list(m.explore_checks)  # the checks that extended exploration
+        if m.explore_checks:
+            m.agreement["summary"] += f" after {m.schedule.explore_end} epochs of exploration"
         self.explore_sums = [None, None]
         m.halves_aligned = True
         log.info("halves aligned: %s", m.agreement["summary"])
