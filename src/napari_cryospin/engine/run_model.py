@@ -130,6 +130,7 @@ class RunModel:
         self.halves_aligned = True
         self.agreement: dict | None = None  # how well the independent halves agreed once aligned
         self.explore_checks: list[float] = []  # FSC-0.5 radii of the checks that extended exploration
+        self.restarted: dict | None = None  # the half restarted from the other's map (reseed.py), if any
         self.research_moved: float | None = None  # share of particles the global re-search moved
 
     # ------------------------------------------------------------------------------------- factories
@@ -253,6 +254,7 @@ class RunModel:
             "radius_cap": self.schedule.radius_cap,
             "explore_extended": self.schedule.explore_extended,
             "explore_checks": self.explore_checks,
+            "restarted": self.restarted,
             "reference_fsc": self.schedule.reference_fsc,
             "elapsed": self.elapsed,
             "scale": self.scale,
@@ -277,6 +279,7 @@ class RunModel:
         self.schedule.switch_epoch, self.schedule.radius_cap = st.get("switch_epoch"), st.get("radius_cap")
         self.schedule.extend_exploration(int(st.get("explore_extended", 0)))
         self.explore_checks = list(st.get("explore_checks", []))
+        self.restarted = st.get("restarted")
         self.follow_fsc(st.get("reference_fsc"))
         self.elapsed, self.scale = st.get("elapsed", 0.0), float(st["scale"])
         self.encoder.load_state_dict(st["encoder"])

@@ -18,6 +18,7 @@ from .amortized_posing import pose_rest
 from .events import Stage
 from .mates import map_twofolds, score_hypotheses
 from .optimizers import RowAdam, adam
+from .reseed import half_to_restart, restart_half
 from .run_model import RunModel
 from .symmetry_frame import impose_symmetry
 from .validity import SETTLED_FRACTION, half_agreement
@@ -176,7 +177,26 @@ class Stages:
         sch.extend_exploration()
         m.explore_checks.append(agreement["radius_fsc05"])
         log.info("%s: exploring %d more epochs", agreement["summary"], sch.explore_extend_step)
+        if m.restarted is None:
+            self._restart_if_one_half_solved()
         return False
+
+    def _restart_if_one_half_solved(self) -> None:
+        """Restart a half whose map fits the other half's images clearly worse from the other's map at
+        exploration's first radius (``reseed.py``); its running sums start again."""
+        m = self.model
+        worse, record = half_to_restart(m, self.config.seed)
+        if worse is None:
+            return
+        record.update(half="AB"[worse], epoch=m.epoch, radius=restart_half(m, worse))
+        self.explore_sums[worse] = None
+        m.restarted = record
+        log.info(
+            "half %s restarted from half %s's map at %.1f cycles per box",
+            "AB"[worse],
+            "BA"[worse],
+            record["radius"],
+        )
 
     @torch.no_grad()
     def align_halves(self) -> None:
@@ -197,7 +217,9 @@ class Stages:
         m.best_shift[members] = torch.from_numpy(shift).float()
         if self.prev_rot is not None:  # a change of frame is not a change of pose (auto-switch's measure)
             self.prev_rot[members] = m.best_rot[members].clone()
-        m.agreement = half_agreement(a, change.aligned, m.schedule.explored_radius(m.epoch))
+        m.agreement = half_agreement(
+            a, change.aligned, m.schedule.explored_radius(m.epoch), restarted=m.restarted
+        )
         m.agreement["explore_epochs"] = m.schedule.explore_end
         m.agreement["earlier_radii_fsc05"] = list(m.explore_checks)  # the checks that extended exploration
         if m.explore_checks:

@@ -43,20 +43,36 @@ def radius_at(curve: np.ndarray, threshold: float) -> float:
     return float(i - 1 + (v0 - threshold) / (v0 - v1)) if v0 != v1 else float(i)
 
 
-def half_agreement(map_a: np.ndarray, map_b_aligned: np.ndarray, top_radius: float) -> dict:
+def half_agreement(
+    map_a: np.ndarray, map_b_aligned: np.ndarray, top_radius: float, restarted: dict | None = None
+) -> dict:
     """How far (cycles per box) the aligned half maps agree at FSC 0.5, judged against ``top_radius``,
-    the highest frequency exploration used; a plain dict (it goes into checkpoints and metrics.json)."""
+    the highest frequency exploration used; a plain dict (it goes into checkpoints and metrics.json).
+
+    ``restarted``: a half restarted from the other's low-passed map (``reseed.py``); the halves then share
+    that low band, so they must agree out to ``SETTLED_FRACTION`` of the top radius, not ``AGREE_FRACTION``.
+    """
     curve = masked_fsc(map_a, map_b_aligned)
     r05 = radius_at(curve, 0.5)
-    agree = bool(r05 >= AGREE_FRACTION * top_radius)
+    fraction = AGREE_FRACTION if restarted is None else SETTLED_FRACTION
+    agree = bool(r05 >= fraction * top_radius)
     verdict = "agree" if agree else "DISAGREE"
+    summary = (
+        f"independent halves {verdict} after alignment: FSC ≥ 0.5 to {r05:.1f} of {top_radius:.1f} "
+        "cycles per box"
+    )
+    if restarted is not None:
+        summary += (
+            f" (half {restarted['half']} restarted at epoch {restarted['epoch'] + 1} from the other's map "
+            f"below {restarted['radius']:.0f} cycles per box)"
+        )
     return {
         "fsc": curve.tolist(),
         "radius_fsc05": r05,
         "top_radius": float(top_radius),
         "agree": agree,
-        "summary": f"independent halves {verdict} after alignment: FSC ≥ 0.5 to {r05:.1f} of "
-        f"{top_radius:.1f} cycles per box",
+        "restarted": restarted,
+        "summary": summary,
     }
 
 
