@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..geometry.rotations import random_rotations
+from ..model.likelihood import searched_error
 from ..model.search import grid_search
 from ..physics.fourier import fftn_centered, ifftn_centered, radial_shells
 from .events import Stage
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 
 SAMPLE = 400
 """Images per half scored against the other half's map."""
+RANDOM_POSES = 32
+"""Random rotations each image is also scored at: the fit of a pose no better than chance."""
 CLEAR_SE = 3.0
 """A half is restarted only when the other's held-out fit is better by this many standard errors."""
 
@@ -38,27 +42,40 @@ def low_pass(volume: torch.Tensor, radius: float) -> torch.Tensor:
 
 @torch.no_grad()
 def held_out_fit(model: RunModel, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per map copy (half A, half B): the share of the power of SAMPLE of the *other* half's images that its
-    best fine-grid pose explains, at exploration's top radius — its mean (2,) and standard error (2,)."""
+    """Per map copy (half A, half B), on SAMPLE of the *other* half's images at exploration's top radius:
+    how much better (nats) the best fine-grid pose fits than RANDOM_POSES random rotations do on average,
+    the mean (2,) and its standard error (2,).
+
+    A map that holds the structure tells an image's pose from others; a blob or a wrong map fits every pose
+    alike. Measured on SNR 0.05 halves 14° and 23° off (median): 26.4 ± 0.6 against 23.6 ± 0.5 nats, where
+    the share of the images' power the best pose explains gave 0.089 ± 0.002 against 0.084 ± 0.002.
+    """
     sch = model.schedule
     n_points = model.n_points(Stage.EXPLORING, sch.explore_epochs - 1)
     rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
     pool = model.semi.explored
     means, errors = np.zeros(2), np.zeros(2)
     for copy in (0, 1):
         images = pool[model.halves_np[pool] == 1 - copy]
         idx = np.sort(rng.choice(images, min(SAMPLE, len(images)), replace=False))
-        shares = []
+        contrast = []
         for start in range(0, len(idx), 64):
             batch = model.batch(idx[start : start + 64])
+            b = len(batch.idx)
             shift = model.best_shift[batch.idx.cpu()].to(model.device)
             found = grid_search(
                 model.volume, batch, model.grids[-1], shift, model.offsets, model.disk, n_points, 1, copy=copy
             )
-            power = (batch.spectrum[:, :n_points].abs() ** 2).mean(1).clamp_min(1e-12)
-            shares.append((1.0 - found.errors[:, 0] / power).cpu().numpy())
-        share = np.concatenate(shares)
-        means[copy], errors[copy] = share.mean(), share.std() / np.sqrt(len(share))
+            others = random_rotations(b * RANDOM_POSES, gen).reshape(b, RANDOM_POSES, 3, 3).to(model.device)
+            starts = shift[:, None].expand(b, RANDOM_POSES, 2).contiguous()
+            err, _ = searched_error(
+                model.volume, batch, others, starts, model.offsets, model.disk, n_points, copy
+            )
+            best = found.errors[:, 0].clamp_min(1e-12)
+            contrast.append(((err.mean(1) - best) * n_points / (2 * best)).cpu().numpy())
+        values = np.concatenate(contrast)
+        means[copy], errors[copy] = values.mean(), values.std() / np.sqrt(len(values))
     return means, errors
 
 
