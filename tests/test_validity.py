@@ -136,6 +136,6 @@ def test_exploration_goes_on_while_the_halves_disagree(tiny_dataset, tmp_path):
     model.epoch = 6
     assert engine.stages.halves_settled() and schedule.explore_end == 6  # no room left
     model.volume.set_from_real_space(torch.from_numpy(volume), copy=1)
-    schedule.explore_extended, schedule.epochs = 0, 6
+    schedule.explore_extended = 0
     model.epoch = 3
     assert engine.stages.halves_settled() and schedule.explore_end == 3  # the same map: it ends

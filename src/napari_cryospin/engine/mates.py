@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..geometry.rotations import axis_angle_to_matrix
+from ..geometry.rotations import axis_angle_to_matrix, geodesic_distance
 from ..model.likelihood import ImageBatch, searched_error
 from ..model.search import grid_search
 from .events import Stage
@@ -155,16 +155,22 @@ def score_hypotheses(
     return err, rots, shifts
 
 
+def turned_by_operator(turn: torch.Tensor, operators: np.ndarray, within_deg: float) -> torch.Tensor:
+    """(…) bool: whether each rotation ``turn`` (…, 3, 3) is within ``within_deg`` of one of the symmetry
+    ``operators`` (G, 3, 3) (False for all when there is none)."""
+    ops = torch.as_tensor(np.asarray(operators).reshape(-1, 3, 3), dtype=turn.dtype, device=turn.device)
+    if len(ops) == 0:
+        return torch.zeros(turn.shape[:-2], dtype=torch.bool, device=turn.device)
+    cos = (torch.einsum("...ij,gij->...g", turn, ops) - 1) / 2  # cos of the angle from each operator
+    return (cos >= np.cos(np.deg2rad(within_deg))).any(-1)
+
+
 def symmetry_mates(rots: torch.Tensor, operators: np.ndarray) -> torch.Tensor:
     """(B, 6) bool from :func:`score_hypotheses`' rotations (B, 7, 3, 3): the mates that are the pose
     turned by one of the map's symmetry ``operators`` (G, 3, 3), within SYMMETRY_DEG (poses R and g·R of
     a map with V(g·p) = V(p) project alike)."""
-    if len(operators) == 0:
-        return torch.zeros(rots.shape[0], rots.shape[1] - 1, dtype=torch.bool, device=rots.device)
     turn = rots[:, 1:] @ rots[:, :1].transpose(-1, -2)  # (B, 6, 3, 3): mate = turn · pose
-    ops = torch.as_tensor(operators, dtype=rots.dtype, device=rots.device)
-    cos = (torch.einsum("bmij,gij->bmg", turn, ops) - 1) / 2  # cos of the angle from each operator
-    return (cos >= np.cos(np.deg2rad(SYMMETRY_DEG))).any(-1)
+    return turned_by_operator(turn, operators, SYMMETRY_DEG)
 
 
 def distant_pose_errors(
@@ -180,18 +186,14 @@ def distant_pose_errors(
     not the pose turned by one of the map's symmetry ``operators`` (G, 3, 3); +inf where none is among the
     DISTANT_TOP_K best. Against the particle's own half map (the other half's with ``held_out``); the
     shift search is centred on ``shift`` (B, 2) px."""
-    ops = torch.as_tensor(np.asarray(operators).reshape(-1, 3, 3), dtype=rot.dtype, device=rot.device)
-    near = np.cos(np.deg2rad(SYMMETRY_DEG + GRID_HALF_SPACING_DEG))
 
     def search(sub: ImageBatch, c: int, m: torch.Tensor) -> torch.Tensor:
         c = 1 - c if held_out else c
         grid, offsets, disk = model.grids[-1], model.offsets, model.disk
         found = grid_search(model.volume, sub, grid, shift[m], offsets, disk, n_points, DISTANT_TOP_K, copy=c)
         turn = found.rotations @ rot[m][:, None].transpose(-1, -2)  # (b, K, 3, 3): candidate = turn · pose
-        cos = (turn.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-        keep = cos <= np.cos(np.deg2rad(DISTANT_DEG))
-        if len(ops):
-            keep &= ~((torch.einsum("bkij,gij->bkg", turn, ops) - 1) / 2 >= near).any(-1)
+        keep = torch.rad2deg(geodesic_distance(found.rotations, rot[m][:, None])) >= DISTANT_DEG
+        keep &= ~turned_by_operator(turn, operators, SYMMETRY_DEG + GRID_HALF_SPACING_DEG)
         return torch.where(keep, found.errors, torch.full_like(found.errors, float("inf"))).min(1).values
 
     return model.by_copy(batch, search)[0]
@@ -254,10 +256,10 @@ def check_mates(
     model: RunModel, symmetry: tuple[str, np.ndarray] = ("C1", np.zeros((0, 3, 3))), batch_size: int = 256
 ) -> MateCheck:
     """Score every particle's final pose against its mates and its best distant pose (MATE_NAMES) at the
-    run's last radius, on the other half's
-    map once the halves share a frame (as the junk score): a particle's own half has fit its noise at its
-    pose, right or wrong (on a run left at chance, 61 % of the particles > 90° off, the own half gave every
-    pose a median 8–9 nats over its mates and flagged 1.3 %). ``symmetry``: the map's detected group and
+    run's last radius, on the other half's map once the halves share a frame (as the junk score): a
+    particle's own half has fit its noise at its pose, right or wrong (on a run left at chance, 61 % of
+    the particles > 90° off, the own half gave every pose a median 8–9 nats over its mates and flagged
+    1.3 %). ``symmetry``: the map's detected group and
     its operators (:meth:`SymmetryReport.operators`); its mates are not counted."""
     group, operators = symmetry
     rot, shift = model.current_poses()

@@ -277,7 +277,7 @@ class RunModel:
         """Take the model's part of checkpoint ``st`` (keys a browsed checkpoint may lack default)."""
         self.stage, self.epoch = Stage(st["stage"]), int(st["epoch"])
         self.schedule.switch_epoch, self.schedule.radius_cap = st.get("switch_epoch"), st.get("radius_cap")
-        self.schedule.extend_exploration(int(st.get("explore_extended", 0)))
+        self.schedule.explore_extended = int(st.get("explore_extended", 0))
         self.explore_checks = list(st.get("explore_checks", []))
         self.restarted = st.get("restarted")
         self.follow_fsc(st.get("reference_fsc"))

@@ -57,7 +57,7 @@ class Schedule:
 
     def __init__(self, box: int, config: RunConfig, device: str = "cpu", n_particles: int = 4096):
         self.box = box
-        self.epochs = config.epochs
+        self.planned_epochs = config.epochs
         cpu = device == "cpu"
         self.encoder_box = min(config.encoder_box or (32 if cpu else box), box)
         self.encoder_width = config.encoder_width or (16 if cpu else 32)
@@ -76,6 +76,11 @@ class Schedule:
         self.reference_fsc: list[float] | None = None  # the halves' last FSC per shell, while decoding
 
     @property
+    def epochs(self) -> int:
+        """The run's epochs in all: those planned and those an extended exploration added."""
+        return self.planned_epochs + self.explore_extended
+
+    @property
     def explore_end(self) -> int:
         """The epoch exploration ends at: the planned epochs and those added while the halves disagreed."""
         return self.explore_epochs + self.explore_extended
@@ -84,15 +89,11 @@ class Schedule:
         """Whether exploration may still be extended (at most ``explore_epochs`` epochs in all)."""
         return self.extend_allowed and self.explore_epochs > 0 and self.explore_extended < self.explore_epochs
 
-    def extend_exploration(self, epochs: int | None = None) -> None:
-        """Add ``epochs`` (default ``explore_extend_step``) to exploration and to the run."""
-        step = (
-            min(self.explore_extend_step, self.explore_epochs - self.explore_extended)
-            if epochs is None
-            else epochs
-        )
+    def extend_exploration(self) -> int:
+        """Add up to ``explore_extend_step`` epochs to exploration (and so to the run); returns how many."""
+        step = min(self.explore_extend_step, self.explore_epochs - self.explore_extended)
         self.explore_extended += step
-        self.epochs += step
+        return step
 
     def cap_from_fsc(self, radius_fsc0143: float) -> None:
         """Limit auto-decoding's radius to the half maps' FSC-0.143 radius (cycles per box) plus a margin."""

@@ -174,9 +174,9 @@ class Stages:
         if agreement["radius_fsc05"] >= SETTLED_FRACTION * agreement["top_radius"]:
             self._change = (a, change)
             return True
-        sch.extend_exploration()
+        added = sch.extend_exploration()
         m.explore_checks.append(agreement["radius_fsc05"])
-        log.info("%s: exploring %d more epochs", agreement["summary"], sch.explore_extend_step)
+        log.info("%s: exploring %d more epochs", agreement["summary"], added)
         if m.restarted is None:
             self._restart_if_one_half_solved()
         return False
