@@ -5,8 +5,14 @@ For each particle, rotations ``R_true·Δ`` (Δ uniform in a ball of ``--ball`` 
 left out, so the grid does not favour it) are scored by normalised correlation of the CTF-modulated slice
 of the true map with the image at the true shift; the floor is the distance of the best one from the truth.
 A run cannot be expected to beat it: no map is better than the true one.
-Usage: ``python bench/pose_floor.py SET_DIR [SET_DIR ...] [--n 300] [--ball 12] [--candidates 2000]``
-(SET_DIR: ``truth.star`` + ``truth_volume.mrc``, or ribosome70s's ``truth/`` layout). Prints one table.
+With ``--distant G`` it also says how many particles no map can pose: the best of ``G`` uniform rotations
+≥ 90° from the truth (the five best each refined in an 8° ball) is compared with the best near the truth;
+where it correlates better, even the true map puts the particle on a distant pose (a pseudo-symmetric mate,
+or too little signal). ``--whiten`` weighs frequencies by the stack's measured noise, as the engine does.
+Usage: ``python bench/pose_floor.py SET_DIR [SET_DIR ...] [--n 300] [--ball 12] [--candidates 2000]
+[--distant 20000] [--whiten]``
+(SET_DIR: ``truth.star`` + ``truth_volume.mrc``, or ribosome70s's ``truth/`` layout; the first n images
+not listed in its ``junk.npy``). Prints one table.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_cryospin.geometry.rotations import axis_angle_to_matrix
+from napari_cryospin.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
 from napari_cryospin.model.likelihood import FrequencyDisk, prepare_batch
+from napari_cryospin.model.noise import estimate_noise
 from napari_cryospin.model.volume import HartleyVolume
 from napari_cryospin.physics.fourier import fourier_to_hartley
 from napari_cryospin.physics.shifts import centering_phase
@@ -34,30 +41,78 @@ def perturbations(n: int, ball_deg: float, seed: int = 0) -> tuple[torch.Tensor,
     return axis_angle_to_matrix(axis * angle[:, None]), torch.rad2deg(angle)
 
 
+def _ncc(model: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """Normalised correlation (B, C) of CTF-modulated slices (B, C, P) with images (B, P)."""
+    return (model * obs[:, None]).sum(-1) / model.norm(dim=-1).clamp_min(1e-12)
+
+
+def _best_distant(
+    vol: HartleyVolume,
+    k: torch.Tensor,
+    grid: torch.Tensor,
+    grid_slices: torch.Tensor,
+    rot: torch.Tensor,
+    obs: torch.Tensor,
+    ctf: torch.Tensor,
+    refine: torch.Tensor,
+    top: int = 5,
+) -> torch.Tensor:
+    """Best correlation (B,) of a pose ≥ 90° from each true rotation ``rot`` (B, 3, 3): the ``top`` best of
+    the uniform ``grid`` (G, 3, 3) (slices (G, P)), each refined over ``refine`` (R, 3, 3) around it."""
+    scores = ((obs * ctf) @ grid_slices.T) / ((ctf**2) @ (grid_slices**2).T).sqrt().clamp_min(1e-12)
+    b, g = scores.shape
+    angle = geodesic_distance(
+        rot[:, None].expand(b, g, 3, 3).reshape(-1, 3, 3), grid[None].expand(b, g, 3, 3).reshape(-1, 3, 3)
+    ).reshape(b, g)
+    scores[angle < np.pi / 2] = -np.inf
+    picks = grid[scores.topk(top, dim=1).indices]  # (B, top, 3, 3)
+    cand = (picks[:, :, None] @ refine[None, None]).reshape(b, -1, 3, 3)
+    return _ncc(vol.slices(cand, k, 0) * ctf[:, None], obs).max(1).values
+
+
 @torch.no_grad()
-def pose_floor(folder: Path, n: int, ball_deg: float, candidates: int, batch: int = 16) -> dict:
+def pose_floor(
+    folder: Path,
+    n: int,
+    ball_deg: float,
+    candidates: int,
+    distant: int = 0,
+    whiten: bool = False,
+    batch: int = 16,
+) -> dict:
     """Median / mean angle (°) of each particle's best-correlating rotation near the truth, the share within
-    3°, the angle of the candidate nearest to the truth (the grid's resolution) and the share at the edge."""
+    3°, the angle of the candidate nearest to the truth (the grid's resolution) and the share at the edge;
+    with ``distant`` > 0, the share whose best pose ≥ 90° away correlates better than the best near."""
     truth = load_truth(folder)  # the stack read with its detected polarity
     particles, volume = truth.particles, truth.volume
     box = particles.box
     disk = FrequencyDisk(box, particles.pixel_size, torch.device("cpu"))
     k = disk.k
+    noise = estimate_noise(particles, 1.0, disk.radius) if whiten else None
     vol = HartleyVolume(box, torch.zeros(1, box, box, box))
     vol.set_from_real_space(torch.from_numpy(volume))
     pert, angle = perturbations(candidates, ball_deg)
-    rows = np.arange(min(n, len(particles)))
-    best = []
+    if distant:
+        grid = random_rotations(distant, torch.Generator().manual_seed(1))
+        grid_slices = torch.cat([vol.slices(grid[i : i + 2000], k, 0) for i in range(0, distant, 2000)])
+        refine, _ = perturbations(400, 8.0, seed=2)
+    junk_file = folder / "junk.npy"  # a simulated set's junk: no pose to find
+    junk = np.load(junk_file)[: len(particles)] if junk_file.exists() else np.zeros(len(particles), bool)
+    rows = np.flatnonzero(~junk)[:n]
+    best, far = [], []
     for start in range(0, len(rows), batch):
         idx = rows[start : start + batch]
         images = torch.from_numpy(np.asarray(particles.stack[idx], np.float32))
-        b = prepare_batch(torch.as_tensor(idx), images, particles.ctf, disk)
+        weights = None if noise is None else noise.weights(idx)
+        b = prepare_batch(torch.as_tensor(idx), images, particles.ctf, disk, weights)
         rot = torch.from_numpy(particles.rotations[idx]).float()
         model = vol.slices(rot[:, None] @ pert[None], k, 0) * b.ctf[:, None]
         phase = centering_phase(k / box, torch.from_numpy(particles.shifts[idx]).float())
         obs = fourier_to_hartley(b.spectrum * phase)
-        ncc = (model * obs[:, None]).sum(-1) / model.norm(dim=-1).clamp_min(1e-12)
-        best.append(angle[ncc.argmax(1)])
+        near = _ncc(model, obs)
+        best.append(angle[near.argmax(1)])
+        if distant:
+            far.append(_best_distant(vol, k, grid, grid_slices, rot, obs, b.ctf, refine) > near.max(1).values)
     err = torch.cat(best).numpy()
     return {
         "set": folder.name,
@@ -69,6 +124,7 @@ def pose_floor(folder: Path, n: int, ball_deg: float, candidates: int, batch: in
         "within_3": float(np.mean(err < 3)),
         "spacing": float(angle.min()),
         "at_edge": float(np.mean(err > 0.9 * ball_deg)),
+        "distant_wins": float(torch.cat(far).float().mean()) if distant else None,
     }
 
 
@@ -79,14 +135,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=300, help="particles per set (the first n)")
     p.add_argument("--ball", type=float, default=12.0, help="degrees around the truth searched")
     p.add_argument("--candidates", type=int, default=2000)
+    p.add_argument("--distant", type=int, default=0, help="uniform rotations searched ≥ 90° away (0: none)")
+    p.add_argument("--whiten", action="store_true", help="weigh frequencies by the measured noise")
     args = p.parse_args(argv)
-    print("| set | n | box | Å/px | floor median ° | floor mean ° | ≤ 3° | nearest candidate ° | at edge |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| set | n | box | Å/px | floor median ° | floor mean ° | ≤ 3° | nearest candidate ° | at edge | "
+        "distant pose wins |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for folder in args.sets:
-        r = pose_floor(folder, args.n, args.ball, args.candidates)
+        r = pose_floor(folder, args.n, args.ball, args.candidates, args.distant, args.whiten)
+        wins = "—" if r["distant_wins"] is None else f"{r['distant_wins']:.1%}"
         print(
             f"| {r['set']} | {r['particles']} | {r['box']} | {r['pixel_A']:.2f} | {r['floor_median']:.2f} | "
-            f"{r['floor_mean']:.2f} | {r['within_3']:.0%} | {r['spacing']:.2f} | {r['at_edge']:.0%} |"
+            f"{r['floor_mean']:.2f} | {r['within_3']:.0%} | {r['spacing']:.2f} | {r['at_edge']:.0%} | "
+            f"{wins} |"
         )
     return 0
 
