@@ -99,7 +99,7 @@ def test_engine_junk_score_separates_junk_against_a_known_map(junk_set, tmp_path
     scores = score_junk(eng.model)
     assert roc_auc(scores.z, junk) > 0.9
     assert roc_auc(-scores.log_likelihood_ratio, junk) > 0.8
-    assert scores.junk[junk].mean() > 0.5 and scores.junk[~junk].mean() < 0.05
+    assert scores.junk[junk].mean() > 0.2 and scores.junk[~junk].mean() < 0.01  # z > Z_JUNK: few lost
 
 
 def test_junk_score_holds_each_particle_against_the_other_half_once_the_halves_share_a_frame(

@@ -9,12 +9,14 @@ import torch
 from napari_cryospin.data.particles import load_particles
 from napari_cryospin.engine.config import RunConfig
 from napari_cryospin.engine.engine import Engine
+from napari_cryospin.engine.junk import Z_JUNK
 from napari_cryospin.engine.mates import (
     LOCAL_DEG,
     MATE_NAMES,
     SYMMETRY_DEG,
     TWOFOLD_NAMES,
     WARN_FRACTION,
+    MateCheck,
     check_mates,
     map_twofolds,
     mate_rotations,
@@ -112,12 +114,26 @@ def test_mate_check_finds_planted_flips(tiny_engine, tmp_path):
     finally:
         tiny_engine.model.poses.reseed(torch.arange(tiny_engine.model.n), *saved)
     final = json.loads((tmp_path / "metrics.json").read_text())["final"]
-    assert abs(final["mates"]["fraction_as_good"] - found.as_good.mean()) < 1e-9
+    kept = load_particles(tmp_path / "poses.star").table["rlnParticleSelectZScore"].to_numpy() <= Z_JUNK
+    assert final["mates"]["particles_counted"] == kept.sum()  # the particles not scored as junk
+    assert abs(final["mates"]["fraction_as_good"] - found.as_good[kept].mean()) < 1e-9
     assert final["validity"]["reliable"] is False
     assert "fit a flipped or distant pose as well" in final["validity"]["message"]
     table = read_run(tmp_path).table
     assert (table["mate margin"].to_numpy() <= 1.0).sum() == found.as_good.sum()
     assert set(np.unique(table["mate"])) <= set(range(1, len(MATE_NAMES) + 1))
+
+
+def test_the_verdict_counts_only_the_particles_not_scored_as_junk():
+    margin = np.full(100, 5.0)
+    margin[:15] = 0.0  # 15 images fit a mate as well ...
+    junk = np.zeros(100, bool)
+    junk[:12] = True  # ... 12 of them junk: no pose to be right about
+    check = MateCheck(margin, np.zeros(100, np.int64))
+    assert check.reason() is not None and check.share() == pytest.approx(0.15)
+    assert check.share(~junk) == pytest.approx(3 / 88)
+    assert check.reason(~junk) is None
+    assert check.summary(~junk)["particles_counted"] == 88
 
 
 def test_mate_check_finds_particles_left_on_distant_poses(tiny_engine):

@@ -222,13 +222,25 @@ class MateCheck:
         """(n,) bool: the best mate fits as well as the pose (margin ≤ AS_GOOD_NATS)."""
         return self.margin <= AS_GOOD_NATS
 
-    def summary(self) -> dict:
-        """metrics.json's ``final.mates``: the share of particles a mate fits as well, and by which mate."""
-        as_good, counted = self.as_good, np.isfinite(self.margin)
+    def share(self, counted: np.ndarray | None = None) -> float:
+        """The share of particles ``counted`` (n,) bool (default all) that a mate fits as well.
+
+        The verdict counts the particles the junk score keeps: an image of junk has no pose to be right
+        about, and fits a distant pose as well as any (on a realistic set at SNR 0.1 with 12 % junk, 11.5 %
+        of all particles fit a mate as well, 3.2 % of the true particles).
+        """
+        as_good = self.as_good if counted is None else self.as_good[counted]
+        return float(as_good.mean()) if as_good.size else 0.0
+
+    def summary(self, counted: np.ndarray | None = None) -> dict:
+        """metrics.json's ``final.mates``: the share of particles ``counted`` (default all) a mate fits as
+        well, and by which mate."""
+        as_good, finite = self.as_good, np.isfinite(self.margin)
         return {
-            "fraction_as_good": float(as_good.mean()),
+            "fraction_as_good": self.share(counted),
+            "particles_counted": int(len(as_good) if counted is None else np.count_nonzero(counted)),
             "threshold_nats": AS_GOOD_NATS,
-            "median_margin_nats": float(np.nanmedian(self.margin)) if counted.any() else None,
+            "median_margin_nats": float(np.nanmedian(self.margin)) if finite.any() else None,
             "symmetry_group": self.group,
             "symmetry_mates_left_out": self.symmetry_share,
             "per_mate": {
@@ -236,13 +248,15 @@ class MateCheck:
             },
         }
 
-    def reason(self) -> str | None:
-        """The verdict's warning when more than WARN_FRACTION of the particles fit a mate as well."""
-        fraction = float(self.as_good.mean())
+    def reason(self, counted: np.ndarray | None = None) -> str | None:
+        """The verdict's warning when more than WARN_FRACTION of the particles ``counted`` (default all; the
+        run counts those not scored as junk) fit a mate as well."""
+        fraction = self.share(counted)
         if fraction <= WARN_FRACTION:
             return None
+        which = "particles" if counted is None else "particles not scored as junk"
         return (
-            f"{100 * fraction:.0f} % of the particles fit a flipped or distant pose as well: "
+            f"{100 * fraction:.0f} % of the {which} fit a flipped or distant pose as well: "
             "the map is blurred by mixed orientations"
         )
 

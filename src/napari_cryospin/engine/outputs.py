@@ -207,7 +207,7 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     # The radius the halves were judged at (the planned top when they never were), in working-box cycles.
     top = model.agreement["top_radius"] if model.agreement else model.schedule.explored_radius(model.epoch)
     final_radius = radius_at(curve, 0.143) * model.box / maps.box
-    validity = verdict(model.agreement, final_radius, top, model.ctf_check, mates.reason())
+    validity = verdict(model.agreement, final_radius, top, model.ctf_check, mates.reason(~junk.junk))
     log.info("writing metrics.json and plots…")
     write_json(
         out / "metrics.json",
@@ -227,7 +227,7 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
                 "halves_agreement": model.agreement,
                 "validity": validity,
                 "junk": junk.summary(keep is not None),
-                "mates": mates.summary(),
+                "mates": mates.summary(~junk.junk),
                 "symmetry": symmetry.to_dict(imposed),
                 "symmetry_imposed": model.imposed,
                 "maps": sizes,
