@@ -8,7 +8,8 @@ A run cannot be expected to beat it: no map is better than the true one.
 With ``--distant G`` it also says how many particles no map can pose: the best of ``G`` uniform rotations
 ≥ 90° from the truth (the five best each refined in an 8° ball) is compared with the best near the truth;
 where it correlates better, even the true map puts the particle on a distant pose (a pseudo-symmetric mate,
-or too little signal). ``--whiten`` weighs frequencies by the stack's measured noise, as the engine does.
+or too little signal; for asymmetric particles only, as a symmetric one's mates fit by construction).
+``--whiten`` weighs frequencies by the stack's measured noise, as the engine does.
 Usage: ``python bench/pose_floor.py SET_DIR [SET_DIR ...] [--n 300] [--ball 12] [--candidates 2000]
 [--distant 20000] [--whiten]``
 (SET_DIR: ``truth.star`` + ``truth_volume.mrc``, or ribosome70s's ``truth/`` layout; the first n images
