@@ -13,6 +13,7 @@ from napari_cryospin.engine.junk import Z_JUNK
 from napari_cryospin.engine.mates import (
     LOCAL_DEG,
     MATE_NAMES,
+    SYMMETRY_BASIN_DEG,
     SYMMETRY_DEG,
     TWOFOLD_NAMES,
     WARN_FRACTION,
@@ -22,10 +23,12 @@ from napari_cryospin.engine.mates import (
     mate_rotations,
     principal_twofolds,
     symmetry_mates,
+    turned_by_operator,
 )
 from napari_cryospin.engine.outputs import write_results
 from napari_cryospin.engine.run_results import read_run
-from napari_cryospin.geometry.rotations import geodesic_distance, random_rotations
+from napari_cryospin.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
+from napari_cryospin.geometry.symmetry import group_operators
 from napari_cryospin.model.search import SoftAssignment, insert_weighted
 from napari_cryospin.physics.reconstruction import solve_map
 from tiny_run import TINY_RUN
@@ -185,6 +188,19 @@ def test_symmetry_mates_are_the_pose_turned_by_an_operator():
     view_tilt = torch.rad2deg(torch.arccos(rot[:, 2, 2].abs()))  # the view axis R·e_z from ±z
     assert torch.equal(same[:, 0], view_tilt < SYMMETRY_DEG / 2)  # R·Rz(π)·Rᵀ: 2-fold about R·e_z
     assert not symmetry_mates(rots, np.zeros((0, 3, 3))).any()
+
+
+def test_a_distant_grid_pose_in_a_symmetry_mates_basin_is_that_mate():
+    """The grid's best pose near a T mate g·R lands up to ~25° from it: still the mate, not a distant pose."""
+    ops = group_operators("T")[1:]
+    gen = torch.Generator().manual_seed(8)
+    axis = torch.randn(200, 3, generator=gen, dtype=torch.float64)
+    axis = axis / axis.norm(dim=1, keepdim=True)
+    g = torch.as_tensor(ops, dtype=torch.float64)[torch.arange(200) % len(ops)]
+    for off_deg, is_mate in ((22.0, True), (45.0, False)):
+        turn = axis_angle_to_matrix(axis * np.deg2rad(off_deg)) @ g  # a turn off_deg from an operator
+        found = turned_by_operator(turn, ops, SYMMETRY_BASIN_DEG)
+        assert bool(found.all()) if is_mate else not found.any()
 
 
 def test_mates_of_a_detected_group_are_not_counted(tiny_engine):
