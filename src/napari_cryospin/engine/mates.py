@@ -219,45 +219,51 @@ class MateCheck:
     mate: np.ndarray  # (n,) int
     group: str = "C1"  # the detected point group whose mates are not counted
     symmetry_share: float = 0.0  # the share of the mate tests left out as symmetry mates
+    counted: np.ndarray | None = None  # (n,) bool: the particles the shares count (None: all)
 
     @property
     def as_good(self) -> np.ndarray:
         """(n,) bool: the best mate fits as well as the pose (margin ≤ AS_GOOD_NATS)."""
         return self.margin <= AS_GOOD_NATS
 
-    def share(self, counted: np.ndarray | None = None) -> float:
-        """The share of particles ``counted`` (n,) bool (default all) that a mate fits as well.
+    def _counted(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (n,) of the particles the shares count."""
+        return values if self.counted is None else values[self.counted]
 
-        The verdict counts the particles the junk score keeps: an image of junk has no pose to be right
-        about, and fits a distant pose as well as any (on a realistic set at SNR 0.1 with 12 % junk, 11.5 %
-        of all particles fit a mate as well, 3.2 % of the true particles).
+    def share(self) -> float:
+        """The share of the counted particles that a mate fits as well.
+
+        The run counts the particles the junk score keeps: an image of junk has no pose to be right about,
+        and fits a distant pose as well as any (on a realistic set at SNR 0.1 with 12 % junk, 11.5 % of all
+        particles fit a mate as well, 3.2 % of the true particles).
         """
-        as_good = self.as_good if counted is None else self.as_good[counted]
+        as_good = self._counted(self.as_good)
         return float(as_good.mean()) if as_good.size else 0.0
 
-    def summary(self, counted: np.ndarray | None = None) -> dict:
-        """metrics.json's ``final.mates``: the share of particles ``counted`` (default all) a mate fits as
-        well, and by which mate."""
-        as_good, finite = self.as_good, np.isfinite(self.margin)
+    def summary(self) -> dict:
+        """metrics.json's ``final.mates``: the share of the counted particles a mate fits as well, and by
+        which mate."""
+        as_good, finite = self._counted(self.as_good), np.isfinite(self.margin)
+        mate = self._counted(self.mate)
         return {
-            "fraction_as_good": self.share(counted),
-            "particles_counted": int(len(as_good) if counted is None else np.count_nonzero(counted)),
+            "fraction_as_good": self.share(),
+            "particles_counted": len(as_good),
             "threshold_nats": AS_GOOD_NATS,
             "median_margin_nats": float(np.nanmedian(self.margin)) if finite.any() else None,
             "symmetry_group": self.group,
             "symmetry_mates_left_out": self.symmetry_share,
             "per_mate": {
-                name: float((as_good & (self.mate == i)).mean()) for i, name in enumerate(MATE_NAMES)
+                name: float((as_good & (mate == i)).mean()) if as_good.size else 0.0
+                for i, name in enumerate(MATE_NAMES)
             },
         }
 
-    def reason(self, counted: np.ndarray | None = None) -> str | None:
-        """The verdict's warning when more than WARN_FRACTION of the particles ``counted`` (default all; the
-        run counts those not scored as junk) fit a mate as well."""
-        fraction = self.share(counted)
+    def reason(self) -> str | None:
+        """The verdict's warning when more than WARN_FRACTION of the counted particles fit a mate as well."""
+        fraction = self.share()
         if fraction <= WARN_FRACTION:
             return None
-        which = "particles" if counted is None else "particles not scored as junk"
+        which = "particles" if self.counted is None else "particles not scored as junk"
         return (
             f"{100 * fraction:.0f} % of the {which} fit a flipped or distant pose as well: "
             "the map is blurred by mixed orientations"
@@ -270,14 +276,18 @@ class MateCheck:
 
 @torch.no_grad()
 def check_mates(
-    model: RunModel, symmetry: tuple[str, np.ndarray] = ("C1", np.zeros((0, 3, 3))), batch_size: int = 256
+    model: RunModel,
+    symmetry: tuple[str, np.ndarray] = ("C1", np.zeros((0, 3, 3))),
+    counted: np.ndarray | None = None,
+    batch_size: int = 256,
 ) -> MateCheck:
     """Score every particle's final pose against its mates and its best distant pose (MATE_NAMES) at the
     run's last radius, on the other half's map once the halves share a frame (as the junk score): a
     particle's own half has fit its noise at its pose, right or wrong (on a run left at chance, 61 % of
     the particles > 90° off, the own half gave every pose a median 8–9 nats over its mates and flagged
-    1.3 %). ``symmetry``: the map's detected group and
-    its operators (:meth:`SymmetryReport.operators`); its mates are not counted."""
+    1.3 %). ``symmetry``: the map's detected group and its operators (:meth:`SymmetryReport.operators`);
+    its mates are not counted. ``counted`` (n,) bool: the particles the shares count (the run: those the
+    junk score keeps; None: all)."""
     group, operators = symmetry
     rot, shift = model.current_poses()
     twofolds = map_twofolds(model)
@@ -305,4 +315,4 @@ def check_mates(
     margin = out[:, 0].numpy().copy()
     margin[~np.isfinite(margin)] = np.nan
     share = float(out[:, 2].sum()) / (model.n * len(TWOFOLD_NAMES))
-    return MateCheck(margin, out[:, 1].numpy().astype(np.int64), group, share)
+    return MateCheck(margin, out[:, 1].numpy().astype(np.int64), group, share, counted)

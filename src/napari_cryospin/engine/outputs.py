@@ -183,7 +183,8 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     scores = particle_scores(model)
     symmetry = detect_symmetry(half_a, half_b, model.config.seed)  # the working box's half maps
     imposed = model.imposed["group"] if model.imposed and model.imposed["imposed"] else "C1"
-    mates = check_mates(model, (symmetry.group, symmetry.operators()))  # its symmetry mates not counted
+    # Its symmetry mates are not counted, nor the particles scored as junk.
+    mates = check_mates(model, (symmetry.group, symmetry.operators()), ~junk.junk)
     if not model.dp.main:  # the maps and scores are every process's work; the files are process 0's
         return FinalReport("")
     halves = model.halves.cpu().numpy()
@@ -207,7 +208,7 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     # The radius the halves were judged at (the planned top when they never were), in working-box cycles.
     top = model.agreement["top_radius"] if model.agreement else model.schedule.explored_radius(model.epoch)
     final_radius = radius_at(curve, 0.143) * model.box / maps.box
-    validity = verdict(model.agreement, final_radius, top, model.ctf_check, mates.reason(~junk.junk))
+    validity = verdict(model.agreement, final_radius, top, model.ctf_check, mates.reason())
     log.info("writing metrics.json and plots…")
     write_json(
         out / "metrics.json",
@@ -227,7 +228,7 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
                 "halves_agreement": model.agreement,
                 "validity": validity,
                 "junk": junk.summary(keep is not None),
-                "mates": mates.summary(~junk.junk),
+                "mates": mates.summary(),
                 "symmetry": symmetry.to_dict(imposed),
                 "symmetry_imposed": model.imposed,
                 "maps": sizes,
