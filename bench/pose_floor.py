@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_cryospin.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
+from napari_cryospin.geometry.rotations import axis_angle_to_matrix, random_rotations
 from napari_cryospin.model.likelihood import FrequencyDisk, prepare_batch
 from napari_cryospin.model.noise import estimate_noise
 from napari_cryospin.model.volume import HartleyVolume
@@ -61,13 +61,10 @@ def _best_distant(
     """Best correlation (B,) of a pose ≥ 90° from each true rotation ``rot`` (B, 3, 3): the ``top`` best of
     the uniform ``grid`` (G, 3, 3) (slices (G, P)), each refined over ``refine`` (R, 3, 3) around it."""
     scores = ((obs * ctf) @ grid_slices.T) / ((ctf**2) @ (grid_slices**2).T).sqrt().clamp_min(1e-12)
-    b, g = scores.shape
-    angle = geodesic_distance(
-        rot[:, None].expand(b, g, 3, 3).reshape(-1, 3, 3), grid[None].expand(b, g, 3, 3).reshape(-1, 3, 3)
-    ).reshape(b, g)
-    scores[angle < np.pi / 2] = -np.inf
+    trace = torch.einsum("bij,gij->bg", rot, grid)  # tr(Rᵀ·G) = 1 + 2·cos(angle between R and G)
+    scores[trace > 1] = -np.inf  # nearer than 90°
     picks = grid[scores.topk(top, dim=1).indices]  # (B, top, 3, 3)
-    cand = (picks[:, :, None] @ refine[None, None]).reshape(b, -1, 3, 3)
+    cand = (picks[:, :, None] @ refine[None, None]).reshape(len(rot), -1, 3, 3)
     return _ncc(vol.slices(cand, k, 0) * ctf[:, None], obs).max(1).values
 
 
