@@ -10,8 +10,11 @@ With ``--distant G`` it also says how many particles no map can pose: the best o
 where it correlates better, even the true map puts the particle on a distant pose (a pseudo-symmetric mate,
 or too little signal; for asymmetric particles only, as a symmetric one's mates fit by construction).
 ``--whiten`` weighs frequencies by the stack's measured noise, as the engine does.
+``--reference known-half`` scores against the best map a gold-standard run could hold instead of the true
+map: the backprojection, at their true poses, of half the other particles (the probed ones left out, so no
+image meets its own noise). Its floor is what a run's pose error can be compared with.
 Usage: ``python bench/pose_floor.py SET_DIR [SET_DIR ...] [--n 300] [--ball 12] [--candidates 2000]
-[--distant 20000] [--whiten]``
+[--distant 20000] [--whiten] [--reference true|known-half]``
 (SET_DIR: ``truth.star`` + ``truth_volume.mrc``, or ribosome70s's ``truth/`` layout; the first n images
 not listed in its ``junk.npy``). Prints one table.
 """
@@ -29,6 +32,7 @@ from napari_cryospin.model.likelihood import FrequencyDisk, prepare_batch
 from napari_cryospin.model.noise import estimate_noise
 from napari_cryospin.model.volume import HartleyVolume
 from napari_cryospin.physics.fourier import fourier_to_hartley
+from napari_cryospin.physics.reconstruction import backproject
 from napari_cryospin.physics.shifts import centering_phase
 from scoring import load_truth
 
@@ -77,26 +81,31 @@ def pose_floor(
     distant: int = 0,
     whiten: bool = False,
     batch: int = 16,
+    reference: str = "true",
 ) -> dict:
     """Median / mean angle (°) of each particle's best-correlating rotation near the truth, the share within
     3°, the angle of the candidate nearest to the truth (the grid's resolution) and the share at the edge;
-    with ``distant`` > 0, the share whose best pose ≥ 90° away correlates better than the best near."""
+    with ``distant`` > 0, the share whose best pose ≥ 90° away correlates better than the best near.
+    ``reference``: "true" (the true map) or "known-half" (see the module doc)."""
     truth = load_truth(folder)  # the stack read with its detected polarity
     particles, volume = truth.particles, truth.volume
     box = particles.box
     disk = FrequencyDisk(box, particles.pixel_size, torch.device("cpu"))
     k = disk.k
     noise = estimate_noise(particles, 1.0, disk.radius) if whiten else None
+    junk_file = folder / "junk.npy"  # a simulated set's junk: no pose to find
+    junk = np.load(junk_file)[: len(particles)] if junk_file.exists() else np.zeros(len(particles), bool)
+    rows = np.flatnonzero(~junk)[:n]
+    if reference == "known-half":
+        others = np.flatnonzero(~junk)[n:][::2]
+        volume = backproject(particles, particles.rotations, particles.shifts, indices=others)
     vol = HartleyVolume(box, torch.zeros(1, box, box, box))
-    vol.set_from_real_space(torch.from_numpy(volume))
+    vol.set_from_real_space(torch.from_numpy(np.ascontiguousarray(volume, np.float32)))
     pert, angle = perturbations(candidates, ball_deg)
     if distant:
         grid = random_rotations(distant, torch.Generator().manual_seed(1))
         grid_slices = torch.cat([vol.slices(grid[i : i + 2000], k, 0) for i in range(0, distant, 2000)])
         refine, _ = perturbations(400, 8.0, seed=2)
-    junk_file = folder / "junk.npy"  # a simulated set's junk: no pose to find
-    junk = np.load(junk_file)[: len(particles)] if junk_file.exists() else np.zeros(len(particles), bool)
-    rows = np.flatnonzero(~junk)[:n]
     best, far = [], []
     for start in range(0, len(rows), batch):
         idx = rows[start : start + batch]
@@ -114,6 +123,7 @@ def pose_floor(
     err = torch.cat(best).numpy()
     return {
         "set": folder.name,
+        "reference": reference,
         "particles": len(rows),
         "box": box,
         "pixel_A": particles.pixel_size,
@@ -135,17 +145,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", type=int, default=2000)
     p.add_argument("--distant", type=int, default=0, help="uniform rotations searched ≥ 90° away (0: none)")
     p.add_argument("--whiten", action="store_true", help="weigh frequencies by the measured noise")
+    p.add_argument(
+        "--reference",
+        choices=("true", "known-half"),
+        default="true",
+        help="the true map, or the known-pose backprojection of half the other particles",
+    )
     args = p.parse_args(argv)
     print(
-        "| set | n | box | Å/px | floor median ° | floor mean ° | ≤ 3° | nearest candidate ° | at edge | "
-        "distant pose wins |"
+        "| set | reference | n | box | Å/px | floor median ° | floor mean ° | ≤ 3° | nearest candidate ° | "
+        "at edge | distant pose wins |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for folder in args.sets:
-        r = pose_floor(folder, args.n, args.ball, args.candidates, args.distant, args.whiten)
+        r = pose_floor(
+            folder, args.n, args.ball, args.candidates, args.distant, args.whiten, reference=args.reference
+        )
         wins = "—" if r["distant_wins"] is None else f"{r['distant_wins']:.1%}"
         print(
-            f"| {r['set']} | {r['particles']} | {r['box']} | {r['pixel_A']:.2f} | {r['floor_median']:.2f} | "
+            f"| {r['set']} | {r['reference']} | {r['particles']} | {r['box']} | {r['pixel_A']:.2f} | "
+            f"{r['floor_median']:.2f} | "
             f"{r['floor_mean']:.2f} | {r['within_3']:.0%} | {r['spacing']:.2f} | {r['at_edge']:.0%} | "
             f"{wins} |"
         )
