@@ -95,10 +95,10 @@ def pose_floor(
     noise = estimate_noise(particles, 1.0, disk.radius) if whiten else None
     junk_file = folder / "junk.npy"  # a simulated set's junk: no pose to find
     junk = np.load(junk_file)[: len(particles)] if junk_file.exists() else np.zeros(len(particles), bool)
-    rows = np.flatnonzero(~junk)[:n]
-    if reference == "known-half":
-        others = np.flatnonzero(~junk)[n:][::2]
-        volume = backproject(particles, particles.rotations, particles.shifts, indices=others)
+    kept = np.flatnonzero(~junk)
+    rows = kept[:n]
+    if reference == "known-half":  # half of the other kept particles
+        volume = backproject(particles, particles.rotations, particles.shifts, indices=kept[n:][::2])
     vol = HartleyVolume(box, torch.zeros(1, box, box, box))
     vol.set_from_real_space(torch.from_numpy(np.ascontiguousarray(volume, np.float32)))
     pert, angle = perturbations(candidates, ball_deg)
