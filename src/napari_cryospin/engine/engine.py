@@ -180,7 +180,7 @@ class Engine(Views):
         if m.stage == Stage.DECODING and m.volume.copies == 2:  # in any number of processes
             self.perm = distributed.balanced_order(self.perm, m.halves_np)
         self.pos = 0
-        if m.stage == Stage.DECODING and m.epoch == m.schedule.research_epoch():
+        if m.stage == Stage.DECODING and m.epoch in m.schedule.research_epochs():
             self.stages.research_poses()
         if self.stages.pose_opt is not None:
             scale = m.schedule.pose_rate_scale(m.epoch)
@@ -302,7 +302,7 @@ class Engine(Views):
             m.schedule.cap_from_fsc(radius_at(np.asarray(record["fsc"][1]), 0.143))
             m.follow_fsc([float(v) for v in record["fsc"][1]])
             record["radius_cap"] = m.schedule.radius_cap
-        if m.epoch == m.schedule.research_epoch():
+        if m.epoch in m.schedule.research_epochs():
             record["research_moved"] = m.research_moved
         m.history.append(record)
         self.stages.prev_rot = rot_t.clone()

@@ -54,6 +54,9 @@ class Schedule:
     # from the box centre, so it follows picks beyond the search radius without letting shifts float.
     # None: every search is centred on the box centre, without a prior.
     shift_prior_fraction: float | None = 1 / 16
+    # Global re-searches in auto-decoding, this many epochs apart (see ``research_epochs``).
+    research_rounds = 3
+    research_every = 2
 
     def __init__(self, box: int, config: RunConfig, device: str = "cpu", n_particles: int = 4096):
         self.box = box
@@ -142,15 +145,19 @@ class Schedule:
         """The highest radius (cycles per box) exploration has used by the start of ``epoch``."""
         return self.radius(Stage.EXPLORING, max(0, min(epoch, self.explore_end) - 1))
 
-    def research_epoch(self) -> int | None:
-        """The auto-decoding epoch that starts with a global re-search of every pose (None: none).
+    def research_epochs(self) -> tuple[int, ...]:
+        """The auto-decoding epochs that start with a global re-search of every pose (none without an
+        exploration, or before the switch).
 
-        Halfway through auto-decoding, when the map has its full radius: local refinement cannot leave a
-        wrong basin, but the fine grid against the refined map can.
+        The last halfway through auto-decoding, when the map has its full radius: local refinement cannot
+        leave a wrong basin, but a search against the refined map can. Up to ``research_rounds - 1`` more
+        come every ``research_every`` epochs before it, after the switch: each starts from a better map.
         """
         if self.switch_epoch is None or not self.explore_epochs:
-            return None
-        return self.switch_epoch + max(1, (self.epochs - self.switch_epoch) // 2)
+            return ()
+        last = self.switch_epoch + max(1, (self.epochs - self.switch_epoch) // 2)
+        rounds = (last - self.research_every * i for i in range(self.research_rounds))
+        return tuple(sorted(e for e in rounds if e > self.switch_epoch))
 
     def explore_grid(self, epoch: int) -> int:
         """Index into ``explore_grids`` of the rotation grid exploration searches at ``epoch``."""

@@ -1,0 +1,124 @@
+"""The pieces of auto-decoding's global re-search: half maps re-solved from the current poses, and a wide
+search (fine grid over a wide shift window, its best candidates refined) that a pose must beat.
+
+At SNR 0.05 the particles a run gets wrong sit off in shift as well as in rotation (2.5 px median, 8 px at
+the 90th percentile, on 1BD2), so a grid searched ±box/16 around their current shift misses their true
+pose; a window of ±box/8 about the box centre (the largest shift the simulator and real picks give) finds
+it. The best grid poses are 15° apart, too coarse to beat a refined pose at high radius: each of the top
+few is refined in a ball at exploration's top radius, then the best in a finer ball at the current one.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..geometry.rotations import axis_angle_to_matrix
+from ..model.likelihood import searched_error, shift_grid
+from ..model.search import SoftAssignment, grid_search, insert_weighted
+from ..physics.reconstruction import solve_map
+
+if TYPE_CHECKING:
+    from ..data.particle_set import ImageBatch
+    from . import distributed
+    from .run_model import RunModel
+
+TOP_K = 8
+"""Fine-grid poses per particle that are refined (on 1BD2 at SNR 0.05 the truth is among the top 8 for
+most of the particles a wrong basin holds)."""
+
+COARSE_BALL_DEG, FINE_BALL_DEG = 8.0, 3.0
+"""Radii of the two refinement balls: the first spans the grid's 15° spacing, the second its own."""
+
+BALL_POINTS = 48
+"""Random rotations in each ball (besides its centre)."""
+
+LOCAL_WINDOW_PX = 1.5
+"""Shift window (px) searched about each refined candidate's shift."""
+
+WIDE_WINDOW_FRACTION = 1 / 8
+"""The wide search's shift window about the box centre, as a fraction of the box (8 px at box 64)."""
+
+BATCH = 64
+"""Particles scored at once (TOP_K × BALL_POINTS candidates each)."""
+
+
+def ball(deg: float, seed: int, device: torch.device | str) -> torch.Tensor:
+    """(BALL_POINTS + 1, 3, 3): the identity and BALL_POINTS rotations uniform in a ball of ``deg``."""
+    g = torch.Generator().manual_seed(seed)
+    angle = torch.rand(BALL_POINTS, generator=g) ** (1 / 3) * np.deg2rad(deg)
+    axis = torch.randn(BALL_POINTS, 3, generator=g)
+    turns = axis_angle_to_matrix(axis / axis.norm(dim=1, keepdim=True) * angle[:, None])
+    return torch.cat([torch.eye(3)[None], turns]).to(device)
+
+
+@torch.no_grad()
+def maps_from_poses(model: RunModel, dp: distributed.DataParallel) -> None:
+    """Re-solve each half's map as the backprojection of its particles at their current poses.
+
+    Adam's half maps trail the poses: on 1BD2 at SNR 0.05 they hold 18.3 / 18.8 Å against the truth
+    where a backprojection of the same poses holds 14.6 / 15.0 Å, and the re-search is only as good as
+    the map it searches against. The maps are in the decoder's units (normalised spectra, as
+    exploration's running sums) and carry the run's prior.
+    """
+    block = dp.block(model.n)
+    n_points = model.n_points()
+    sums: list = [None] * model.volume.copies
+    for start in range(0, len(block), BATCH * 4):
+        batch = model.batch(block[start : start + BATCH * 4])
+        rot, shift = model.poses(batch.idx)
+        for c, mask, sub in model.copy_parts(batch):
+            b = len(sub.idx)
+            at = SoftAssignment(
+                rot[mask][:, None], shift[mask][:, None], rot.new_ones(b, 1), rot.new_zeros(b, 1)
+            )
+            acc = insert_weighted(sub, at, model.disk, n_points)
+            sums[c] = acc if sums[c] is None else sums[c] + acc
+    for c in range(model.volume.copies):
+        acc = dp.sum_blocks(sums[c]).symmetrized(model.symmetry)
+        solved = solve_map(acc, prior=model.prior)
+        model.volume.set_from_real_space(torch.from_numpy(solved).to(model.device), copy=c)
+
+
+@torch.no_grad()
+def wide_search(
+    model: RunModel,
+    batch: ImageBatch,
+    rot: torch.Tensor,
+    shift: torch.Tensor,
+    coarse_points: int,
+    n_points: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Against each particle's own half map: the error (B,) of its pose (rot (B, 3, 3), shift (B, 2) px)
+    refined in the fine ball, and the wide search's best error (B,), rotation (B, 3, 3) and shift (B, 2).
+
+    The grid and the coarse ball are scored with ``coarse_points`` frequencies (exploration's top radius,
+    where a pose 8° off is still in its basin), the fine balls with ``n_points`` (the current radius).
+    """
+    device = rot.device
+    coarse, fine = ball(COARSE_BALL_DEG, 2, device), ball(FINE_BALL_DEG, 4, device)
+    local = shift_grid(LOCAL_WINDOW_PX, device=device)
+    wide = shift_grid(model.box * WIDE_WINDOW_FRACTION, device=device)
+    vol, disk = model.volume, model.disk
+
+    def refine(sub, c, r, s, turns, points):  # best of r (b, C, 3, 3) · turns, shifts about s (b, C, 2)
+        b, n = r.shape[:2]
+        cand = (r[:, :, None] @ turns[None, None]).reshape(b, -1, 3, 3)
+        start = s[:, :, None].expand(b, n, len(turns), 2).reshape(b, -1, 2)
+        err, best = searched_error(vol, sub, cand, start, local, disk, points, c)
+        i = err.argmin(1)
+        ar = torch.arange(b, device=device)
+        return err[ar, i], cand[ar, i], best[ar, i]
+
+    def search(sub: ImageBatch, c: int, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        now, _, _ = refine(sub, c, rot[m][:, None], shift[m][:, None], fine, n_points)
+        centre = torch.zeros(len(sub.idx), 2, device=device)
+        found = grid_search(vol, sub, model.grids[-1], centre, wide, disk, coarse_points, TOP_K, copy=c)
+        _, r, s = refine(sub, c, found.rotations, found.shifts, coarse, coarse_points)
+        err, r, s = refine(sub, c, r[:, None], s[:, None], fine, n_points)
+        return now, err, r, s
+
+    now, err, best_rot, best_shift = model.by_copy(batch, search)
+    return now, err, best_rot, best_shift
