@@ -19,3 +19,15 @@ def test_reference_weight_is_the_halves_fsc_per_shell_clipped_to_zero_and_one():
     assert weight[c + 4, c, c] == torch.tensor(0.4)  # shell 4 along z
     assert weight[c, c - 7, c] == 0.0  # a negative FSC filters the shell out
     assert weight[0, 0, 0] == torch.tensor(0.02)  # corners beyond the last shell take the last value
+
+
+def test_research_epochs_are_rounds_before_the_middle_of_auto_decoding_and_after_the_switch():
+    schedule = Schedule(16, RunConfig(particles="p.star", out="run", epochs=22, explore_epochs=10))
+    assert schedule.research_epochs() == ()  # before the switch
+    schedule.switch_epoch = 10
+    assert schedule.research_epochs() == (12, 14, 16)
+    schedule.switch_epoch = 19  # a late switch leaves room for one round
+    assert schedule.research_epochs() == (20,)
+    late = Schedule(16, RunConfig(particles="p.star", out="run", epochs=22, explore_epochs=0))
+    late.switch_epoch = 10
+    assert late.research_epochs() == ()  # no exploration: no grid to re-search with

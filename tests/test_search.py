@@ -151,6 +151,53 @@ def test_global_research_rescues_poses_in_a_wrong_basin(tiny_dataset, tmp_path):
     assert 0.2 < eng.model.research_moved < 0.6
 
 
+def test_research_maps_are_the_backprojection_of_the_current_poses(tiny_dataset, tmp_path):
+    from napari_cryospin.data.mrc import read_volume
+    from napari_cryospin.data.particles import load_particles
+    from napari_cryospin.engine.research import maps_from_poses
+    from napari_cryospin.metrics.fsc import fsc
+
+    truth = load_particles(tiny_dataset / "truth.star")
+    eng = _engine(tiny_dataset, tmp_path)
+    m = eng.model
+    rot = torch.as_tensor(truth.rotations, dtype=torch.float32)
+    shift = torch.as_tensor(truth.shifts, dtype=torch.float32)
+    eng.stages.switch_to_decoding("test")
+    m.poses.reseed(torch.arange(m.n), rot, shift)  # the true poses, in both halves
+    before = [m.volume.real_space(c).cpu().numpy() for c in (0, 1)]
+    m.epoch = m.schedule.epochs - 1  # the full radius: the maps are filled out to it
+    maps_from_poses(m, eng.stages.dp)
+    after = [m.volume.real_space(c).cpu().numpy() for c in (0, 1)]
+    true_map, voxel = read_volume(tiny_dataset / "truth_volume.mrc")
+    for c in (0, 1):  # each half now holds its particles' known-pose map, not the start
+        now = np.mean(fsc(after[c], true_map, voxel)[1][1:8])
+        assert now > 0.9
+        assert np.mean(fsc(before[c], true_map, voxel)[1][1:8]) < now - 0.3
+    assert not np.allclose(after[0], after[1])  # each half from its own particles
+
+
+def test_wide_search_finds_poses_beyond_the_local_shift_window(tiny_dataset, tmp_path):
+    from napari_cryospin.data.particles import load_particles
+    from napari_cryospin.engine.research import wide_search
+    from napari_cryospin.geometry.rotations import geodesic_distance, random_rotations
+
+    truth = load_particles(tiny_dataset / "truth.star")
+    eng = _engine(tiny_dataset, tmp_path)
+    m = eng.model
+    idx = np.arange(40)
+    batch = m.batch(idx)
+    sums = insert_weighted(batch, _truth_assignment(truth, idx, eng.device), m.disk, m.disk.count(10))
+    m.volume.set_from_real_space(torch.from_numpy(solve_map(sums)))
+    wrong = random_rotations(40, generator=torch.Generator().manual_seed(2))
+    far = torch.as_tensor(truth.shifts[idx], dtype=torch.float32) + 3.0  # beyond the ±1.5 px local window
+    now, err, rot, shift = wide_search(m, batch, wrong, far, m.disk.count(6), m.disk.count(10))
+    true = torch.as_tensor(truth.rotations[idx], dtype=torch.float32)
+    error = torch.rad2deg(geodesic_distance(rot, true))
+    assert (err < now).float().mean() > 0.9  # the wrong poses are beaten
+    assert error.median() < 5.0
+    assert (shift - torch.as_tensor(truth.shifts[idx])).norm(dim=1).median() < 1.0
+
+
 def test_shift_prior_adds_its_gaussian_term_to_every_candidate(tiny_dataset, tmp_path):
     eng = _engine(tiny_dataset, tmp_path)
     batch = eng.model.batch(np.arange(4))
