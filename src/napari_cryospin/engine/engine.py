@@ -74,6 +74,7 @@ class Engine(Views):
             lambda: (None, read_resume_state(config, self.identity)),
         )
         self._selected = 0
+        self._research_s: float | None = None  # the last global re-search's wall time (s)
         self._commands: list[Command] = []
         self.poll: Callable[[], Command | None] | None = None  # set by the consumer: see the module docstring
 
@@ -181,7 +182,9 @@ class Engine(Views):
             self.perm = distributed.balanced_order(self.perm, m.halves_np)
         self.pos = 0
         if m.stage == Stage.DECODING and m.epoch in m.schedule.research_epochs():
+            t0 = time.perf_counter()
             self.stages.research_poses()
+            self._research_s = time.perf_counter() - t0
         if self.stages.pose_opt is not None:
             scale = m.schedule.pose_rate_scale(m.epoch)
             rates = (m.schedule.rotation_lr, m.schedule.shift_lr)
@@ -304,6 +307,7 @@ class Engine(Views):
             record["radius_cap"] = m.schedule.radius_cap
         if m.epoch in m.schedule.research_epochs():
             record["research_moved"] = m.research_moved
+            record["research_s"] = self._research_s  # not in wall_s: that is the steps' time
         m.history.append(record)
         self.stages.prev_rot = rot_t.clone()
         self.stages.prev_head = m.best_head.clone()
