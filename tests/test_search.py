@@ -198,6 +198,23 @@ def test_wide_search_finds_poses_beyond_the_local_shift_window(tiny_dataset, tmp
     assert (shift - torch.as_tensor(truth.shifts[idx])).norm(dim=1).median() < 1.0
 
 
+def test_a_research_round_after_the_first_only_when_the_last_moved_particles_to_another_basin(
+    tiny_dataset, tmp_path
+):
+    eng = _engine(tiny_dataset, tmp_path, epochs=20, explore_epochs=8)
+    m = eng.model
+    eng.stages.switch_to_decoding("test")
+    first, second, *_ = m.schedule.research_epochs()
+    m.epoch = first - 1
+    assert not eng.stages.research_due()
+    m.epoch = first
+    assert eng.stages.research_due()
+    m.epoch, m.research_far = second, 0.002
+    assert not eng.stages.research_due()
+    m.research_far = 0.05
+    assert eng.stages.research_due()
+
+
 def test_shift_prior_adds_its_gaussian_term_to_every_candidate(tiny_dataset, tmp_path):
     eng = _engine(tiny_dataset, tmp_path)
     batch = eng.model.batch(np.arange(4))

@@ -74,7 +74,7 @@ class Engine(Views):
             lambda: (None, read_resume_state(config, self.identity)),
         )
         self._selected = 0
-        self._research_s: float | None = None  # the last global re-search's wall time (s)
+        self._research_s: float | None = None  # the wall time (s) of the re-search this epoch began with
         self._commands: list[Command] = []
         self.poll: Callable[[], Command | None] | None = None  # set by the consumer: see the module docstring
 
@@ -181,7 +181,7 @@ class Engine(Views):
         if m.stage == Stage.DECODING and m.volume.copies == 2:  # in any number of processes
             self.perm = distributed.balanced_order(self.perm, m.halves_np)
         self.pos = 0
-        if m.stage == Stage.DECODING and m.epoch in m.schedule.research_epochs():
+        if self.stages.research_due():
             t0 = time.perf_counter()
             self.stages.research_poses()
             self._research_s = time.perf_counter() - t0
@@ -305,9 +305,10 @@ class Engine(Views):
             m.schedule.cap_from_fsc(radius_at(np.asarray(record["fsc"][1]), 0.143))
             m.follow_fsc([float(v) for v in record["fsc"][1]])
             record["radius_cap"] = m.schedule.radius_cap
-        if m.epoch in m.schedule.research_epochs():
-            record["research_moved"] = m.research_moved
+        if self._research_s is not None:  # this epoch began with a global re-search
+            record["research_moved"], record["research_far"] = m.research_moved, m.research_far
             record["research_s"] = self._research_s  # not in wall_s: that is the steps' time
+            self._research_s = None
         m.history.append(record)
         self.stages.prev_rot = rot_t.clone()
         self.stages.prev_head = m.best_head.clone()

@@ -41,6 +41,9 @@ LOCAL_WINDOW_PX = 1.5
 WIDE_WINDOW_FRACTION = 1 / 8
 """The wide search's shift window about the box centre, as a fraction of the box (8 px at box 64)."""
 
+FAR_DEG = 20.0
+"""A move further than this is a change of basin (the wide search's balls span 8° + 3°)."""
+
 BATCH = 64
 """Particles scored at once (TOP_K × BALL_POINTS candidates each)."""
 

@@ -132,6 +132,7 @@ class RunModel:
         self.explore_checks: list[float] = []  # FSC-0.5 radii of the checks that extended exploration
         self.restarted: dict | None = None  # the half restarted from the other's map (reseed.py), if any
         self.research_moved: float | None = None  # share of particles the global re-search moved
+        self.research_far: float | None = None  # and the share it moved to another basin
 
     # ------------------------------------------------------------------------------------- factories
     @classmethod
@@ -269,6 +270,7 @@ class RunModel:
             "halves_aligned": self.halves_aligned,
             "agreement": self.agreement,
             "research_moved": self.research_moved,
+            "research_far": self.research_far,
             "semi": self.semi.state(),
             "imposed": self.imposed,
         }
@@ -295,6 +297,7 @@ class RunModel:
         self.switch_reason = st.get("switch_reason", "")
         self.halves_aligned = st.get("halves_aligned", True)
         self.agreement, self.research_moved = st.get("agreement"), st.get("research_moved")
+        self.research_far = st.get("research_far")
         self.semi.restore(st.get("semi"))
         self.imposed = st.get("imposed")
         if self.imposed is not None and self.imposed["imposed"]:

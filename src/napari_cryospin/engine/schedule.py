@@ -54,9 +54,11 @@ class Schedule:
     # from the box centre, so it follows picks beyond the search radius without letting shifts float.
     # None: every search is centred on the box centre, without a prior.
     shift_prior_fraction: float | None = 1 / 16
-    # Global re-searches in auto-decoding, this many epochs apart (see ``research_epochs``).
+    # Global re-searches in auto-decoding, this many epochs apart (see ``research_epochs``); a round after
+    # the first only when the last moved at least this share of the particles to another basin.
     research_rounds = 3
     research_every = 2
+    research_again = 0.01
 
     def __init__(self, box: int, config: RunConfig, device: str = "cpu", n_particles: int = 4096):
         self.box = box
@@ -146,12 +148,13 @@ class Schedule:
         return self.radius(Stage.EXPLORING, max(0, min(epoch, self.explore_end) - 1))
 
     def research_epochs(self) -> tuple[int, ...]:
-        """The auto-decoding epochs that start with a global re-search of every pose (none without an
+        """The auto-decoding epochs that may start with a global re-search of every pose (none without an
         exploration, or before the switch).
 
         The last halfway through auto-decoding, when the map has its full radius: local refinement cannot
         leave a wrong basin, but a search against the refined map can. Up to ``research_rounds - 1`` more
-        come every ``research_every`` epochs before it, after the switch: each starts from a better map.
+        come every ``research_every`` epochs before it, after the switch: each starts from a better map
+        (``Stages.research_due`` skips those after a round that moved almost nothing).
         """
         if self.switch_epoch is None or not self.explore_epochs:
             return ()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..geometry.rotations import geodesic_distance
 from ..metrics.alignment import FrameChange, align_maps
 from ..model.poses import ParticlePoses
 from ..model.search import forget, grid_search, insert_weighted
@@ -19,7 +20,7 @@ from .events import Stage
 from .mates import map_twofolds, score_hypotheses
 from .optimizers import RowAdam, adam
 from .research import BATCH as RESEARCH_BATCH
-from .research import maps_from_poses, wide_search
+from .research import FAR_DEG, maps_from_poses, wide_search
 from .reseed import half_to_restart, restart_half
 from .run_model import RunModel
 from .symmetry_frame import impose_symmetry
@@ -357,12 +358,13 @@ class Stages:
         coarse_points = m.schedule.points(m.disk, Stage.EXPLORING, m.schedule.explore_epochs - 1)
         n_points = m.schedule.points(m.disk, Stage.DECODING, m.epoch)
         twofolds = map_twofolds(self.model)
-        moved = flipped = 0
+        moved = flipped = far = 0
         block = self.dp.block(m.n)  # each process its block, gathered below
         for start in range(0, len(block), RESEARCH_BATCH):
             idx = block[start : start + RESEARCH_BATCH]
             batch = m.batch(idx)
             rot, shift = m.poses(batch.idx)
+            start_rot = rot
             with m.volume.frozen(m.reference_weight, m.reference_mask):
                 err, mate_rot, mate_shift = score_hypotheses(
                     self.model, batch, rot, shift, n_points, twofolds
@@ -377,16 +379,31 @@ class Stages:
             better = wide_err < now
             if better.any():
                 self._reseed(batch.idx[better], wide_rot[better], wide_shift[better])
+            after, _ = m.poses(batch.idx)
+            far += int((torch.rad2deg(geodesic_distance(after, start_rot)) > FAR_DEG).sum())
             flipped += int((to_mate & ~better).sum())
             moved += int((better | to_mate).sum())
         self.dp.sync_blocks(distributed.particle_state(self.model, self.pose_opt), m.n)
-        moved, flipped = self.dp.sum_scalar(moved), self.dp.sum_scalar(flipped)
-        m.research_moved = moved / m.n
+        moved, flipped, far = (self.dp.sum_scalar(v) for v in (moved, flipped, far))
+        m.research_moved, m.research_far = moved / m.n, far / m.n
         log.info(
-            "global re-search at epoch %d moved %.1f%% of particles (%.1f%% to a mate)",
+            "global re-search at epoch %d moved %.1f%% of particles (%.1f%% to a mate, %.1f%% > %g°)",
             m.epoch,
             100 * moved / m.n,
             100 * flipped / m.n,
+            100 * far / m.n,
+            FAR_DEG,
         )
+
+    def research_due(self) -> bool:
+        """Whether this epoch starts with a global re-search: one of ``Schedule.research_epochs``, and the
+        first of them or one after a round that moved at least ``Schedule.research_again`` of the particles
+        to another basin (a round that moves almost none is not worth another: at SNR 0.1 each costs as
+        much as two epochs of auto-decoding and finds nothing)."""
+        m = self.model
+        epochs = m.schedule.research_epochs()
+        if m.stage != Stage.DECODING or m.epoch not in epochs:
+            return False
+        return m.epoch == epochs[0] or (m.research_far or 0.0) >= m.schedule.research_again
 
     # ------------------------------------------------------------------------------------- reporting
