@@ -28,6 +28,8 @@ from scoring import ceiling, load_truth, score_poses
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "panel_models"
 DEFAULT_RIBOSOME = HERE.parent.parent / "shared" / "data" / "ribosome70s"
+RECORD = "bench_run.json"
+"""The benchmark's record of a run (command, wall time, peak RSS, load) in the run's folder."""
 SIMULATE = ["--box", "64", "--n", "5000", "--snr", "0.1", "--defocus", "10000", "30000", "--max-shift", "4"]
 
 
@@ -181,7 +183,8 @@ def _load() -> float:
 
 def run(data: Path, runs: Path, sets: list[PanelSet], ribosome: Path, extra: list[str]) -> None:
     """``cryospin reconstruct`` with defaults (plus ``extra``) on each set, one after the other; records the
-    command, wall time, the child's peak RSS and the load average before it in RUNS/NAME/run.json."""
+    command, wall time, the child's peak RSS and the load average before it in RUNS/NAME/RECORD (beside the
+    run's own run.json, which marks it finished and must stay the engine's)."""
     for item in sets:
         folder = set_folder(data, item, ribosome)
         if not (folder / "particles.star").exists():
@@ -210,7 +213,7 @@ def run(data: Path, runs: Path, sets: list[PanelSet], ribosome: Path, extra: lis
             "load_before": load,
             "uptime_before": uptime,
         }
-        (out / "run.json").write_text(json.dumps(info, indent=1))
+        (out / RECORD).write_text(json.dumps(info, indent=1))
         print(f"  exit {code}, {wall / 60:.1f} min, peak RSS {info['peak_rss_mb']:.0f} MB", flush=True)
 
 
@@ -222,7 +225,7 @@ def table_row(
     info: dict | None,
 ) -> dict:
     """One table row: the pose score (``rot_median``, ``rot_mean``, ``shift_median``, ``fsc05``,
-    ``fsc0143``), the ceiling, the run's reported resolution and its run.json, with the two ratios."""
+    ``fsc0143``), the ceiling, the run's reported resolution and its RECORD, with the two ratios."""
     score = score or {}
     info = info or {}
     fsc05, fsc0143 = score.get("fsc05"), score.get("fsc0143")
@@ -267,7 +270,7 @@ def _ceiling(folder: Path, truth, n: int, cache: Path) -> float:
 
 
 def score(data: Path, runs: Path, sets: list[PanelSet], ribosome: Path) -> list[dict]:
-    """Score every set's finished run (RUNS/NAME: poses.star, metrics.json, run.json); print one table and
+    """Score every set's finished run (RUNS/NAME: poses.star, metrics.json, RECORD); print one table and
     write RUNS/panel.md and RUNS/panel.json. The ceiling uses the same particles as the run (cached in
     RUNS/ceilings.json)."""
     rows = []
@@ -281,7 +284,7 @@ def score(data: Path, runs: Path, sets: list[PanelSet], ribosome: Path) -> list[
         shifts = est.shifts * est.pixel_size / truth.particles.pixel_size
         pose = score_poses(est.rotations, shifts, truth, operators_of(folder))
         metrics = json.loads((out / "metrics.json").read_text())
-        info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else None
+        info = json.loads((out / RECORD).read_text()) if (out / RECORD).exists() else None
         rows.append(
             table_row(
                 item.name,
