@@ -379,7 +379,7 @@ class Stages:
             better = wide_err < now
             if better.any():
                 self._reseed(batch.idx[better], wide_rot[better], wide_shift[better])
-            after, _ = m.poses(batch.idx)
+            after = torch.where(better[:, None, None], wide_rot, rot)  # the poses just reseeded
             far += int((torch.rad2deg(geodesic_distance(after, start_rot)) > FAR_DEG).sum())
             flipped += int((to_mate & ~better).sum())
             moved += int((better | to_mate).sum())
@@ -398,8 +398,8 @@ class Stages:
     def research_due(self) -> bool:
         """Whether this epoch starts with a global re-search: one of ``Schedule.research_epochs``, and the
         first of them or one after a round that moved at least ``Schedule.research_again`` of the particles
-        to another basin (a round that moves almost none is not worth another: at SNR 0.1 each costs as
-        much as two epochs of auto-decoding and finds nothing)."""
+        to another basin (a round that moves almost none is not worth another: at SNR 0.1 each costs about
+        three epochs of auto-decoding and finds nothing)."""
         m = self.model
         epochs = m.schedule.research_epochs()
         if m.stage != Stage.DECODING or m.epoch not in epochs:
