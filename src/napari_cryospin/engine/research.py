@@ -10,6 +10,7 @@ few is refined in a ball at exploration's top radius, then the best in a finer b
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from ..geometry.rotations import axis_angle_to_matrix
 from ..model.likelihood import searched_error, shift_grid
 from ..model.search import SoftAssignment, grid_search, insert_weighted
-from ..physics.reconstruction import solve_map
+from ..physics.reconstruction import Accumulator, solve_map
 
 if TYPE_CHECKING:
     from ..data.particle_set import ImageBatch
@@ -57,9 +58,36 @@ def ball(deg: float, seed: int, device: torch.device | str) -> torch.Tensor:
     return torch.cat([torch.eye(3)[None], turns]).to(device)
 
 
+HELD_OUT = 8
+"""Subsets of the particles (index modulo this) a round searches in turn, each against half maps solved
+without it. A particle's own image in its half map favours the pose it was inserted at: on 1BD2 at SNR 0.05
+the true pose beat the (wrong) current one for 3 % of the particles beyond 90° with it, for 34 % without;
+the map loses an eighth of its particles, which changed no right particle's basin."""
+
+
+def held_out_subset(idx: np.ndarray) -> np.ndarray:
+    """The held-out subset (0 … HELD_OUT − 1) of particles ``idx`` (B,)."""
+    return np.asarray(idx) % HELD_OUT
+
+
+@dataclass
+class PoseMaps:
+    """Each half's gridded sums at the current poses, one per held-out subset: ``parts[copy][subset]``."""
+
+    parts: list[list[Accumulator]]
+
+    def install(self, model: RunModel, without: int | None = None) -> None:
+        """Solve each half's map from its sums (all of them, or all but subset ``without``) into the model."""
+        for c, parts in enumerate(self.parts):
+            kept = [a for k, a in enumerate(parts) if k != without]
+            acc = Accumulator(sum(a.num for a in kept), sum(a.den for a in kept))
+            solved = solve_map(acc.symmetrized(model.symmetry), prior=model.prior)
+            model.volume.set_from_real_space(torch.from_numpy(solved).to(model.device), copy=c)
+
+
 @torch.no_grad()
-def maps_from_poses(model: RunModel, dp: distributed.DataParallel) -> None:
-    """Re-solve each half's map as the backprojection of its particles at their current poses.
+def maps_from_poses(model: RunModel, dp: distributed.DataParallel) -> PoseMaps:
+    """Backproject each half's particles at their current poses, per held-out subset; install the full maps.
 
     Adam's half maps trail the poses: on 1BD2 at SNR 0.05 they hold 18.3 / 18.8 Å against the truth
     where a backprojection of the same poses holds 14.6 / 15.0 Å, and the re-search is only as good as
@@ -68,21 +96,37 @@ def maps_from_poses(model: RunModel, dp: distributed.DataParallel) -> None:
     """
     block = dp.block(model.n)
     n_points = model.n_points()
-    sums: list = [None] * model.volume.copies
-    for start in range(0, len(block), BATCH * 4):
-        batch = model.batch(block[start : start + BATCH * 4])
-        rot, shift = model.poses(batch.idx)
-        for c, mask, sub in model.copy_parts(batch):
-            b = len(sub.idx)
-            at = SoftAssignment(
-                rot[mask][:, None], shift[mask][:, None], rot.new_ones(b, 1), rot.new_zeros(b, 1)
-            )
-            acc = insert_weighted(sub, at, model.disk, n_points)
-            sums[c] = acc if sums[c] is None else sums[c] + acc
-    for c in range(model.volume.copies):
-        acc = dp.sum_blocks(sums[c]).symmetrized(model.symmetry)
-        solved = solve_map(acc, prior=model.prior)
-        model.volume.set_from_real_space(torch.from_numpy(solved).to(model.device), copy=c)
+    parts: list[list[Accumulator]] = []
+    for k in range(HELD_OUT):
+        part = block[held_out_subset(block) == k]
+        sums: list = [None] * model.volume.copies
+        for start in range(0, len(part), BATCH * 4):
+            batch = model.batch(part[start : start + BATCH * 4])
+            rot, shift = model.poses(batch.idx)
+            for c, mask, sub in model.copy_parts(batch):
+                b = len(sub.idx)
+                at = SoftAssignment(
+                    rot[mask][:, None], shift[mask][:, None], rot.new_ones(b, 1), rot.new_zeros(b, 1)
+                )
+                acc = insert_weighted(sub, at, model.disk, n_points)
+                sums[c] = acc if sums[c] is None else sums[c] + acc
+        for c in range(model.volume.copies):
+            if sums[c] is None:  # this process holds none of the subset in this half
+                sums[c] = _empty_sums(model)
+            sums[c] = dp.sum_blocks(sums[c])
+        parts.append(sums)
+    maps = PoseMaps([[parts[k][c] for k in range(HELD_OUT)] for c in range(model.volume.copies)])
+    maps.install(model)
+    return maps
+
+
+def _empty_sums(model: RunModel) -> Accumulator:
+    """Zero sums on the D³ grid of :func:`insert_weighted` (every process adds the same blocks)."""
+    d, device = model.disk.box, model.device
+    return Accumulator(
+        torch.zeros((d, d, d), dtype=torch.complex64, device=device),
+        torch.zeros((d, d, d), dtype=torch.float32, device=device),
+    )
 
 
 @torch.no_grad()

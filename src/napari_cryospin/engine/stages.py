@@ -20,7 +20,7 @@ from .events import Stage
 from .mates import map_twofolds, score_hypotheses
 from .optimizers import RowAdam, adam
 from .research import BATCH as RESEARCH_BATCH
-from .research import FAR_DEG, maps_from_poses, wide_search
+from .research import FAR_DEG, HELD_OUT, held_out_subset, maps_from_poses, wide_search
 from .reseed import half_to_restart, restart_half
 from .run_model import RunModel
 from .symmetry_frame import impose_symmetry
@@ -353,36 +353,21 @@ class Stages:
         """
         m = self.model
         assert m.poses is not None
-        maps_from_poses(m, self.dp)
-        self.vol_opt = self.volume_optimizer()  # Adam's moments belong to the map it replaced
+        maps = maps_from_poses(m, self.dp)
         coarse_points = m.schedule.points(m.disk, Stage.EXPLORING, m.schedule.explore_epochs - 1)
         n_points = m.schedule.points(m.disk, Stage.DECODING, m.epoch)
         twofolds = map_twofolds(self.model)
         moved = flipped = far = 0
         block = self.dp.block(m.n)  # each process its block, gathered below
-        for start in range(0, len(block), RESEARCH_BATCH):
-            idx = block[start : start + RESEARCH_BATCH]
-            batch = m.batch(idx)
-            rot, shift = m.poses(batch.idx)
-            start_rot = rot
-            with m.volume.frozen(m.reference_weight, m.reference_mask):
-                err, mate_rot, mate_shift = score_hypotheses(
-                    self.model, batch, rot, shift, n_points, twofolds
-                )
-            best = err.argmin(1)
-            to_mate = best > 0  # a mate beats the pose and its own local search
-            ar = torch.arange(len(idx), device=self.device)
-            if to_mate.any():
-                self._reseed(batch.idx[to_mate], mate_rot[ar, best][to_mate], mate_shift[ar, best][to_mate])
-                rot, shift = m.poses(batch.idx)
-            now, wide_err, wide_rot, wide_shift = wide_search(m, batch, rot, shift, coarse_points, n_points)
-            better = wide_err < now
-            if better.any():
-                self._reseed(batch.idx[better], wide_rot[better], wide_shift[better])
-            after = torch.where(better[:, None, None], wide_rot, rot)  # the poses just reseeded
-            far += int((torch.rad2deg(geodesic_distance(after, start_rot)) > FAR_DEG).sum())
-            flipped += int((to_mate & ~better).sum())
-            moved += int((better | to_mate).sum())
+        for k in range(HELD_OUT):
+            maps.install(m, without=k)
+            part = block[held_out_subset(block) == k]
+            for start in range(0, len(part), RESEARCH_BATCH):
+                idx = part[start : start + RESEARCH_BATCH]
+                counts = self._research_batch(idx, n_points, coarse_points, twofolds)
+                moved, flipped, far = (a + b for a, b in zip((moved, flipped, far), counts, strict=True))
+        maps.install(m)
+        self.vol_opt = self.volume_optimizer()  # Adam's moments belong to the map it replaced
         self.dp.sync_blocks(distributed.particle_state(self.model, self.pose_opt), m.n)
         moved, flipped, far = (self.dp.sum_scalar(v) for v in (moved, flipped, far))
         m.research_moved, m.research_far = moved / m.n, far / m.n
@@ -394,6 +379,30 @@ class Stages:
             100 * far / m.n,
             FAR_DEG,
         )
+
+    def _research_batch(
+        self, idx: np.ndarray, n_points: int, coarse_points: int, twofolds: list[torch.Tensor]
+    ) -> tuple[int, int, int]:
+        """One batch of a re-search round against the maps installed: (moved, to a mate only, moved far)."""
+        m = self.model
+        batch = m.batch(idx)
+        rot, shift = m.poses(batch.idx)
+        start_rot = rot
+        with m.volume.frozen(m.reference_weight, m.reference_mask):
+            err, mate_rot, mate_shift = score_hypotheses(m, batch, rot, shift, n_points, twofolds)
+        best = err.argmin(1)
+        to_mate = best > 0  # a mate beats the pose and its own local search
+        ar = torch.arange(len(idx), device=self.device)
+        if to_mate.any():
+            self._reseed(batch.idx[to_mate], mate_rot[ar, best][to_mate], mate_shift[ar, best][to_mate])
+            rot, shift = m.poses(batch.idx)
+        now, wide_err, wide_rot, wide_shift = wide_search(m, batch, rot, shift, coarse_points, n_points)
+        better = wide_err < now
+        if better.any():
+            self._reseed(batch.idx[better], wide_rot[better], wide_shift[better])
+        after = torch.where(better[:, None, None], wide_rot, rot)  # the poses just reseeded
+        far = int((torch.rad2deg(geodesic_distance(after, start_rot)) > FAR_DEG).sum())
+        return int((better | to_mate).sum()), int((to_mate & ~better).sum()), far
 
     def research_due(self) -> bool:
         """Whether this epoch starts with a global re-search: one of ``Schedule.research_epochs``, and the
