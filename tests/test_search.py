@@ -176,6 +176,37 @@ def test_research_maps_are_the_backprojection_of_the_current_poses(tiny_dataset,
     assert not np.allclose(after[0], after[1])  # each half from its own particles
 
 
+def test_research_maps_held_out_leave_exactly_their_subset_out(tiny_dataset, tmp_path):
+    from napari_cryospin.data.particles import load_particles
+    from napari_cryospin.engine.research import HELD_OUT, held_out_subset, maps_from_poses
+
+    truth = load_particles(tiny_dataset / "truth.star")
+    eng = _engine(tiny_dataset, tmp_path)
+    m = eng.model
+    eng.stages.switch_to_decoding("test")
+    m.poses.reseed(
+        torch.arange(m.n),
+        torch.as_tensor(truth.rotations, dtype=torch.float32),
+        torch.as_tensor(truth.shifts, dtype=torch.float32),
+    )
+    maps = maps_from_poses(m, eng.stages.dp)
+    full = [m.volume.real_space(c).cpu().numpy() for c in (0, 1)]
+    k = 3
+    maps.install(m, without=k)
+    for c in (0, 1):  # the map a subset is searched against: its half's other particles alone
+        others = np.flatnonzero((m.halves_np == c) & (held_out_subset(np.arange(m.n)) != k))
+        batch = m.batch(others)
+        rot, shift = m.poses(batch.idx)
+        at = SoftAssignment(
+            rot[:, None], shift[:, None], rot.new_ones(len(others), 1), rot.new_zeros(len(others), 1)
+        )
+        expected = solve_map(insert_weighted(batch, at, m.disk, m.n_points()), prior=m.prior)
+        held = m.volume.real_space(c).cpu().numpy()
+        np.testing.assert_allclose(held, expected, atol=1e-4 * np.abs(expected).max())
+        assert not np.allclose(held, full[c], atol=1e-3 * np.abs(full[c]).max())
+    assert HELD_OUT > 1 and m.n // HELD_OUT > 0
+
+
 def test_wide_search_finds_poses_beyond_the_local_shift_window(tiny_dataset, tmp_path):
     from napari_cryospin.data.particles import load_particles
     from napari_cryospin.engine.research import wide_search
