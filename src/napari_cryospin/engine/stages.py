@@ -340,7 +340,8 @@ class Stages:
     @torch.no_grad()
     def research_poses(self) -> None:
         """Re-solve the half maps from the current poses (``research.py``), then give every particle its
-        best mate (``mates.py``), or else the wide search's best pose, whenever that fits better.
+        best mate (``mates.py``), or else the wide search's best pose, whenever that fits better — scored,
+        subset by subset, against half maps without the subset's own images (``research.HELD_OUT``).
 
         The mates (in-plane 180°, the view from the other side, the map's near 2-folds) are scored at the
         current radius against the map the pose steps see: a flipped particle's right pose is ~180° away,
