@@ -96,10 +96,9 @@ def maps_from_poses(model: RunModel, dp: distributed.DataParallel) -> PoseMaps:
     """
     block = dp.block(model.n)
     n_points = model.n_points()
-    parts: list[list[Accumulator]] = []
+    parts = [[_empty_sums(model) for _ in range(HELD_OUT)] for _ in range(model.volume.copies)]
     for k in range(HELD_OUT):
         part = block[held_out_subset(block) == k]
-        sums: list = [None] * model.volume.copies
         for start in range(0, len(part), BATCH * 4):
             batch = model.batch(part[start : start + BATCH * 4])
             rot, shift = model.poses(batch.idx)
@@ -108,20 +107,14 @@ def maps_from_poses(model: RunModel, dp: distributed.DataParallel) -> PoseMaps:
                 at = SoftAssignment(
                     rot[mask][:, None], shift[mask][:, None], rot.new_ones(b, 1), rot.new_zeros(b, 1)
                 )
-                acc = insert_weighted(sub, at, model.disk, n_points)
-                sums[c] = acc if sums[c] is None else sums[c] + acc
-        for c in range(model.volume.copies):
-            if sums[c] is None:  # this process holds none of the subset in this half
-                sums[c] = _empty_sums(model)
-            sums[c] = dp.sum_blocks(sums[c])
-        parts.append(sums)
-    maps = PoseMaps([[parts[k][c] for k in range(HELD_OUT)] for c in range(model.volume.copies)])
+                parts[c][k] = parts[c][k] + insert_weighted(sub, at, model.disk, n_points)
+    maps = PoseMaps([[dp.sum_blocks(acc) for acc in copy] for copy in parts])
     maps.install(model)
     return maps
 
 
 def _empty_sums(model: RunModel) -> Accumulator:
-    """Zero sums on the D³ grid of :func:`insert_weighted` (every process adds the same blocks)."""
+    """Zero sums on the D³ grid of :func:`insert_weighted` (a subset a process holds none of adds these)."""
     d, device = model.disk.box, model.device
     return Accumulator(
         torch.zeros((d, d, d), dtype=torch.complex64, device=device),
