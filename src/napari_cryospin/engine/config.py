@@ -18,6 +18,9 @@ from .setting import Setting, declared, labelled, setting
 EXTEND_MODES = ("auto", "off")
 """``--explore-extend`` values: explore longer while the independent halves disagree, or exactly as set."""
 
+REFINE_MODES = ("auto", "off")
+"""``--local-refine`` values: refine the poses beyond the working box where it limits the map, or never."""
+
 JUNK_MODES = ("auto", "keep")
 """``--junk`` values: leave the particles scored as junk out of the final maps, or keep every particle."""
 
@@ -238,6 +241,14 @@ class RunConfig:
         help="auto (default): leave particles scored as junk out of the final maps (all are scored in "
         "poses.star; the kept ones listed in particles_kept.star); keep: use every particle",
         choices=labelled(JUNK_MODES, ("leave out of the map (auto)", "keep every particle")),
+        dock="advanced",
+    )
+    local_refine: str = setting(
+        "auto",
+        help="auto (default): when the full-size half maps agree nearly out to the working box's Nyquist, "
+        "refine every pose locally at a box that grows with the resolution, each half against its own map; "
+        "off: keep the working box's poses",
+        choices=labelled(REFINE_MODES, ("where the working box limits the map (auto)", "off")),
         dock="advanced",
     )
     explore_subset: int = setting(

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..data.mrc import write_volume
 from ..physics.reconstruction import accumulate, solve_map
+from .local_refine import halves_resolution, refine_locally
 
 if TYPE_CHECKING:
     from ..data.particle_set import ParticleSet
@@ -70,18 +71,37 @@ def write_final_maps(
     working: tuple[np.ndarray, np.ndarray, np.ndarray],
     halves: list[np.ndarray],
     poses: tuple[np.ndarray, np.ndarray],
-) -> tuple[dict, FullSizeMaps]:
+) -> tuple[dict, FullSizeMaps, tuple[np.ndarray, np.ndarray]]:
     """Write volume.mrc (and half_a.mrc, half_b.mrc) at the stored box in run folder ``out``; return what
-    was written and the maps (the working ones when the engine worked at the stored box), which the run is
-    judged by.
+    was written, the maps (the working ones when the engine worked at the stored box), which the run is
+    judged by, and the poses they were made with.
 
     ``working`` are the (full, half A, half B) maps at the working box, written as they are when the
     engine worked at the stored box; otherwise the stored-box maps are reconstructed from the particles of
     ``halves`` at ``poses`` (rotations (n, 3, 3), shifts (n, 2) px of the working box: the ones the working
-    maps used) and the working-box map is kept as volume_working.mrc.
+    maps used) — refined first beyond the working box where it limits the map (``engine/local_refine.py``)
+    — and the working-box map is kept as volume_working.mrc.
     """
     rot, shift = poses
     sized = full_size_maps(model.particles, rot, shift, halves, model.device, model.symmetry)
+    refinement = None
+    if sized is not None and model.config.local_refine == "auto":
+        resolution = halves_resolution(sized.half_a, sized.half_b, sized.voxel)
+        refined = refine_locally(
+            model.particles,
+            poses,
+            halves,
+            resolution,
+            sized.voxel,
+            sized.box,
+            out,
+            model.symmetry,
+            model.device,
+            model.config.seed,
+        )
+        if refined is not None:
+            rot, shift, refinement = refined.rotations, refined.shifts, refined.report
+            sized = full_size_maps(model.particles, rot, shift, halves, model.device, model.symmetry)
     if sized is None:
         full, half_a, half_b = working
         box, voxel = model.box, model.particles.pixel_size
@@ -97,5 +117,6 @@ def write_final_maps(
         "voxel_size": voxel,
         "working_box": model.box,
         "working_voxel_size": model.particles.pixel_size,
+        "local_refinement": refinement,
     }
-    return info, FullSizeMaps(full, half_a, half_b, box, voxel)
+    return info, FullSizeMaps(full, half_a, half_b, box, voxel), (rot, shift)

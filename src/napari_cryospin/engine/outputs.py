@@ -190,7 +190,7 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     halves = model.halves.cpu().numpy()
     kept = np.ones(model.n, bool) if keep is None else keep
     log.info("writing full-size maps…")
-    sizes, maps = write_final_maps(
+    sizes, maps, (rot, shift) = write_final_maps(
         model,
         out,
         (full, half_a, half_b),

@@ -1,0 +1,101 @@
+"""Local refinement beyond the working box: its box rule, its search, and what it does to poses."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cryospin.data.particles import load_particles
+from napari_cryospin.engine import local_refine
+from napari_cryospin.engine.local_refine import best_local_poses, refine_locally, refinement_box
+from napari_cryospin.engine.research import ball
+from napari_cryospin.geometry.rotations import axis_angle_to_matrix
+from napari_cryospin.model.likelihood import FrequencyDisk, shift_grid
+from napari_cryospin.physics.fourier import fftn_centered, hartley_centered
+from napari_cryospin.physics.reconstruction import half_maps
+from napari_cryospin.physics.shifts import centering_phase
+from napari_cryospin.physics.slicing import extract_slices
+
+
+def test_refinement_box_grows_with_the_resolution_up_to_the_stored_box():
+    # maps of 64 voxels of 2 Å: 128 Å across; Nyquist at 1.25 × the resolution's frequency
+    assert refinement_box(10.0, 2.0, 64, 32, 128) == 32  # 2.5 · 128 / 10 = 32: the working box suffices
+    assert refinement_box(9.0, 2.0, 64, 32, 128) == 40  # 35.6, up to a multiple of 8
+    assert refinement_box(5.0, 2.0, 64, 32, 128) == 64
+    assert refinement_box(2.0, 2.0, 64, 32, 128) == 128  # never above the stored box
+    assert refinement_box(50.0, 2.0, 64, 32, 128) == 32  # never below the working box
+
+
+def test_best_local_poses_finds_the_turn_and_offset_an_image_was_displaced_by():
+    box = 24
+    g = torch.Generator().manual_seed(0)
+    vol = torch.nn.functional.avg_pool3d(torch.randn(1, 1, box, box, box, generator=g), 3, 1, 1)[0, 0]
+    disk = FrequencyDisk(box, 1.0, "cpu")
+    k = disk.k
+    n = 5
+    truth = axis_angle_to_matrix(torch.randn(n, 3, generator=g))
+    true_shift = torch.rand(n, 2, generator=g) * 2 - 1
+    ctf = 0.5 + torch.rand(n, len(k), generator=g)
+    centred = extract_slices(fftn_centered(vol, 3), truth, k) * ctf
+    spectrum = centred * centering_phase(k / box, true_shift).conj()  # the particle displaced in its image
+    turns = ball(2.0, 1, "cpu")
+    offsets = shift_grid(1.0, 0.25)
+    which_turn, which_offset = torch.tensor([3, 7, 0, 20, 48]), torch.tensor([0, 2, 5, 9, 11])
+    start = truth @ turns[which_turn].transpose(-1, -2)  # start · turn = truth
+    start_shift = true_shift - offsets[which_offset]
+    grid = hartley_centered(vol, 3)
+    rot, shift, score = best_local_poses(grid, spectrum, ctf, k, box, start, start_shift, turns, offsets)
+    torch.testing.assert_close(rot, truth, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shift, true_shift, atol=1e-5, rtol=0)
+    model = extract_slices(grid, truth, k) * ctf
+    torch.testing.assert_close(score, model.norm(dim=-1), rtol=1e-4, atol=0)  # ⟨y, m⟩/‖m‖ at y = m
+
+
+@pytest.fixture(scope="module")
+def box64(tmp_path_factory):
+    """300 particles of the bundled box-64 map at box 64, SNR 0.5, shifts up to ±2 px."""
+    from napari_cryospin.data.mrc import read_volume
+    from napari_cryospin.resources import bundled_map_path
+    from napari_cryospin.simulation.simulate import simulate_to_dir
+
+    out = tmp_path_factory.mktemp("box64")
+    volume, voxel = read_volume(bundled_map_path(64))
+    simulate_to_dir(volume, voxel, 300, out, snr=0.5, max_shift_px=2.0, seed=5)
+    return out
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arccos(np.clip((np.einsum("nij,nij->n", a, b) - 1) / 2, -1, 1)))
+
+
+def test_refinement_at_the_full_box_brings_poses_found_at_half_of_it_closer_to_the_truth(
+    box64, tmp_path, monkeypatch
+):
+    working = load_particles(box64 / "truth.star", box=32)
+    rot_true, shift_true = working.rotations.astype(np.float32), working.shifts.astype(np.float32)
+    rng = np.random.default_rng(0)
+    axis = rng.normal(size=(len(working), 3))
+    axis *= np.deg2rad(1.5) / np.linalg.norm(axis, axis=1, keepdims=True)
+    rot = rot_true @ axis_angle_to_matrix(torch.tensor(axis, dtype=torch.float32)).numpy()  # 1.5° off
+    shift = shift_true + rng.normal(scale=0.2, size=shift_true.shape).astype(np.float32)
+    members = [np.arange(0, len(working), 2), np.arange(1, len(working), 2)]
+    full = working.at_box(64)
+    _, a, b = half_maps(full, rot, shift * 2)
+    resolution = local_refine.halves_resolution(a, b, full.pixel_size)
+    assert refine_locally(working, (rot, shift), members, 100.0, full.pixel_size, 64) is None  # far from Nyquist
+
+    refined = refine_locally(working, (rot, shift), members, resolution, full.pixel_size, 64, out=tmp_path)
+    before, after = _angle_deg(rot, rot_true), _angle_deg(refined.rotations, rot_true)
+    assert np.median(after) < 0.6 * np.median(before)
+    assert np.median(np.abs(refined.shifts - shift_true)) < 0.5 * np.median(np.abs(shift - shift_true))
+    rounds = refined.report["rounds"]
+    assert len(rounds) == len(local_refine.ROUNDS) and all(r["box"] > 32 for r in rounds)
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a saved round was searched again")
+
+    monkeypatch.setattr(local_refine, "_search_round", no_search)  # resumed: every round is saved
+    again = refine_locally(working, (rot, shift), members, resolution, full.pixel_size, 64, out=tmp_path)
+    np.testing.assert_array_equal(again.rotations, refined.rotations)
+    np.testing.assert_array_equal(again.shifts, refined.shifts)
+    with pytest.raises(AssertionError, match="searched again"):  # other starting poses start afresh
+        refine_locally(working, (rot_true, shift), members, resolution, full.pixel_size, 64, out=tmp_path)
