@@ -81,7 +81,9 @@ def test_refinement_at_the_full_box_brings_poses_found_at_half_of_it_closer_to_t
     full = working.at_box(64)
     _, a, b = half_maps(full, rot, shift * 2)
     resolution = local_refine.halves_resolution(a, b, full.pixel_size)
-    assert refine_locally(working, (rot, shift), members, 100.0, full.pixel_size, 64) is None  # far from Nyquist
+    assert (
+        refine_locally(working, (rot, shift), members, 100.0, full.pixel_size, 64) is None
+    )  # far from Nyquist
 
     refined = refine_locally(working, (rot, shift), members, resolution, full.pixel_size, 64, out=tmp_path)
     before, after = _angle_deg(rot, rot_true), _angle_deg(refined.rotations, rot_true)

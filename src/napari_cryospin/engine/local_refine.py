@@ -46,13 +46,17 @@ MARGIN = 1.25
 BOX_STEP = 8
 """Refinement boxes are multiples of this (FFT-friendly sizes), capped at the stored box."""
 
-ROUNDS = ((2.0, 1.0), (1.0, 0.5), (0.5, 0.25))
-"""(ball radius in degrees, shift window in pixels of the stored box) per round. The working box's poses
-sit within ~1° and half a working pixel of their best; each ball spans the previous one's spacing (48
-random rotations in a ball of 2° are ~0.6° apart)."""
+ROUNDS = ((2.0, 1.0, 32), (1.0, 0.5, 16), (0.5, 0.25, 16))
+"""(ball radius in degrees, shift window in pixels of the stored box, random rotations in the ball) per
+round. The working box's poses sit within ~1° and half a working pixel of their best; each ball spans the
+previous one's spacing."""
 
-SHIFT_STEPS = 4
-"""Shift offsets per window radius (a window of 1 px is searched in steps of 0.25 px)."""
+SHIFT_STEPS = 2
+"""Shift offsets per window radius (a window of 1 px is searched in steps of 0.5 px)."""
+
+REACH = 1.1
+"""Frequencies up to this many times the halves' FSC 0.143 frequency are compared (the FSC weighting
+leaves little beyond it)."""
 
 NOISE_SAMPLE = 1000
 """Particles the noise spectrum is measured on (their residuals at their current poses)."""
@@ -204,13 +208,16 @@ def _search_round(
     members: list[np.ndarray],
     ball_deg: float,
     window_px: float,
+    points: int,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every member's pose searched locally against its own half's reference (shifts in ``particles``' px)."""
     device = refs.grids[0].device
     disk = FrequencyDisk(particles.box, particles.pixel_size, device)
     whiten = 1.0 / _noise_sigma(particles, refs, poses, members, disk, seed)
-    turns = ball(ball_deg, seed, device)
+    turns = ball(ball_deg, seed, device, points)
+    n_points = disk.count(REACH * particles.box * particles.pixel_size / refs.resolution)
+    k = disk.k[:n_points]
     offsets = shift_grid(window_px, window_px / SHIFT_STEPS, device)
     rot, shift = poses[0].copy(), poses[1].copy()
     for c, m in enumerate(members):
@@ -219,9 +226,8 @@ def _search_round(
             b = _image_batch(particles, idx, disk, whiten)
             r = torch.as_tensor(rot[idx], dtype=torch.float32, device=device)
             s = torch.as_tensor(shift[idx], dtype=torch.float32, device=device)
-            r, s, _ = best_local_poses(
-                refs.grids[c], b.spectrum, b.ctf, disk.k, disk.box, r, s, turns, offsets
-            )
+            spectrum, ctf = b.spectrum[:, :n_points], b.ctf[:, :n_points]
+            r, s, _ = best_local_poses(refs.grids[c], spectrum, ctf, k, disk.box, r, s, turns, offsets)
             rot[idx], shift[idx] = r.cpu().numpy(), s.cpu().numpy()
     return rot, shift
 
@@ -270,7 +276,7 @@ def refine_locally(
                 target = int(rounds[-1]["box"])
     for i in range(len(rounds), len(ROUNDS)):
         t0 = time.perf_counter()
-        ball_deg, window = ROUNDS[i]
+        ball_deg, window, points = ROUNDS[i]
         at, refs = _grown_references(particles, target, (rot, shift), members, operators, device)
         target = at.box
         log.info(
@@ -284,7 +290,7 @@ def refine_locally(
         )
         ratio = target / working
         found_rot, found_shift = _search_round(
-            at, refs, (rot, shift * ratio), members, ball_deg, window * target / stored, seed + i
+            at, refs, (rot, shift * ratio), members, ball_deg, window * target / stored, points, seed + i
         )
         moved = _angles_deg(rot, found_rot)[np.concatenate(members)]
         rot, shift = found_rot, found_shift / ratio

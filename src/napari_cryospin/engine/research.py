@@ -49,11 +49,11 @@ BATCH = 64
 """Particles scored at once (TOP_K × BALL_POINTS candidates each)."""
 
 
-def ball(deg: float, seed: int, device: torch.device | str) -> torch.Tensor:
-    """(BALL_POINTS + 1, 3, 3): the identity and BALL_POINTS rotations uniform in a ball of ``deg``."""
+def ball(deg: float, seed: int, device: torch.device | str, points: int = BALL_POINTS) -> torch.Tensor:
+    """(points + 1, 3, 3): the identity and ``points`` rotations uniform in a ball of ``deg``."""
     g = torch.Generator().manual_seed(seed)
-    angle = torch.rand(BALL_POINTS, generator=g) ** (1 / 3) * np.deg2rad(deg)
-    axis = torch.randn(BALL_POINTS, 3, generator=g)
+    angle = torch.rand(points, generator=g) ** (1 / 3) * np.deg2rad(deg)
+    axis = torch.randn(points, 3, generator=g)
     turns = axis_angle_to_matrix(axis / axis.norm(dim=1, keepdim=True) * angle[:, None])
     return torch.cat([torch.eye(3)[None], turns]).to(device)
 
