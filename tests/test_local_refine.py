@@ -8,6 +8,7 @@ from napari_cryospin.data.particles import load_particles
 from napari_cryospin.engine import local_refine
 from napari_cryospin.engine.local_refine import best_local_poses, refine_locally, refinement_box
 from napari_cryospin.engine.research import ball
+from napari_cryospin.engine.run_folder import RESULT_FILES
 from napari_cryospin.geometry.rotations import axis_angle_to_matrix
 from napari_cryospin.model.likelihood import FrequencyDisk, shift_grid
 from napari_cryospin.physics.fourier import fftn_centered, hartley_centered
@@ -89,8 +90,12 @@ def test_refinement_at_the_full_box_brings_poses_found_at_half_of_it_closer_to_t
     before, after = _angle_deg(rot, rot_true), _angle_deg(refined.rotations, rot_true)
     assert np.median(after) < 0.6 * np.median(before)
     assert np.median(np.abs(refined.shifts - shift_true)) < 0.5 * np.median(np.abs(shift - shift_true))
+    assert (
+        tmp_path / local_refine.SAVED
+    ).exists() and local_refine.SAVED in RESULT_FILES  # --overwrite clears it
     rounds = refined.report["rounds"]
-    assert len(rounds) == len(local_refine.ROUNDS) and all(r["box"] > 32 for r in rounds)
+    assert all(r["box"] > 32 for r in rounds)
+    assert len(rounds) == len(local_refine.ROUNDS) or "gained less than" in refined.report["stopped"]
 
     def no_search(*args, **kwargs):
         raise AssertionError("a saved round was searched again")
@@ -101,3 +106,12 @@ def test_refinement_at_the_full_box_brings_poses_found_at_half_of_it_closer_to_t
     np.testing.assert_array_equal(again.shifts, refined.shifts)
     with pytest.raises(AssertionError, match="searched again"):  # other starting poses start afresh
         refine_locally(working, (rot_true, shift), members, resolution, full.pixel_size, 64, out=tmp_path)
+
+
+def test_refinement_stops_when_a_round_gains_too_little(box64, monkeypatch):
+    working = load_particles(box64 / "truth.star", box=32)
+    members = [np.arange(0, 100, 2), np.arange(1, 100, 2)]
+    poses = (working.rotations.astype(np.float32), working.shifts.astype(np.float32))
+    monkeypatch.setattr(local_refine, "MIN_GAIN", 0.5)  # no round gains half the resolution
+    refined = refine_locally(working, poses, members, 7.0, working.pixel_size / 2, 64)
+    assert len(refined.report["rounds"]) == 1 and "in round 1" in refined.report["stopped"], refined.report

@@ -33,6 +33,7 @@ RESULT_FILES = (
     "poses_expanded.star",
     "metrics.json",
     "checkpoint.pt",
+    "local_refine.npz",
     "fsc.png",
     "progress.png",
     "fsc.json",
