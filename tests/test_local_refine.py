@@ -115,3 +115,30 @@ def test_refinement_stops_when_a_round_gains_too_little(box64, monkeypatch):
     monkeypatch.setattr(local_refine, "MIN_GAIN", 0.5)  # no round gains half the resolution
     refined = refine_locally(working, poses, members, 7.0, working.pixel_size / 2, 64)
     assert len(refined.report["rounds"]) == 1 and "in round 1" in refined.report["stopped"], refined.report
+
+
+def test_the_final_maps_are_made_from_the_refined_poses_and_say_so(box64, tmp_path):
+    from types import SimpleNamespace
+
+    from napari_cryospin.engine.full_size import write_final_maps
+
+    working = load_particles(box64 / "truth.star", box=32)
+    members = [np.arange(0, 200, 2), np.arange(1, 200, 2)]
+    model = SimpleNamespace(  # a stand-in run model
+        particles=working,
+        box=32,
+        device="cpu",
+        symmetry=None,
+        config=SimpleNamespace(half_maps=True, local_refine="auto", seed=0),
+    )
+    small = np.zeros((32, 32, 32), np.float32)
+    poses = (working.rotations.astype(np.float32), working.shifts.astype(np.float32))
+    info, maps, (rot, _) = write_final_maps(model, tmp_path, (small, small, small), members, poses)
+    refined = info["local_refinement"]
+    assert refined["box"] > 32 and len(refined["rounds"]) >= 1
+    assert not np.array_equal(rot, poses[0]) and rot.shape == poses[0].shape
+    assert maps.box == 64 and (tmp_path / local_refine.SAVED).exists()
+    model.config.local_refine = "off"
+    (tmp_path / "off").mkdir()
+    info, _, (rot, _) = write_final_maps(model, tmp_path / "off", (small, small, small), members, poses)
+    assert info["local_refinement"] is None and np.array_equal(rot, poses[0])

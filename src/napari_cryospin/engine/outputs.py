@@ -245,6 +245,12 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     n_junk = model.n - n_kept if keep is not None else int(np.count_nonzero(junk.junk))
     fate = "left out" if keep is not None else "kept (--junk keep)"
     junk_note = f"; {n_junk} junk {fate}" if n_junk else ""  # said only when there is junk
-    notes = f"{validity['message']}; {symmetry.message(imposed)}{junk_note}"
+    refined = sizes["local_refinement"]
+    refine_note = (
+        f"; poses refined locally at box {refined['box']} ({len(refined['rounds'])} rounds)"
+        if refined
+        else ""
+    )
+    notes = f"{validity['message']}; {symmetry.message(imposed)}{junk_note}{refine_note}"
     summary = _summary_line(model, out, post, maps.box, sizes["box"], notes)
     return FinalReport(summary, res, (freq, curve), labelled)
