@@ -17,6 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+FINAL_STEPS = ("napari_cryospin.engine.outputs", "napari_cryospin.engine.local_refine")
+"""The loggers whose lines the CLI prints above the bar: the final steps and the local refinement's rounds."""
+
+
 class _StepLines(logging.Handler):
     """Prints each final step the engine logs ("writing full-size maps…") as a line above the bar."""
 
@@ -44,10 +48,10 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
 
     if signals is not None:  # also heard inside the long stretches between snapshots
         engine.poll = lambda: Command("stop") if signals.received is not None else None
-    steps = logging.getLogger("napari_cryospin.engine.outputs")  # the final steps, a line each
     step_lines = _StepLines(stream) if engine.dp.main else logging.NullHandler()
-    steps.addHandler(step_lines)
-    steps.setLevel(logging.INFO)
+    for name in FINAL_STEPS:
+        logging.getLogger(name).addHandler(step_lines)
+        logging.getLogger(name).setLevel(logging.INFO)
     gen = engine.run()
     bar = tqdm(
         total=1000,
@@ -68,7 +72,8 @@ def consume(engine, stream=sys.stderr, signals: StopSignals | None = None) -> st
     finally:
         bar.close()
         gen.close()
-        steps.removeHandler(step_lines)
+        for name in FINAL_STEPS:
+            logging.getLogger(name).removeHandler(step_lines)
     stopped = signals is not None and signals.received is not None  # sent here, or heard through poll
     if stopped and not (engine.out / RUN_RECORD).exists():  # not stopped if it finished meanwhile
         where = engine.out / CHECKPOINT_NAME
