@@ -69,7 +69,7 @@ BATCH = 16
 """Particles scored at once."""
 
 SAVED = "local_refine.npz"
-"""The run folder's record of the rounds done (poses after each), for ``--resume``."""
+"""The run folder's record of the rounds done and the poses after the last, for ``--resume``."""
 
 
 @dataclass
