@@ -271,13 +271,10 @@ def refine_locally(
     rot, shift = poses[0].copy(), poses[1].copy()
     rounds: list[dict] = []
     saved = out / SAVED if out is not None else None
-    if saved is not None and saved.exists():
-        with np.load(saved, allow_pickle=False) as f:
-            if str(f["key"]) == key:
-                rot, shift = f["rotations"], f["shifts"]
-                names = f["round_keys"].tolist()
-                rounds = [dict(zip(names, row, strict=True)) for row in f["rounds"].tolist()]
-                target = int(rounds[-1]["box"])
+    resumed = _load_rounds(saved, key)
+    if resumed is not None:
+        rot, shift, rounds = resumed
+        target = int(rounds[-1]["box"])
     stopped = None
     for i in range(len(rounds), len(ROUNDS)):
         t0 = time.perf_counter()
@@ -314,16 +311,33 @@ def refine_locally(
             }
         )
         if saved is not None:
-            names = list(rounds[0])
-            save_npz(
-                saved,
-                key=np.array(key),
-                rotations=rot,
-                shifts=shift,
-                round_keys=np.array(names),
-                rounds=np.array([[r[n] for n in names] for r in rounds], dtype=np.float64),
-            )
+            _save_rounds(saved, key, rot, shift, rounds)
     return Refined(rot, shift, {"rounds": rounds, "box": target, "stopped": stopped})
+
+
+def _load_rounds(saved: Path | None, key: str) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
+    """The poses and rounds saved in ``saved`` when it holds a refinement from the start ``key``."""
+    if saved is None or not saved.exists():
+        return None
+    with np.load(saved, allow_pickle=False) as f:
+        if str(f["key"]) != key:
+            return None
+        names = f["round_keys"].tolist()
+        rounds = [dict(zip(names, row, strict=True)) for row in f["rounds"].tolist()]
+        return f["rotations"], f["shifts"], rounds
+
+
+def _save_rounds(saved: Path, key: str, rot: np.ndarray, shift: np.ndarray, rounds: list[dict]) -> None:
+    """Record the rounds done and the poses after the last, under the start ``key``."""
+    names = list(rounds[0])
+    save_npz(
+        saved,
+        key=np.array(key),
+        rotations=rot,
+        shifts=shift,
+        round_keys=np.array(names),
+        rounds=np.array([[r[n] for n in names] for r in rounds], dtype=np.float64),
+    )
 
 
 def _grown_references(

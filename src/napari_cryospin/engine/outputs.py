@@ -169,6 +169,14 @@ def _summary_line(model: RunModel, out: Path, post: Postprocessed, box: int, map
     )
 
 
+def _extra_notes(n_junk: int, left_out: bool, refined: dict | None) -> str:
+    """What the last line adds when it happened: junk left out (or kept), the local refinement's box."""
+    fate = "left out" if left_out else "kept (--junk keep)"
+    junk = f"; {n_junk} junk {fate}" if n_junk else ""
+    rounds = len(refined["rounds"]) if refined else 0
+    return junk + (f"; poses refined locally at box {refined['box']} ({rounds} rounds)" if refined else "")
+
+
 def write_results(model: RunModel, out: Path) -> FinalReport:
     """Write volume.mrc, half maps, poses.star, metrics.json and plots; return what the run reports.
 
@@ -243,14 +251,7 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     labelled = labelled_curves(curves)
     plot_run(out, model.history, labelled)
     n_junk = model.n - n_kept if keep is not None else int(np.count_nonzero(junk.junk))
-    fate = "left out" if keep is not None else "kept (--junk keep)"
-    junk_note = f"; {n_junk} junk {fate}" if n_junk else ""  # said only when there is junk
-    refined = sizes["local_refinement"]
-    refine_note = (
-        f"; poses refined locally at box {refined['box']} ({len(refined['rounds'])} rounds)"
-        if refined
-        else ""
-    )
-    notes = f"{validity['message']}; {symmetry.message(imposed)}{junk_note}{refine_note}"
+    notes = f"{validity['message']}; {symmetry.message(imposed)}"
+    notes += _extra_notes(n_junk, keep is not None, sizes["local_refinement"])
     summary = _summary_line(model, out, post, maps.box, sizes["box"], notes)
     return FinalReport(summary, res, (freq, curve), labelled)
