@@ -150,9 +150,10 @@ def _noise_sigma(
     for c, m in enumerate(members):
         pick = np.sort(rng.choice(m, min(len(m), NOISE_SAMPLE // 2), replace=False))
         for start in range(0, len(pick), BATCH * 4):
-            b = _image_batch(particles, pick[start : start + BATCH * 4], disk, None)
-            r = torch.as_tensor(rot[b.idx.cpu().numpy()], dtype=torch.float32, device=disk.k.device)
-            s = torch.as_tensor(shift[b.idx.cpu().numpy()], dtype=torch.float32, device=disk.k.device)
+            idx = pick[start : start + BATCH * 4]
+            b = _image_batch(particles, idx, disk, None)
+            r = torch.as_tensor(rot[idx], dtype=torch.float32, device=disk.k.device)
+            s = torch.as_tensor(shift[idx], dtype=torch.float32, device=disk.k.device)
             model = extract_slices(refs.grids[c], r, disk.k) * b.ctf
             obs = fourier_to_hartley(b.spectrum * centering_phase(disk.k / disk.box, s))
             power = (model * model).sum(-1, keepdim=True).clamp_min(1e-20)
