@@ -73,6 +73,16 @@ def _agree(a: Path, b: Path) -> tuple[float, float]:
     return float(curve.min()), float(np.median(np.concatenate(errors)))
 
 
+def _torchrun(particles: Path, out: Path, flags: list[str]) -> subprocess.CompletedProcess:
+    """``cryospin reconstruct`` in two gloo processes under torchrun, one thread each."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "napari_cryospin.cli", "reconstruct", str(particles), "--out", str(out), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[:1500] + done.stderr[-1500:]
+    return done
+
+
 @pytest.fixture(scope="module")
 def one_process(tiny_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one") / "run"
@@ -82,11 +92,7 @@ def one_process(tiny_dataset, tmp_path_factory) -> Path:
 
 def test_torchrun_two_gloo_processes_match_one_process(tiny_dataset, one_process, tmp_path):
     out = tmp_path / "two"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += ["-m", "napari_cryospin.cli", "reconstruct", str(tiny_dataset / "particles.star")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*command, "--out", str(out), *FLAGS], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr[:1500] + done.stderr[-1500:]
+    done = _torchrun(tiny_dataset / "particles.star", out, FLAGS)
     assert done.stdout.count("done:") == 1  # process 0 alone reports
     assert (out / "run.json").exists() and not list(out.glob(".*.tmp"))
     lowest, median = _agree(one_process, out)
@@ -101,12 +107,9 @@ def test_two_processes_match_one_through_a_global_re_search(tiny_dataset, tmp_pa
     settings = {**SETTINGS, "epochs": 4}
     one, two = tmp_path / "one", tmp_path / "two"
     _finish(Engine(RunConfig(particles=str(tiny_dataset / "particles.star"), out=str(one), **settings)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += ["-m", "napari_cryospin.cli", "reconstruct", str(tiny_dataset / "particles.star")]
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*command, "--out", str(two), *flags], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr[:1500] + done.stderr[-1500:]
+    _torchrun(
+        tiny_dataset / "particles.star", two, [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    )
     rounds = []
     for out in (one, two):
         epochs = json.loads((out / "metrics.json").read_text())["epochs"]
