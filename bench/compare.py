@@ -28,13 +28,17 @@ from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cryodrgn_convert import UNINVERT_FLAG, convert, load_cryodrgn_poses
+from relion_inputs import pipeline_script, write_inputs
 
-METHODS = ("cryospin", "drgnai", "bnb")
+METHODS = ("cryospin", "drgnai", "bnb", "relion")
 LABELS = {
     "cryospin": "cryoSPIN (cryospin reconstruct)",
     "drgnai": "cryoDRGN abinit (DRGN-AI)",
     "bnb": "cryoDRGN abinit_homo_old (branch and bound)",
+    "relion": "RELION 3.1.3 InitialModel, then Refine3D",
 }
+SKIPPED_MAPS = ("_grad", "_half2_")
+"""Map names not scored: RELION's SGD gradients and its second half maps (the first half stands for both)."""
 THRESHOLDS = (40.0, 30.0, 25.0, 20.0)
 DEFAULT_CRYODRGN = "/work/cryodrgn-venv/bin/cryodrgn"
 
@@ -121,7 +125,7 @@ def _copy_new_maps(
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             continue
-        if seen.get(path) == mtime or now - mtime < 1.0:
+        if seen.get(path) == mtime or now - mtime < 1.0 or any(k in path.name for k in SKIPPED_MAPS):
             continue
         seen[path] = mtime
         elapsed = mtime - start
@@ -130,43 +134,76 @@ def _copy_new_maps(
         record.snapshots.append((round(elapsed, 1), str(snap_dir / name)))
 
 
-def run_watched(
-    method: str, command: list[str], workdir: Path, watch: Path, budget_s: float, threads: int
-) -> RunRecord:
-    """Run ``command``, copying its maps as they appear, until it ends or ``budget_s`` passes."""
-    snap_dir = workdir / "snapshots"
-    shutil.rmtree(snap_dir, ignore_errors=True)
-    snap_dir.mkdir(parents=True)
-    watch.mkdir(parents=True, exist_ok=True)
-    record = RunRecord(method, command, budget_s)
-    seen: dict[Path, float] = {}
-    cpu_by_pid: dict[int, float] = {}
-    start = time.time()
-    with open(workdir / "run.log", "w") as log:
-        popen = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), start_new_session=True
-        )
-        proc = psutil.Process(popen.pid)
-        while popen.poll() is None:
-            record.peak_rss_mb = max(record.peak_rss_mb, _sample(_tree(proc), cpu_by_pid))
-            _copy_new_maps(watch, seen, snap_dir, start, record)
-            if time.time() - start > budget_s:
-                record.killed_at_budget = True
-                os.killpg(popen.pid, signal.SIGTERM)
-                try:
-                    popen.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(popen.pid, signal.SIGKILL)
-                    popen.wait()
-                break
+class WatchedRun:
+    """One method's run: started, polled (maps copied, memory and CPU sampled) and stopped at its budget."""
+
+    def __init__(
+        self, method: str, command: list[str], workdir: Path, watch: Path, budget_s: float, threads: int
+    ):
+        self.workdir, self.watch = workdir, watch
+        self.snap_dir = workdir / "snapshots"
+        shutil.rmtree(self.snap_dir, ignore_errors=True)
+        self.snap_dir.mkdir(parents=True)
+        watch.mkdir(parents=True, exist_ok=True)
+        self.record = RunRecord(method, command, budget_s)
+        self.seen: dict[Path, float] = {}
+        self.cpu_by_pid: dict[int, float] = {}
+        self.log = open(workdir / "run.log", "w")  # noqa: SIM115 - closed in finish()
+        self.start = time.time()
+        self.popen = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=thread_env(threads),
+            start_new_session=True,
+        )  # fmt: skip
+        self.proc = psutil.Process(self.popen.pid)
+
+    def poll(self) -> bool:
+        """Sample the run once; stop it at its budget. True while it is still running."""
+        if self.popen.poll() is not None:
+            return False
+        rss = _sample(_tree(self.proc), self.cpu_by_pid)
+        self.record.peak_rss_mb = max(self.record.peak_rss_mb, rss)
+        _copy_new_maps(self.watch, self.seen, self.snap_dir, self.start, self.record)
+        if time.time() - self.start > self.record.budget_s:
+            self.record.killed_at_budget = True
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+            return False
+        return True
+
+    def finish(self) -> RunRecord:
+        """Record wall and CPU time, copy the last maps and write ``run.json``."""
+        self.log.close()
+        record = self.record
+        record.wall_s = round(time.time() - self.start, 1)
+        record.returncode = self.popen.returncode
+        record.cpu_s = round(sum(self.cpu_by_pid.values()), 1)
+        time.sleep(1.1)
+        _copy_new_maps(self.watch, self.seen, self.snap_dir, self.start, record)
+        (self.workdir / "run.json").write_text(json.dumps(asdict(record), indent=1))
+        return record
+
+
+def run_all(runs: list[tuple[str, list[str], Path]], budget_s: float, threads: int, concurrent: bool) -> None:
+    """Run each (method, command, workdir), one after the other or all at once, each within its budget."""
+    pending = list(runs)
+    while pending:
+        batch = pending if concurrent else pending[:1]
+        pending = [] if concurrent else pending[1:]
+        active = []
+        for method, command, workdir in batch:
+            print(f"{method}: {' '.join(command)}", flush=True)
+            active.append(WatchedRun(method, command, workdir, workdir / "out", budget_s, threads))
+        while active:
             time.sleep(1.0)
-    record.wall_s = round(time.time() - start, 1)
-    record.returncode = popen.returncode
-    record.cpu_s = round(sum(cpu_by_pid.values()), 1)
-    time.sleep(1.1)
-    _copy_new_maps(watch, seen, snap_dir, start, record)
-    (workdir / "run.json").write_text(json.dumps(asdict(record), indent=1))
-    return record
+            for run in [r for r in active if not r.poll()]:
+                active.remove(run)
+                record = run.finish()
+                print(f"{record.method}: {record.wall_s:.0f} s, {len(record.snapshots)} maps, "
+                      f"rc {record.returncode}", flush=True)  # fmt: skip
 
 
 def commands(
@@ -175,6 +212,9 @@ def commands(
     """The command line of ``method`` writing into ``run_dir``."""
     if method == "cryospin":
         return [args.cryospin, "reconstruct", str(data.star), "--out", str(run_dir), *args.cryospin_args]
+    if method == "relion":
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return ["bash", str(pipeline_script(inputs["relion"], run_dir, threads))]
     common = [inputs["particles"], "--ctf", inputs["ctf"], "-o", str(run_dir), UNINVERT_FLAG]
     if method == "drgnai":
         return [
@@ -208,6 +248,9 @@ def final_rotations(method: str, run_dir: Path, box: int) -> np.ndarray | None:
             with np.load(epochs[-1]) as saved:
                 return saved["rotations"].astype(np.float64)
         stars = sorted(run_dir.rglob("poses*.star"), key=lambda p: p.stat().st_mtime)
+        return _star_rotations(stars[-1]) if stars else None
+    if method == "relion":
+        stars = sorted(run_dir.rglob("run*_data.star"), key=lambda p: p.stat().st_mtime)
         return _star_rotations(stars[-1]) if stars else None
     pkls = sorted(run_dir.glob("pose*.pkl"), key=lambda p: p.stat().st_mtime)
     return load_cryodrgn_poses(pkls[-1], box)[0] if pkls else None
@@ -328,7 +371,8 @@ def table(results: list[dict], ceiling_res: float | None) -> str:
 
 
 def plot(results: list[dict], ceiling_res: float | None, budget_min: float, title: str, path: Path) -> None:
-    """Resolution (FSC 0.5 vs truth, log axis) against wall time, one line per method, ceiling dashed."""
+    """Resolution (FSC 0.5 vs truth) against wall time, both axes logarithmic, one line per method, the
+    known-pose ceiling dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,7 +385,8 @@ def plot(results: list[dict], ceiling_res: float | None, budget_min: float, titl
             ax.plot(t, [s["res"] for s in r["curve"]], marker="o", ms=3, label=r["label"])
     if ceiling_res is not None:
         ax.axhline(ceiling_res, color="k", ls="--", lw=1, label=f"known poses ({ceiling_res:.1f} Å)")
-    ax.set_xlim(0, budget_min * 1.02)
+    ax.set_xscale("log")
+    ax.set_xlim(0.1, budget_min * 1.05)
     ax.set_yscale("log")
     ax.set_yticks(
         [10, 15, 20, 30, 50, 100, 200, 400], labels=["10", "15", "20", "30", "50", "100", "200", "400"]
@@ -365,6 +410,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="output folder (default /work/bench-out/NAME)")
     p.add_argument("--budget-min", type=float, default=20.0, help="wall-clock budget per method (min)")
     p.add_argument("--threads", type=int, default=2, help="threads for every method")
+    p.add_argument(
+        "--concurrent", action="store_true", help="run the methods at the same time (e.g. one thread each)"
+    )
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     p.add_argument("--reuse", action="store_true", help="score existing runs in --out instead of rerunning")
     p.add_argument("--max-maps", type=int, default=16, help="maps scored per method (spread over time)")
@@ -389,19 +437,20 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     if unknown := set(methods) - set(METHODS):
         raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
-    inputs = convert(data.star, out / "cryodrgn_inputs")
+    inputs: dict = convert(data.star, out / "cryodrgn_inputs")
+    if "relion" in methods:
+        inputs["relion"] = write_inputs(data.star, out / "relion_inputs")
     with mrcfile.open(data.truth_map, permissive=True) as mrc:
         truth = mrc.data.astype(np.float32)
     voxel = float(inputs["pixel_size"])
+    runs = []
     for method in methods:
         run_dir = out / method
         if args.reuse and (run_dir / "run.json").is_file():
             continue
         shutil.rmtree(run_dir / "out", ignore_errors=True)
-        command = commands(method, data, inputs, run_dir / "out", args.threads, args)
-        print(f"{method}: {' '.join(command)}", flush=True)
-        record = run_watched(method, command, run_dir, run_dir / "out", args.budget_min * 60, args.threads)
-        print(f"{method}: {record.wall_s:.0f} s, {len(record.snapshots)} maps, rc {record.returncode}")
+        runs.append((method, commands(method, data, inputs, run_dir / "out", args.threads, args), run_dir))
+    run_all(runs, args.budget_min * 60, args.threads, args.concurrent)
     results = [
         evaluate(m, out / m, data, truth, voxel, args.max_maps)
         for m in METHODS
@@ -416,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "dataset": str(args.dataset.resolve()),
         "threads": args.threads,
+        "concurrent": args.concurrent,
         "budget_min": args.budget_min,
         "ceiling_res": round(ceiling_res, 2),
         "results": results,
@@ -427,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         results,
         ceiling_res,
         args.budget_min,
-        f"{args.dataset.resolve().name}: {args.threads} threads",
+        f"{args.dataset.resolve().name}: {args.threads} thread(s) each, "
+        + ("all at once" if args.concurrent else "one after the other"),
         out / "resolution_vs_time.png",
     )
     print(text)
