@@ -39,7 +39,8 @@ LABELS = {
 }
 SKIPPED_MAPS = ("_grad", "_half2_")
 """Map names not scored: RELION's SGD gradients and its second half maps (the first half stands for both)."""
-THRESHOLDS = (40.0, 30.0, 25.0, 20.0)
+CEILING_MULTIPLES = (3.0, 2.0, 1.5, 1.15)
+"""Resolutions timed, as multiples of the known-pose ceiling (the same yardstick on every data set)."""
 DEFAULT_CRYODRGN = "/work/cryodrgn-venv/bin/cryodrgn"
 
 
@@ -308,9 +309,16 @@ def ceiling(data: Dataset, truth: np.ndarray) -> float:
 
 
 def evaluate(
-    method: str, run_dir: Path, data: Dataset, truth: np.ndarray, voxel: float, max_maps: int
+    method: str,
+    run_dir: Path,
+    data: Dataset,
+    truth: np.ndarray,
+    voxel: float,
+    max_maps: int,
+    ceiling_res: float,
 ) -> dict:
-    """Scores of one finished run: resolution over time, time to thresholds, pose errors, resources."""
+    """Scores of one finished run: resolution over time, time to each multiple of the ceiling, pose errors,
+    resources."""
     from napari_cryospin.metrics.alignment import align_rotations
 
     record = json.loads((run_dir / "run.json").read_text())
@@ -332,7 +340,7 @@ def evaluate(
         "curve": scores,
         "final_res": scores[-1]["res"] if scores else None,
         "best_res": min(s["res"] for s in scores) if scores else None,
-        "time_to": {f"{t:g}": time_to(scores, t) for t in THRESHOLDS},
+        "time_to": {f"{m:g}": time_to(scores, m * ceiling_res) for m in CEILING_MULTIPLES},
     }
     rotations = final_rotations(method, run_dir / "out", truth.shape[0])
     if rotations is not None:
@@ -347,27 +355,46 @@ def _fmt_time(seconds: float | None) -> str:
     return "—" if seconds is None else f"{seconds / 60:.1f}"
 
 
-def table(results: list[dict], ceiling_res: float | None) -> str:
-    """Markdown table of the results (times in minutes)."""
-    heads = [f"t→{t:g} Å" for t in THRESHOLDS]
+def table(results: list[dict], ceiling_res: float) -> str:
+    """Markdown table of the results (times in minutes), then each method's times over cryoSPIN's."""
+    heads = [f"t→{m:g}× ({m * ceiling_res:.1f} Å)" for m in CEILING_MULTIPLES]
     lines = [
         "| method | wall (min) | CPU (min) | " + " | ".join(heads)
         + " | final res (Å) | best res (Å) | rot. err median / mean (°) | peak RSS (MB) |",
-        "|" + "---|" * (7 + len(THRESHOLDS)),
+        "|" + "---|" * (7 + len(CEILING_MULTIPLES)),
     ]  # fmt: skip
     for r in results:
         pose = f"{r['pose_median_deg']:.1f} / {r['pose_mean_deg']:.1f}" if "pose_median_deg" in r else "—"
-        times = " | ".join(_fmt_time(r["time_to"][f"{t:g}"]) for t in THRESHOLDS)
+        times = " | ".join(_fmt_time(r["time_to"][f"{m:g}"]) for m in CEILING_MULTIPLES)
         final = "—" if r["final_res"] is None else f"{r['final_res']:.1f}"
         best = "—" if r["best_res"] is None else f"{r['best_res']:.1f}"
         lines.append(
             f"| {r['label']} | {r['wall_s'] / 60:.1f} | {r['cpu_s'] / 60:.1f} | {times} | {final} | {best} "
             f"| {pose} | {r['peak_rss_mb']} |"
         )
-    if ceiling_res is not None:
-        blank = "| " * (2 + len(THRESHOLDS))
-        lines.append(f"| known-pose backprojection (ceiling) {blank}| {ceiling_res:.1f} | | | |")
-    return "\n".join(lines)
+    blank = "| " * (2 + len(CEILING_MULTIPLES))
+    lines.append(f"| known-pose backprojection (ceiling) {blank}| {ceiling_res:.1f} | | | |")
+    return "\n".join([*lines, "", *time_ratios(results)])
+
+
+def time_ratios(results: list[dict]) -> list[str]:
+    """Each other method's time to each resolution over cryoSPIN's, where both reached it."""
+    ours = next((r for r in results if r["method"] == "cryospin"), None)
+    if ours is None:
+        return []
+    lines = []
+    for r in results:
+        if r is ours:
+            continue
+        parts = []
+        for m in CEILING_MULTIPLES:
+            theirs, mine = r["time_to"][f"{m:g}"], ours["time_to"][f"{m:g}"]
+            if theirs is not None and mine:
+                parts.append(f"{m:g}× ceiling: {theirs / mine:.1f} × cryoSPIN's time")
+            elif mine is not None:
+                parts.append(f"{m:g}× ceiling: not reached (cryoSPIN {mine / 60:.1f} min)")
+        lines.append(f"- {r['label']}: " + ("; ".join(parts) or "cryoSPIN reached none of these"))
+    return lines
 
 
 def plot(results: list[dict], ceiling_res: float | None, budget_min: float, title: str, path: Path) -> None:
@@ -451,17 +478,17 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir / "out", ignore_errors=True)
         runs.append((method, commands(method, data, inputs, run_dir / "out", args.threads, args), run_dir))
     run_all(runs, args.budget_min * 60, args.threads, args.concurrent)
-    results = [
-        evaluate(m, out / m, data, truth, voxel, args.max_maps)
-        for m in METHODS
-        if (out / m / "run.json").is_file()
-    ]
     cached = out / "ceiling.json"
     if args.reuse and cached.is_file():
         ceiling_res = json.loads(cached.read_text())["ceiling_res"]
     else:
         ceiling_res = ceiling(data, truth)
         cached.write_text(json.dumps({"ceiling_res": ceiling_res}))
+    results = [
+        evaluate(m, out / m, data, truth, voxel, args.max_maps, ceiling_res)
+        for m in METHODS
+        if (out / m / "run.json").is_file()
+    ]
     summary = {
         "dataset": str(args.dataset.resolve()),
         "threads": args.threads,
