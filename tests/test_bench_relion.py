@@ -1,4 +1,4 @@
-"""bench/relion_inputs.py: a stack prepared as RELION's extraction leaves it, and the commands its GUI runs."""
+"""bench/relion_inputs.py: a stack prepared as RELION's extraction leaves it; the commands its GUI runs."""
 
 from __future__ import annotations
 

@@ -47,3 +47,14 @@ def test_half_b_is_moved_onto_half_a_by_a_sub_voxel_translation(tiny_dataset):
     model.halves_aligned = False
     *_, unregistered = _gold_standard(model)
     np.testing.assert_array_equal(unregistered, shifts)
+
+
+def test_the_last_line_calls_an_unreliable_runs_number_an_agreement_not_a_resolution(tmp_path):
+    from napari_cryospin.engine.outputs import _summary_line
+
+    model = SimpleNamespace(polarity=SimpleNamespace(summary=lambda: "protein dark (auto, z 60)"))
+    post = SimpleNamespace(resolution=9.04, guinier=SimpleNamespace(applied=None))
+    reliable = _summary_line(model, tmp_path, post, (64, 64), "validity: agree", True)
+    unreliable = _summary_line(model, tmp_path, post, (64, 64), "WARNING: the map is not reliable (…)", False)
+    assert reliable.startswith("done: 9.0 Å (mask-corrected FSC 0.143")
+    assert unreliable.startswith("done: the half maps agree to 9.0 Å, not a resolution the run stands behind")

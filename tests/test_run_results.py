@@ -149,3 +149,11 @@ def test_the_summary_names_the_resolution_as_the_run_reported_it(tmp_path):
 
     line = RunResults(tmp_path, None, 1.0, None, resolution=7.7).summary()
     assert "7.7 Å (mask-corrected FSC 0.143)" in line and "half-map" not in line
+
+
+def test_an_unreliable_run_states_its_number_as_the_halves_agreement(tmp_path):
+    """A run its verdict finds unreliable: the explorer does not call the half maps' FSC a resolution."""
+    from napari_cryospin.engine.run_results import RunResults
+
+    line = RunResults(tmp_path, None, 1.0, None, resolution=9.0, reliable=False).summary()
+    assert "halves agree to 9.0 Å" in line and "NOT reliable" in line

@@ -11,7 +11,7 @@ from napari_cryospin._napari._explorer import RunExplorer
 from napari_cryospin._napari._hub import hub_for
 from napari_cryospin._napari._plots import RunPlots, head_percentages
 from napari_cryospin._napari._posterior_view import PosteriorView
-from napari_cryospin._napari._verdict import verdict_lines
+from napari_cryospin._napari._verdict import short_verdict, verdict_lines
 from napari_cryospin._napari._volume import MAP_LAYER
 from napari_cryospin.engine.device import available_devices
 from napari_cryospin.engine.events import Command, Stage
@@ -401,3 +401,19 @@ def test_the_posterior_marks_the_winners_symmetry_mates(qtbot, ui_viewer, ui_sna
     assert len(view.mate_artist.get_offsets()) == 3
     labels = [text.get_text() for text in view.figure.axes[0].get_legend().get_texts()]
     assert "C4 mates of the head" in " ".join(labels)
+
+
+def test_the_notification_of_an_unreliable_run_names_no_resolution(ui_snapshot):
+    snapshot = ui_snapshot(stage=Stage.DONE)
+    snapshot.resolution = 9.0
+    snapshot.message = "done: 9.0 Å (mask-corrected FSC 0.143); validity: the two halves agree"
+    assert short_verdict(snapshot) == "cryoSPIN: 9.0 Å, map reliable"
+    snapshot.message = (
+        "done: the half maps agree to 9.0 Å, not a resolution the run stands behind (mask-corrected FSC "
+        "0.143); WARNING: the map is not reliable (23 % of the particles fit a mate as well)"
+    )
+    assert short_verdict(snapshot) == "cryoSPIN: halves agree to 9.0 Å, map NOT reliable (see dock)"
+    assert verdict_lines(snapshot.message)[0] == (
+        "• done: the half maps agree to 9.0 Å, not a resolution the run stands behind (mask-corrected FSC "
+        "0.143)"
+    )

@@ -52,9 +52,11 @@ def short_verdict(snapshot: Snapshot) -> str:
     message = snapshot.message or "finished"
     if not message.startswith("done"):
         return f"cryoSPIN: {_split_top_level(message)[0]}"
+    if "WARNING" in message:
+        agree = f"halves agree to {snapshot.resolution:.1f} Å, " if snapshot.resolution else ""
+        return f"cryoSPIN: {agree}map NOT reliable (see dock)"
     resolution = f"{snapshot.resolution:.1f} Å, " if snapshot.resolution else ""
-    reliable = "map NOT reliable (see dock)" if "WARNING" in message else "map reliable"
-    return f"cryoSPIN: {resolution}{reliable}"
+    return f"cryoSPIN: {resolution}map reliable"
 
 
 class VerdictPanel(QGroupBox):

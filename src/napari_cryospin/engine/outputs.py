@@ -158,15 +158,23 @@ def _postprocessed(model: RunModel, out: Path, maps: FullSizeMaps) -> Postproces
     return post
 
 
-def _summary_line(model: RunModel, out: Path, post: Postprocessed, box: int, map_box: int, notes: str) -> str:
-    """The run's last line: resolution, sharpening, polarity, ``notes`` (verdict, symmetry, junk), box."""
+def _summary_line(
+    model: RunModel, out: Path, post: Postprocessed, sizes: tuple[int, int], notes: str, reliable: bool
+) -> str:
+    """The run's last line: resolution, sharpening, polarity, ``notes`` (verdict, symmetry, junk), the
+    half maps' and the map's box (``sizes``). A run its verdict finds unreliable states the half maps'
+    FSC 0.143 as their agreement, not as a resolution: halves can agree on a map blurred by mixed poses."""
+    box, map_box = sizes
     applied = post.guinier.applied
     sharpened = f"sharpened with B {applied:.0f} Å²" if applied else "FSC-weighted, not sharpened"
-    return (
-        f"done: {post.resolution:.1f} Å (mask-corrected FSC 0.143 of the {box}-px half maps; "
-        f"volume_sharpened.mrc {sharpened}), {model.polarity.summary()}; {notes}; {map_box}-px map; "
-        f"results in {out}"
+    measured = f"mask-corrected FSC 0.143 of the {box}-px half maps; volume_sharpened.mrc {sharpened}"
+    head = (
+        f"{post.resolution:.1f} Å ({measured})"
+        if reliable
+        else f"the half maps agree to {post.resolution:.1f} Å, not a resolution the run stands behind "
+        f"({measured})"
     )
+    return f"done: {head}, {model.polarity.summary()}; {notes}; {map_box}-px map; results in {out}"
 
 
 def _extra_notes(n_junk: int, left_out: bool, refined: dict | None) -> str:
@@ -226,6 +234,7 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
             "epochs": model.history,
             "final": {
                 "resolution": res,
+                "resolution_reliable": validity["reliable"],
                 "fsc": [freq.tolist(), curve.tolist()],
                 "fsc_curves": curves,
                 "postprocess": post.to_dict(),
@@ -253,5 +262,5 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     n_junk = model.n - n_kept if keep is not None else int(np.count_nonzero(junk.junk))
     notes = f"{validity['message']}; {symmetry.message(imposed)}"
     notes += _extra_notes(n_junk, keep is not None, sizes["local_refinement"])
-    summary = _summary_line(model, out, post, maps.box, sizes["box"], notes)
+    summary = _summary_line(model, out, post, (maps.box, sizes["box"]), notes, validity["reliable"])
     return FinalReport(summary, res, (freq, curve), labelled)

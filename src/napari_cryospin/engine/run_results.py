@@ -92,6 +92,7 @@ class RunResults:
     fsc: tuple[np.ndarray, np.ndarray] | None = None  # (frequency 1/Å, FSC) of the final half maps
     fsc_curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # by label
     resolution: float | None = None  # Å, as reported: mask-corrected FSC 0.143 of the full-size halves
+    reliable: bool = True  # the run's verdict: False makes ``resolution`` the halves' agreement only
     poses: pd.DataFrame | None = None  # poses.star's particle rows as written
     optics: pd.DataFrame | None = None
     table: pd.DataFrame | None = None  # one row per particle: "particle" then the plottable scores
@@ -103,7 +104,9 @@ class RunResults:
     def summary(self) -> str:
         """One line: the folder, particle count, resolution and whether it finished."""
         n = 0 if self.table is None else len(self.table)
-        res = f", {self.resolution:.1f} Å (mask-corrected FSC 0.143)" if self.resolution else ""
+        stands = "" if self.reliable else "halves agree to "
+        res = f", {stands}{self.resolution:.1f} Å (mask-corrected FSC 0.143)" if self.resolution else ""
+        res += "" if self.reliable else ", map NOT reliable"
         state = "finished" if self.finished else "unfinished (no valid run.json)"
         unread = f"; {len(self.problems)} file(s) could not be read (see the warnings)" * bool(self.problems)
         return f"{self.folder.name}: {n} particles{res}, {state}{unread}"
@@ -307,6 +310,7 @@ def read_run(folder: str | os.PathLike) -> RunResults:
         if final.get("fsc"):
             results.fsc = (np.asarray(final["fsc"][0]), np.asarray(final["fsc"][1]))
             results.resolution = final.get("resolution")
+        results.reliable = bool((final.get("validity") or {}).get("reliable", True))
         results.fsc_curves = labelled_curves(final.get("fsc_curves"))
     tables = None
     if (folder / "poses.star").exists():
