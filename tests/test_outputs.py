@@ -58,3 +58,19 @@ def test_the_last_line_calls_an_unreliable_runs_number_an_agreement_not_a_resolu
     unreliable = _summary_line(model, tmp_path, post, (64, 64), "WARNING: the map is not reliable (…)", False)
     assert reliable.startswith("done: 9.0 Å (mask-corrected FSC 0.143")
     assert unreliable.startswith("done: the half maps agree to 9.0 Å, not a resolution the run stands behind")
+
+
+def test_the_last_line_says_how_many_particles_the_encoder_posed_and_how_often_it_was_wrong():
+    from napari_cryospin.engine.outputs import _extra_notes
+
+    semi = {
+        "explored": 2000,
+        "encoder_posed": 3000,
+        "audit": 300,
+        "audit_wrong_share": 0.12,
+        "grid_searched": 650,
+    }
+    line = _extra_notes(0, True, None, semi)
+    assert "2000 particles explored, 3000 posed by the encoder" in line
+    assert "the audit found 12% of its 300 wrong" in line and "650 grid-searched" in line
+    assert _extra_notes(0, True, None, None) == ""

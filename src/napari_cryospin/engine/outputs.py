@@ -177,12 +177,21 @@ def _summary_line(
     return f"done: {head}, {model.polarity.summary()}; {notes}; {map_box}-px map; results in {out}"
 
 
-def _extra_notes(n_junk: int, left_out: bool, refined: dict | None) -> str:
-    """What the last line adds when it happened: junk left out (or kept), the local refinement's box."""
+def _extra_notes(n_junk: int, left_out: bool, refined: dict | None, semi: dict | None = None) -> str:
+    """What the last line adds when it happened: junk left out (or kept), the local refinement's box, and
+    semi-amortized posing (how many particles the encoder posed, how often the audit found it wrong)."""
     fate = "left out" if left_out else "kept (--junk keep)"
     junk = f"; {n_junk} junk {fate}" if n_junk else ""
     rounds = len(refined["rounds"]) if refined else 0
-    return junk + (f"; poses refined locally at box {refined['box']} ({rounds} rounds)" if refined else "")
+    notes = junk + (f"; poses refined locally at box {refined['box']} ({rounds} rounds)" if refined else "")
+    if semi is not None:
+        wrong = semi["audit_wrong_share"]
+        audit = "no audit" if wrong is None else f"the audit found {wrong:.0%} of its {semi['audit']} wrong"
+        notes += (
+            f"; {semi['explored']} particles explored, {semi['encoder_posed']} posed by the encoder "
+            f"({audit}; {semi['grid_searched']} grid-searched)"
+        )
+    return notes
 
 
 def write_results(model: RunModel, out: Path) -> FinalReport:
@@ -261,6 +270,6 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     plot_run(out, model.history, labelled)
     n_junk = model.n - n_kept if keep is not None else int(np.count_nonzero(junk.junk))
     notes = f"{validity['message']}; {symmetry.message(imposed)}"
-    notes += _extra_notes(n_junk, keep is not None, sizes["local_refinement"])
+    notes += _extra_notes(n_junk, keep is not None, sizes["local_refinement"], model.semi.report)
     summary = _summary_line(model, out, post, (maps.box, sizes["box"]), notes, validity["reliable"])
     return FinalReport(summary, res, (freq, curve), labelled)
