@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,14 @@ LABELS = {
     "relion": "RELION 3.1.3 InitialModel, then Refine3D",
 }
 SKIPPED_MAPS = ("_grad", "_half2_")
-"""Map names not scored: RELION's SGD gradients and its second half maps (the first half stands for both)."""
+"""Map names not copied: RELION's SGD gradients and its second half maps (the first half stands for both)."""
+SCORED_MAPS = {
+    "cryospin": re.compile(r"^(epoch_\d+\.npz|volume\.mrc)$"),
+    "drgnai": re.compile(r"^reconstruct\.\d+\.mrc$"),
+    "bnb": re.compile(r"^reconstruct\.\d+\.mrc$"),
+    "relion": re.compile(r"^run(_it\d+)?(_half1)?_class001\.mrc$"),
+}
+"""The maps of each method that are its reconstructions (not masks, local-resolution or sharpened maps)."""
 CEILING_MULTIPLES = (3.0, 2.0, 1.5, 1.15)
 """Resolutions timed, as multiples of the known-pose ceiling (the same yardstick on every data set)."""
 DEFAULT_CRYODRGN = "/work/cryodrgn-venv/bin/cryodrgn"
@@ -243,18 +251,24 @@ def read_map(path: str | Path) -> np.ndarray:
 
 def final_rotations(method: str, run_dir: Path, box: int) -> np.ndarray | None:
     """The method's last written rotations (conventions' R), or None when it wrote none."""
-    if method == "cryospin":
+    if method == "cryospin":  # the final poses (both halves in one frame), else the last epoch's
+        if (run_dir / "poses.star").is_file():
+            return _star_rotations(run_dir / "poses.star")
         epochs = sorted(run_dir.rglob("epoch_*.npz"), key=lambda p: p.stat().st_mtime)
-        if epochs:
-            with np.load(epochs[-1]) as saved:
-                return saved["rotations"].astype(np.float64)
-        stars = sorted(run_dir.rglob("poses*.star"), key=lambda p: p.stat().st_mtime)
-        return _star_rotations(stars[-1]) if stars else None
+        if not epochs:
+            return None
+        with np.load(epochs[-1]) as saved:
+            return saved["rotations"].astype(np.float64)
     if method == "relion":
         stars = sorted(run_dir.rglob("run*_data.star"), key=lambda p: p.stat().st_mtime)
         return _star_rotations(stars[-1]) if stars else None
     pkls = sorted(run_dir.glob("pose*.pkl"), key=lambda p: p.stat().st_mtime)
     return load_cryodrgn_poses(pkls[-1], box)[0] if pkls else None
+
+
+def _original_name(snapshot: str) -> str:
+    """The name a copied map had in the run (``NNN_TTTTTT.Ts_NAME`` → ``NAME``)."""
+    return Path(snapshot).name.split("_", 2)[2]
 
 
 def _pick(snapshots: list[tuple[float, str]], k: int) -> list[tuple[float, str]]:
@@ -326,8 +340,9 @@ def evaluate(
     if cache.is_file() and cache.stat().st_mtime > (run_dir / "run.json").stat().st_mtime:
         scores = json.loads(cache.read_text())
     else:
-        print(f"{method}: scoring {len(record['snapshots'])} maps (at most {max_maps})", flush=True)
-        scores = score_maps([tuple(s) for s in record["snapshots"]], truth, voxel, max_maps)
+        maps = [tuple(s) for s in record["snapshots"] if SCORED_MAPS[method].match(_original_name(s[1]))]
+        print(f"{method}: scoring {len(maps)} maps (at most {max_maps})", flush=True)
+        scores = score_maps(maps, truth, voxel, max_maps)
         cache.write_text(json.dumps(scores, indent=1))
     result = {
         "method": method,
