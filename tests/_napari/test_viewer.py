@@ -169,7 +169,8 @@ def test_the_verdict_fits_the_pop_up_and_the_dock_at_1080p(qtbot, make_napari_vi
     frame, dock = viewer.window.add_plugin_dock_widget("napari-cryospin", "cryoSPIN reconstruction")
     out = tmp_path / ("a-long-folder-name-for-the-results-of-this-run-" * 2)
     message = (
-        "done: 8.1 Å (mask-corrected FSC 0.143 of the 64-px half maps; B -312 Å², volume_sharpened.mrc), "
+        "done: the half maps agree to 8.1 Å, not a resolution the run stands behind (mask-corrected FSC "
+        "0.143 of the 64-px half maps; B -312 Å², volume_sharpened.mrc), "
         "protein dark (auto, z 143); WARNING: the map is not reliable (the halves shared one map until the "
         "switch, so the resolution is optimistic; the final half maps agree only to 5.2 cycles per box "
         "(FSC 0.143); 31 % of the particles fit a mate of their pose as well); symmetry: C1 (no point group "
@@ -184,7 +185,7 @@ def test_the_verdict_fits_the_pop_up_and_the_dock_at_1080p(qtbot, make_napari_vi
     qtbot.addWidget(pop_up)
     pop_up.show()
     QApplication.processEvents()
-    assert QLabel.text(pop_up.message) == shown[0] == "cryoSPIN: 8.1 Å, map NOT reliable (see dock)"
+    assert QLabel.text(pop_up.message) == shown[0] == "cryoSPIN: map NOT reliable (see dock)"
     screen = window.screen().availableGeometry()
     label = dock.verdict.label
     assert dock.verdict.isVisible() and "    – the final half maps agree only to 5.2" in label.text()

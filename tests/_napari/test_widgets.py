@@ -412,7 +412,7 @@ def test_the_notification_of_an_unreliable_run_names_no_resolution(ui_snapshot):
         "done: the half maps agree to 9.0 Å, not a resolution the run stands behind (mask-corrected FSC "
         "0.143); WARNING: the map is not reliable (23 % of the particles fit a mate as well)"
     )
-    assert short_verdict(snapshot) == "cryoSPIN: halves agree to 9.0 Å, map NOT reliable (see dock)"
+    assert short_verdict(snapshot) == "cryoSPIN: map NOT reliable (see dock)"
     assert verdict_lines(snapshot.message)[0] == (
         "• done: the half maps agree to 9.0 Å, not a resolution the run stands behind (mask-corrected FSC "
         "0.143)"

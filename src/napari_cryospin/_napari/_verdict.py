@@ -48,13 +48,13 @@ def verdict_lines(message: str) -> list[str]:
 
 
 def short_verdict(snapshot: Snapshot) -> str:
-    """The run's end in a few words for the notification: resolution and whether the map is reliable."""
+    """The run's end in a few words for the notification: resolution and whether the map is reliable (an
+    unreliable run's number is no resolution, so the notification names none)."""
     message = snapshot.message or "finished"
     if not message.startswith("done"):
         return f"cryoSPIN: {_split_top_level(message)[0]}"
-    if "WARNING" in message:
-        agree = f"halves agree to {snapshot.resolution:.1f} Å, " if snapshot.resolution else ""
-        return f"cryoSPIN: {agree}map NOT reliable (see dock)"
+    if "WARNING" in message:  # its number is the halves' agreement, said with its caveat in the dock
+        return "cryoSPIN: map NOT reliable (see dock)"
     resolution = f"{snapshot.resolution:.1f} Å, " if snapshot.resolution else ""
     return f"cryoSPIN: {resolution}map reliable"
 
