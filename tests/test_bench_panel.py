@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import import_bench
 
 
 @pytest.fixture(scope="module")
 def panel():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    return importlib.import_module("panel")
+    return import_bench("panel")
 
 
 def _pdb(chains: dict[str, tuple[str, np.ndarray]]) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import shlex
-import sys
 from pathlib import Path
 
 import mrcfile
@@ -12,14 +10,12 @@ import numpy as np
 import pytest
 import starfile
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import import_bench
 
 
 @pytest.fixture(scope="module")
 def relion_inputs():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    return importlib.import_module("relion_inputs")
+    return import_bench("relion_inputs")
 
 
 def test_the_stack_is_inverted_and_its_background_normalised(relion_inputs, tiny_dataset, tmp_path):
