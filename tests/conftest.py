@@ -1,9 +1,6 @@
 """Shared pytest fixtures; each team prefixes its own (io_: particle I/O)."""
 
-import importlib
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import mrcfile
 import numpy as np
@@ -78,13 +75,3 @@ def finished_run(tiny_dataset, tmp_path_factory) -> Path:
     for _ in Engine(config).run():
         pass
     return out
-
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def import_bench(name: str) -> ModuleType:
-    """A script of ``bench/`` imported as a module (its folder put on the path, as running it does)."""
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    return importlib.import_module(name)

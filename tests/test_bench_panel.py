@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from conftest import import_bench
+from bench_scripts import import_bench
 
 
 @pytest.fixture(scope="module")

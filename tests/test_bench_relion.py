@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import starfile
 
-from conftest import import_bench
+from bench_scripts import import_bench
 
 
 @pytest.fixture(scope="module")
