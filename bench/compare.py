@@ -38,15 +38,15 @@ LABELS = {
     "bnb": "cryoDRGN abinit_homo_old (branch and bound)",
     "relion": "RELION 3.1.3 InitialModel, then Refine3D",
 }
-SKIPPED_MAPS = ("_grad", "_half2_")
-"""Map names not copied: RELION's SGD gradients and its second half maps (the first half stands for both)."""
 SCORED_MAPS = {
     "cryospin": re.compile(r"^(epoch_\d+\.npz|volume\.mrc)$"),
     "drgnai": re.compile(r"^reconstruct\.\d+\.mrc$"),
     "bnb": re.compile(r"^reconstruct\.\d+\.mrc$"),
     "relion": re.compile(r"^run(_it\d+)?(_half1)?_class001\.mrc$"),
 }
-"""The maps of each method that are its reconstructions (not masks, local-resolution or sharpened maps)."""
+"""The maps of each method that are its reconstructions, the only ones copied and scored: not masks,
+local-resolution or sharpened maps, RELION's SGD gradients or its second half maps (the first stands for
+both)."""
 CEILING_MULTIPLES = (3.0, 2.0, 1.5, 1.15)
 """Resolutions timed, as multiples of the known-pose ceiling (the same yardstick on every data set)."""
 DEFAULT_CRYODRGN = "/work/cryodrgn-venv/bin/cryodrgn"
@@ -126,15 +126,16 @@ def _sample(procs: list[psutil.Process], cpu_by_pid: dict[int, float]) -> float:
 def _copy_new_maps(
     watch: Path, seen: dict[Path, float], snap_dir: Path, start: float, record: RunRecord
 ) -> None:
-    """Copy each map (.mrc, or cryoSPIN's per-epoch .npz) under ``watch`` that is new or rewritten and has
-    been quiet for a second."""
+    """Copy each of the method's reconstructions (``SCORED_MAPS``) under ``watch`` that is new or rewritten
+    and has been quiet for a second."""
+    scored = SCORED_MAPS[record.method]
     now = time.time()
     for path in sorted([*watch.rglob("*.mrc"), *watch.rglob("*.npz")]):
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             continue
-        if seen.get(path) == mtime or now - mtime < 1.0 or any(k in path.name for k in SKIPPED_MAPS):
+        if seen.get(path) == mtime or now - mtime < 1.0 or not scored.match(path.name):
             continue
         seen[path] = mtime
         elapsed = mtime - start
@@ -340,6 +341,7 @@ def evaluate(
     if cache.is_file() and cache.stat().st_mtime > (run_dir / "run.json").stat().st_mtime:
         scores = json.loads(cache.read_text())
     else:
+        # Filtered again: runs copied before the copy itself was filtered hold every map they wrote.
         maps = [tuple(s) for s in record["snapshots"] if SCORED_MAPS[method].match(_original_name(s[1]))]
         print(f"{method}: scoring {len(maps)} maps (at most {max_maps})", flush=True)
         scores = score_maps(maps, truth, voxel, max_maps)
@@ -412,7 +414,7 @@ def time_ratios(results: list[dict]) -> list[str]:
     return lines
 
 
-def plot(results: list[dict], ceiling_res: float | None, budget_min: float, title: str, path: Path) -> None:
+def plot(results: list[dict], ceiling_res: float, budget_min: float, title: str, path: Path) -> None:
     """Resolution (FSC 0.5 vs truth) against wall time, both axes logarithmic, one line per method, the
     known-pose ceiling dashed."""
     import matplotlib
@@ -425,8 +427,7 @@ def plot(results: list[dict], ceiling_res: float | None, budget_min: float, titl
         if r["curve"]:
             t = [s["t"] / 60 for s in r["curve"]]
             ax.plot(t, [s["res"] for s in r["curve"]], marker="o", ms=3, label=r["label"])
-    if ceiling_res is not None:
-        ax.axhline(ceiling_res, color="k", ls="--", lw=1, label=f"known poses ({ceiling_res:.1f} Å)")
+    ax.axhline(ceiling_res, color="k", ls="--", lw=1, label=f"known poses ({ceiling_res:.1f} Å)")
     ax.set_xscale("log")
     ax.set_xlim(0.1, budget_min * 1.05)
     ax.set_yscale("log")

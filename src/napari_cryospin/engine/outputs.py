@@ -243,7 +243,6 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
             "epochs": model.history,
             "final": {
                 "resolution": res,
-                "resolution_reliable": validity["reliable"],
                 "fsc": [freq.tolist(), curve.tolist()],
                 "fsc_curves": curves,
                 "postprocess": post.to_dict(),
