@@ -303,3 +303,26 @@ def test_aligning_the_halves_is_not_counted_as_a_pose_change(tiny_dataset, tmp_p
     assert np.median(moved[in_b]) > 60 and np.all(moved[~in_b] < 1e-3)  # half B's frame did change
     change = np.degrees(geodesic_distance(eng.stages.prev_rot.double(), eng.model.best_rot.double()).numpy())
     assert np.all(change < 1e-3)  # but no particle's pose did, as the auto-switch measures it
+
+
+def test_a_kept_slice_table_gives_the_search_the_same_poses(tiny_dataset, tmp_path, monkeypatch):
+    eng = _engine(tiny_dataset, tmp_path)
+    vol, disk = eng.model.volume, eng.model.disk
+    batch, grid, n = eng.model.batch(np.arange(6)), so3_grid(1, 4), disk.count(6)
+    calls = []
+    slices = vol.slices
+    monkeypatch.setattr(vol, "slices", lambda *a, **kw: calls.append(1) or slices(*a, **kw))
+
+    def search():
+        return grid_search(vol, batch, grid, torch.zeros(6, 2), shift_grid(1.0), disk, n, top_k=3)
+
+    found = [search()]
+    assert len(calls) == 1  # the whole grid at once, kept
+    found.append(search())
+    assert len(calls) == 1  # the same map: the kept table
+    monkeypatch.setattr("napari_cryospin.model.volume.SLICE_TABLE_VALUES", 0)  # chunk by chunk
+    found.append(search())
+    assert len(calls) == 2
+    for other in found[1:]:
+        assert torch.allclose(other.errors, found[0].errors, rtol=1e-5, atol=1e-7)
+        assert torch.equal(other.rotations, found[0].rotations)

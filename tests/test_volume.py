@@ -100,3 +100,29 @@ def test_a_masked_frozen_block_shows_the_poses_the_masked_map_and_the_map_step_t
     with v.frozen(weight):
         unmasked = v.slices(rot, k, 1, detach=True)
     assert not torch.allclose(posed, unmasked, atol=1e-3)
+
+
+def test_a_grid_slice_table_is_kept_while_the_map_is_unchanged_and_remade_when_it_changes():
+    from napari_cryospin.model.search import so3_grid
+
+    v = _volume()
+    grid, k = so3_grid(1, 4), frequency_grid_2d(8).reshape(-1, 2)[:20]
+    assert v.grid_slices(grid, k, 0) is None  # autograd on: never kept
+    with torch.no_grad():
+        table = v.grid_slices(grid, k, 0)
+        assert torch.allclose(table, v.slices(grid, k, 0))
+        assert v.grid_slices(grid, k[:20], 0) is table  # another view of the same frequencies
+        assert v.grid_slices(grid, k[:19], 0) is not table  # other frequencies: a new table
+        table = v.grid_slices(grid, k, 0)
+        other = v.grid_slices(grid, k, 1)
+        assert torch.allclose(other, v.slices(grid, k, 1)) and not torch.allclose(other, table)
+        v.set_from_real_space(torch.randn(8, 8, 8), copy=0)  # a new map: the table follows it
+        remade = v.grid_slices(grid, k, 0)
+        assert torch.allclose(remade, v.slices(grid, k, 0)) and not torch.allclose(remade, table)
+        v.mantissa[0] *= 2.0  # an in-place step, as Adam's
+        assert torch.allclose(v.grid_slices(grid, k, 0), 2 * remade, rtol=1e-5, atol=1e-6)
+        weight = torch.rand(8, 8, 8)
+        with v.frozen(weight):  # what a frozen block reads is filtered: its table too
+            filtered = v.grid_slices(grid, k, 0)
+            assert torch.allclose(filtered, v.slices(grid, k, 0, detach=True))
+        assert torch.allclose(v.grid_slices(grid, k, 0), 2 * remade, rtol=1e-5, atol=1e-6)

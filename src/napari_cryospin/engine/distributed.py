@@ -211,7 +211,8 @@ class DataParallel:
             for t in [*m.parameters(), *m.buffers()]:
                 comm = t.data.to(self.device) if self.device.type == "cuda" else t.data.cpu()
                 dist.broadcast(comm, src=0)
-                t.data.copy_(comm.to(t.device))
+                with torch.no_grad():  # in place on the tensor itself: caches keyed on its version see it
+                    t.copy_(comm.to(t.device))
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """``[fn(x) for x in items]``, each item computed by one process (in turn) and the results shared;

@@ -76,9 +76,13 @@ def grid_search(
         penalty = (obs_norm / n_points) * (shifts**2).sum(-1, keepdim=True) / (n_points * shift_sigma**2)
     # Rotations in chunks, so that the (B, S, chunk) error table stays near MAX_TABLE values.
     chunk = max(1, MAX_TABLE // max(1, b * s))
+    table = volume.grid_slices(grid, k, copy)  # (G, P), kept while the map is unchanged
     errors = which = None
     for start in range(0, g, chunk):
-        slices = volume.slices(grid[start : start + chunk], k, copy)  # (G', P)
+        if table is None:
+            slices = volume.slices(grid[start : start + chunk], k, copy)  # (G', P)
+        else:
+            slices = table[start : start + chunk]
         cross = weighted @ slices.T  # (B, S, G')
         model_norm = (ctf * ctf) @ (slices * slices).T  # (B, G')
         err = (model_norm[:, None, :] - 2 * cross + obs_norm) / n_points + penalty

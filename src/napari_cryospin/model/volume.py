@@ -17,6 +17,10 @@ from ..geometry.symmetry import symmetrize_grid
 from ..physics.fourier import hartley_centered, ihartley_centered
 from ..physics.slicing import extract_slices
 
+SLICE_TABLE_VALUES = 1 << 26
+"""Largest table of a whole rotation grid's slices kept between grid searches (256 MiB of float32): at
+box 64 the fine grid (4608 rotations) on the whole disk needs a quarter of it."""
+
 
 class HartleyVolume(nn.Module):
     """A (D, D, D) Hartley-space density, or two independent ones (gold-standard halves)."""
@@ -35,11 +39,14 @@ class HartleyVolume(nn.Module):
         self._frozen_weight: torch.Tensor | None = None  # what ``frozen()`` multiplies them by
         self._frozen_mask: torch.Tensor | None = None  # the real-space mask ``frozen()`` applies first
         self._shared: tuple[torch.Tensor, ...] | None = None  # every copy's grid, inside ``shared()`` only
+        self._slice_tables: dict[int, tuple] = {}  # copy → (key, grid, k2, slices): see ``grid_slices``
+        self._reads = 0  # bumped whenever what a read returns may change without a parameter write
 
     def impose(self, operators: np.ndarray | None) -> None:
         """Read every grid through point group ``operators`` (n, 3, 3) from now on (None or C1: none)."""
         self.operators = None if operators is None or len(operators) < 2 else np.asarray(operators)
         self._symmetric_cache = {}
+        self._reads += 1
 
     @property
     def copies(self) -> int:
@@ -90,6 +97,26 @@ class HartleyVolume(nn.Module):
         h = self.hartley(copy)
         return extract_slices(h.detach() if detach else h, rotations, k2)
 
+    def grid_slices(self, grid: torch.Tensor, k2: torch.Tensor, copy: int = 0) -> torch.Tensor | None:
+        """Slices (G, P) of every rotation of ``grid`` (G, 3, 3) on frequencies ``k2`` (P, 2), or None with
+        autograd on or when the table would exceed SLICE_TABLE_VALUES.
+
+        The table is kept (one per copy) until the map, the grid or the frequencies change: a search of
+        many batches against one map (the global re-search, the final mate check) slices the grid once
+        instead of once per batch, where slicing cost as much as scoring.
+        """
+        if torch.is_grad_enabled() or self._shared is not None or len(grid) * len(k2) > SLICE_TABLE_VALUES:
+            return None
+        params = (self.mantissa, self.exponent)
+        key = (*(p._version for p in params), *(id(p) for p in params), self._reads, k2._version)
+        kept = self._slice_tables.get(copy)
+        if kept is not None and kept[0] == key and kept[1] is grid and _same_view(kept[2], k2):
+            return kept[3]
+        self._slice_tables[copy] = None  # free the old table before making the new one
+        table = self.slices(grid, k2, copy)
+        self._slice_tables[copy] = (key, grid, k2, table)
+        return table
+
     @contextmanager
     def frozen(self, weight: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> Iterator[None]:
         """Within the block the map does not change: detached slices share one Hartley grid per copy
@@ -100,10 +127,12 @@ class HartleyVolume(nn.Module):
         still fits the whole, unfiltered one.
         """
         self._frozen, self._frozen_weight, self._frozen_mask = {}, weight, mask
+        self._reads += 1
         try:
             yield
         finally:
             self._frozen, self._frozen_weight, self._frozen_mask = None, None, None
+            self._reads += 1
 
     @contextmanager
     def shared(self) -> Iterator[None]:
@@ -137,3 +166,14 @@ class HartleyVolume(nn.Module):
             return
         self.mantissa = nn.Parameter(self.mantissa.detach().expand(2, -1, -1, -1).clone())
         self.exponent = nn.Parameter(self.exponent.detach().expand(2, -1, -1, -1).clone())
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors read the same memory the same way (a kept ``a`` keeps its memory from reuse)."""
+    return (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and a.device == b.device
+    )
