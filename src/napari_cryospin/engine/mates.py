@@ -136,18 +136,9 @@ def score_hypotheses(
         c = 1 - c if held_out else c
         hyp = torch.cat([rot[m][:, None], mate_rotations(rot[m], twofolds[c])], 1)  # (b, H, 3, 3)
         b, h = hyp.shape[:2]
-        cand = turns[None, None] @ hyp[:, :, None]  # (b, H, 7, 3, 3)
-        start = shift[m][:, None, None].expand(b, h, len(turns), 2)
-        err, best = searched_error(
-            model.volume,
-            sub,
-            cand.reshape(b, -1, 3, 3),
-            start.reshape(b, -1, 2),
-            model.offsets,
-            model.disk,
-            n_points,
-            c,
-        )
+        cand = turns[None, None] @ hyp[:, :, None]  # (b, H, 7, 3, 3), all about the pose's shift
+        start = shift[m][:, None, None]  # (b, 1, 1, 2)
+        err, best = searched_error(model.volume, sub, cand, start, model.offsets, model.disk, n_points, c)
         err, which = err.reshape(b, h, -1).min(-1)
         pick = which[:, :, None, None]
         rots = torch.gather(cand, 2, pick[..., None].expand(b, h, 1, 3, 3))[:, :, 0]

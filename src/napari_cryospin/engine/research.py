@@ -144,13 +144,12 @@ def wide_search(
     vol, disk = model.volume, model.disk
 
     def refine(sub, c, r, s, turns, points):  # best of r (b, C, 3, 3) · turns, shifts about s (b, C, 2)
-        b, n = r.shape[:2]
-        cand = (r[:, :, None] @ turns[None, None]).reshape(b, -1, 3, 3)
-        start = s[:, :, None].expand(b, n, len(turns), 2).reshape(b, -1, 2)
-        err, best = searched_error(vol, sub, cand, start, local, disk, points, c)
-        i = err.argmin(1)
+        b = r.shape[0]
+        cand = r[:, :, None] @ turns[None, None]  # (b, C, T, 3, 3), each T about one start shift
+        err, best = searched_error(vol, sub, cand, s[:, :, None], local, disk, points, c)
+        i = err.reshape(b, -1).argmin(1)
         ar = torch.arange(b, device=device)
-        return err[ar, i], cand[ar, i], best[ar, i]
+        return err.reshape(b, -1)[ar, i], cand.reshape(b, -1, 3, 3)[ar, i], best.reshape(b, -1, 2)[ar, i]
 
     def search(sub: ImageBatch, c: int, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
         now, _, _ = refine(sub, c, rot[m][:, None], shift[m][:, None], fine, n_points)

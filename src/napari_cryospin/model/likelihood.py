@@ -142,15 +142,15 @@ def searched_error(
     """Like :func:`squared_error`, minimised over ``shifts + offsets`` for every candidate pose.
 
     The model slice does not depend on the shift, so all offsets cost two matrix products:
-    ``‖m − o_s‖² = ‖m‖² − 2⟨m, o_s⟩ + ‖o‖²``. Returns the best errors (B, ...) and shifts (B, ..., 2);
-    ``detach_volume`` lets the gradient reach the poses only.
+    ``‖m − o_s‖² = ‖m‖² − 2⟨m, o_s⟩ + ‖o‖²``. ``shifts`` (B, ..., 2) may broadcast against the
+    rotations' (B, ...) (candidates about one start shift share its phases). Returns the best errors
+    (B, ...) and shifts (B, ..., 2); ``detach_volume`` lets the gradient reach the poses only.
     """
     k = disk.k[:n_points]
     b = rotations.shape[0]
-    extra = rotations.shape[1:-2]
-    ones = [1] * len(extra)
+    ones = [1] * (rotations.dim() - 3)
     model = volume.slices(rotations, k, copy, detach_volume) * batch.ctf[:, :n_points].reshape(b, *ones, -1)
-    phase = centering_phase(k / disk.box, shifts.reshape(-1, 2)).reshape(b, *extra, -1)
+    phase = centering_phase(k / disk.box, shifts.reshape(-1, 2)).reshape(*shifts.shape[:-1], -1)
     g = batch.spectrum[:, :n_points].reshape(b, *ones, -1) * phase
     off = centering_phase(k / disk.box, offsets)  # (S, P)
     c_minus_s = (off.real - off.imag).T

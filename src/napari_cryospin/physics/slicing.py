@@ -28,9 +28,10 @@ def extract_slices(volume: torch.Tensor, rotations: torch.Tensor, k2: torch.Tens
     """
     d = volume.shape[-1]
     lead = rotations.shape[:-2]
-    q = rotate_frequencies(rotations, k2)
-    # grid_sample wants (x, y, z) in [-1, 1] with align_corners=True: index i ↦ 2i/(D−1) − 1.
-    grid = (q + d // 2) * (2.0 / (d - 1)) - 1.0
+    # grid_sample wants (x, y, z) in [-1, 1] with align_corners=True: index i ↦ 2i/(D−1) − 1, so the
+    # point R·k at index R·k + D//2 is at R·(k·s) + (D//2)·s − 1, s = 2/(D−1): one product and a shift.
+    scale = 2.0 / (d - 1)
+    grid = rotate_frequencies(rotations, k2 * scale) + ((d // 2) * scale - 1.0)
     grid = grid.reshape(1, 1, 1, -1, 3)
     vol = torch.stack([volume.real, volume.imag])[None] if volume.is_complex() else volume[None, None]
     out = torch.nn.functional.grid_sample(
