@@ -92,6 +92,7 @@ class RunRecord:
     returncode: int | None = None
     killed_at_budget: bool = False
     snapshots: list[tuple[float, str]] = field(default_factory=list)  # (elapsed s, copied map)
+    continued_at_s: list[float] = field(default_factory=list)  # elapsed s where each continuation began
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -148,18 +149,34 @@ class WatchedRun:
     """One method's run: started, polled (maps copied, memory and CPU sampled) and stopped at its budget."""
 
     def __init__(
-        self, method: str, command: list[str], workdir: Path, watch: Path, budget_s: float, threads: int
+        self,
+        method: str,
+        command: list[str],
+        workdir: Path,
+        watch: Path,
+        budget_s: float,
+        threads: int,
+        previous: RunRecord | None = None,
     ):
+        """``previous``: the record of the run this one continues (its maps kept, its clock counted on)."""
         self.workdir, self.watch = workdir, watch
         self.snap_dir = workdir / "snapshots"
-        shutil.rmtree(self.snap_dir, ignore_errors=True)
-        self.snap_dir.mkdir(parents=True)
+        if previous is None:
+            shutil.rmtree(self.snap_dir, ignore_errors=True)
+        self.snap_dir.mkdir(parents=True, exist_ok=True)
         watch.mkdir(parents=True, exist_ok=True)
         self.record = RunRecord(method, command, budget_s)
         self.seen: dict[Path, float] = {}
         self.cpu_by_pid: dict[int, float] = {}
-        self.log = open(workdir / "run.log", "w")  # noqa: SIM115 - closed in finish()
-        self.start = time.time()
+        offset = 0.0
+        if previous is not None:  # its maps are copied already; its time, memory and CPU carry over
+            offset = previous.wall_s
+            self.record.snapshots = list(previous.snapshots)
+            self.record.continued_at_s = [*previous.continued_at_s, offset]
+            self.record.peak_rss_mb, self.cpu_by_pid[-1] = previous.peak_rss_mb, previous.cpu_s
+            self.seen = {p: p.stat().st_mtime for p in [*watch.rglob("*.mrc"), *watch.rglob("*.npz")]}
+        self.log = open(workdir / "run.log", "a" if previous else "w")  # noqa: SIM115 - closed in finish()
+        self.start = time.time() - offset
         self.popen = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, env=thread_env(threads),
             start_new_session=True,
@@ -197,16 +214,20 @@ class WatchedRun:
         return record
 
 
-def run_all(runs: list[tuple[str, list[str], Path]], budget_s: float, threads: int, concurrent: bool) -> None:
-    """Run each (method, command, workdir), one after the other or all at once, each within its budget."""
+def run_all(
+    runs: list[tuple[str, list[str], Path, RunRecord | None]], budget_s: float, threads: int, concurrent: bool
+) -> None:
+    """Run each (method, command, workdir, the record it continues or None), one after the other or all at
+    once, each within its budget."""
     pending = list(runs)
     while pending:
         batch = pending if concurrent else pending[:1]
         pending = [] if concurrent else pending[1:]
         active = []
-        for method, command, workdir in batch:
+        for method, command, workdir, previous in batch:
             print(f"{method}: {' '.join(command)}", flush=True)
-            active.append(WatchedRun(method, command, workdir, workdir / "out", budget_s, threads))
+            watched = WatchedRun(method, command, workdir, workdir / "out", budget_s, threads, previous)
+            active.append(watched)
         while active:
             time.sleep(1.0)
             for run in [r for r in active if not r.poll()]:
@@ -458,6 +479,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     p.add_argument("--reuse", action="store_true", help="score existing runs in --out instead of rerunning")
+    p.add_argument(
+        "--continue-methods",
+        default="",
+        help="comma-separated methods whose runs in --out go on where they stopped (e.g. relion after a "
+        "failed Refine3D): maps kept, the clock counted on from the recorded wall time, the same budget",
+    )
     p.add_argument("--max-maps", type=int, default=16, help="maps scored per method (spread over time)")
     p.add_argument("--cryodrgn", default=os.environ.get("CRYODRGN", DEFAULT_CRYODRGN))
     beside = Path(sys.executable).with_name("cryospin")
@@ -487,12 +514,19 @@ def main(argv: list[str] | None = None) -> int:
         truth = mrc.data.astype(np.float32)
     voxel = float(inputs["pixel_size"])
     runs = []
+    continued = {m for m in args.continue_methods.split(",") if m}
     for method in methods:
         run_dir = out / method
-        if args.reuse and (run_dir / "run.json").is_file():
+        previous = None
+        if method in continued and (run_dir / "run.json").is_file():
+            previous = RunRecord(**json.loads((run_dir / "run.json").read_text()))
+            previous.snapshots = [tuple(s) for s in previous.snapshots]
+        elif args.reuse and (run_dir / "run.json").is_file():
             continue
-        shutil.rmtree(run_dir / "out", ignore_errors=True)
-        runs.append((method, commands(method, data, inputs, run_dir / "out", args.threads, args), run_dir))
+        else:
+            shutil.rmtree(run_dir / "out", ignore_errors=True)
+        command = commands(method, data, inputs, run_dir / "out", args.threads, args)
+        runs.append((method, command, run_dir, previous))
     run_all(runs, args.budget_min * 60, args.threads, args.concurrent)
     cached = out / "ceiling.json"
     if args.reuse and cached.is_file():

@@ -6,6 +6,9 @@ mean 0 and standard deviation 1 (Extract with "invert contrast" and "normalize")
 (RELION's default background radius). The commands are those RELION 3.1.3's GUI writes for InitialModel
 (SGD) and 3D auto-refine with its defaults, read from its ``pipeline_jobs.cpp``; the one choice changed
 is "Ref. map is on absolute greyscale?" = Yes, which its help asks for when the reference is RELION's own.
+Auto-refine splits the particles into independent halves only under MPI (``relion_refine_mpi``: a leader
+and one follower per half, as the GUI requires at least 3 MPI processes); its processes are confined to
+the method's ``threads`` cores (``taskset``), so the two followers share what a one-core peer gets.
 """
 
 from __future__ import annotations
@@ -91,10 +94,13 @@ def initial_model_command(star: str, out_root: str, diameter_a: float, threads: 
 
 
 def refine_command(star: str, reference: str, out_root: str, diameter_a: float, threads: int) -> list[str]:
-    """``relion_refine`` as RELION 3.1.3's 3D auto-refine job runs it with the GUI's defaults
-    (7.5° initial sampling, local searches from 1.8°, offsets 5 px in 1 px steps, 60 Å initial low-pass)."""
+    """``relion_refine_mpi`` as RELION 3.1.3's 3D auto-refine job runs it with the GUI's defaults
+    (7.5° initial sampling, local searches from 1.8°, offsets 5 px in 1 px steps, 60 Å initial low-pass),
+    three MPI processes on the first ``threads`` cores."""
+    cores = f"0-{threads - 1}" if threads > 1 else "0"
     return [
-        "relion_refine", "--o", out_root, "--auto_refine", "--split_random_halves", "--i", star,
+        "taskset", "-c", cores, "mpirun", "--oversubscribe", "--bind-to", "none", "-n", "3",
+        "relion_refine_mpi", "--o", out_root, "--auto_refine", "--split_random_halves", "--i", star,
         "--ref", reference, "--ini_high", "60", "--dont_combine_weights_via_disc", "--pool", "3",
         "--pad", "2", "--skip_gridding", "--ctf", "--particle_diameter", f"{diameter_a:g}",
         "--flatten_solvent", "--zero_mask", "--oversampling", "1", "--healpix_order", "2",
@@ -104,15 +110,19 @@ def refine_command(star: str, reference: str, out_root: str, diameter_a: float, 
 
 
 def pipeline_script(inputs: dict, run_dir: Path, threads: int) -> Path:
-    """A bash script running InitialModel, then Refine3D from its last map, into ``run_dir``."""
+    """A bash script running InitialModel, then Refine3D from its last map, into ``run_dir``; InitialModel
+    is skipped when its last map is already there (a run continued after Refine3D stopped)."""
     initial = run_dir / "InitialModel"
     refine = run_dir / "Refine3D"
     diameter = inputs["particle_diameter_A"]
     reference = initial / f"run_it{SGD_ITERATIONS:03d}_class001.mrc"
     lines = [
         "set -euo pipefail",
+        # OpenMPI refuses root (containers run as root) unless told twice
+        'if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi',
         f"mkdir -p {shlex.quote(str(initial))} {shlex.quote(str(refine))}",
-        shlex.join(initial_model_command(inputs["star"], str(initial / "run"), diameter, threads)),
+        f"[ -f {shlex.quote(str(reference))} ] || "
+        + shlex.join(initial_model_command(inputs["star"], str(initial / "run"), diameter, threads)),
         shlex.join(refine_command(inputs["star"], str(reference), str(refine / "run"), diameter, threads)),
     ]
     script = run_dir / "relion.sh"

@@ -38,13 +38,18 @@ def test_the_stack_is_inverted_and_its_background_normalised(relion_inputs, tiny
     assert 0 < summary["particle_diameter_A"] < original.box * original.pixel_size
 
 
-def test_refine3d_starts_from_the_last_sgd_map(relion_inputs, tmp_path):
+def test_refine3d_starts_from_the_last_sgd_map_under_mpi(relion_inputs, tmp_path):
     inputs = {"star": "/data/particles.star", "particle_diameter_A": 250}
     script = relion_inputs.pipeline_script(inputs, tmp_path, threads=1).read_text().splitlines()
-    initial, refine = (shlex.split(line) for line in script[-2:])
-    assert initial[0] == refine[0] == "relion_refine"
-    assert "--sgd" in initial and "--ctf" not in initial and "--auto_refine" in refine
+    guard, initial = shlex.split(script[-2])[:5], shlex.split(script[-2])[5:]
+    refine = shlex.split(script[-1])
+    assert initial[0] == "relion_refine" and "--sgd" in initial and "--ctf" not in initial
+    # auto-refine's random halves need MPI: a leader and a follower per half, on the method's one core
+    assert refine[:3] == ["taskset", "-c", "0"] and refine[refine.index("-n") + 1] == "3"
+    refine = refine[refine.index("relion_refine_mpi") :]
+    assert "--auto_refine" in refine and "--split_random_halves" in refine
     last_map = refine[refine.index("--ref") + 1]
     out_root = initial[initial.index("--o") + 1]
     assert last_map == f"{out_root}_it{relion_inputs.SGD_ITERATIONS:03d}_class001.mrc"
+    assert guard == ["[", "-f", last_map, "]", "||"]  # a continued run keeps its InitialModel
     assert refine[refine.index("--particle_diameter") + 1] == "250"
