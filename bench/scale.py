@@ -2,8 +2,9 @@
 
 For each case a fresh process (or ``torchrun --nproc-per-node P`` of them, 1 thread each) builds the engine
 on a memory-mapped stack, times a bounded number of batches of each stage — exploration (the grid search
-at the last exploration epoch's grid and radius), auto-encoding, auto-decoding and backprojection — reads
-the whole stack once (each process its block, as the final maps do) and reports its peak RSS. Time per
+at the last exploration epoch's grid and radius), auto-encoding, auto-decoding, a global re-search round's
+batches (mates, then the wide grid search against a fixed map), the final mate check and backprojection —
+reads the whole stack once (each process its block, as the final maps do) and reports its peak RSS. Time per
 epoch is EXTRAPOLATED from the measured rate (N / img/s), labelled so in the table; the full read pass is
 measured. Stacks of N particles are written in chunks into a memory-mapped .mrcs by tiling a simulated set
 of ``--base`` particles (the timing does not depend on the poses), so no N × box² array is ever in RAM.
@@ -93,6 +94,8 @@ def measure(args: argparse.Namespace) -> None:
     from napari_cryospin.engine.config import RunConfig
     from napari_cryospin.engine.engine import Engine
     from napari_cryospin.engine.events import Stage
+    from napari_cryospin.engine.mates import distant_pose_errors, map_twofolds, score_hypotheses
+    from napari_cryospin.engine.research import BATCH as RESEARCH_BATCH
     from napari_cryospin.model.poses import ParticlePoses
     from napari_cryospin.physics.reconstruction import accumulate
 
@@ -141,6 +144,21 @@ def measure(args: argparse.Namespace) -> None:
     engine.stages.pose_opt = engine.stages.pose_optimizer()
     dec_points = sch.points(engine.model.disk, Stage.DECODING, cfg.epochs - 1)
     rate["decode"] = timed(lambda p: engine.stages.decoding_step(p, dec_points), cfg.batch_size)
+    model, twofolds = engine.model, map_twofolds(engine.model)
+
+    def research(part: np.ndarray) -> None:
+        with torch.no_grad():
+            engine.stages._research_batch(part, dec_points, explore_points, twofolds)
+
+    def mate_check(part: np.ndarray) -> None:  # as ``mates.check_mates`` scores a batch
+        batch = model.batch(part)
+        r, s = model.poses(batch.idx)
+        with torch.no_grad(), model.volume.frozen(model.reference_weight, model.reference_mask):
+            score_hypotheses(model, batch, r, s, dec_points, twofolds)
+            distant_pose_errors(model, batch, r, s, dec_points, np.zeros((0, 3, 3)))
+
+    rate["research"] = timed(research, RESEARCH_BATCH)
+    rate["check"] = timed(mate_check, 256, sync=False)
     rot, shift = engine.model.best_rot.numpy(), engine.model.best_shift.numpy()
     rate["backproject"] = timed(
         lambda p: accumulate(engine.model.particles, rot, shift, p, device=engine.device), 256, sync=False
@@ -201,14 +219,20 @@ def run_case(star: Path, procs: int, args: argparse.Namespace, results: Path) ->
     return result
 
 
+def _rate(row: dict, key: str) -> str:
+    """A rate with one decimal, or '-' in a row measured before the stage was timed."""
+    return "-" if row.get(key) is None else f"{row[key]:.1f}"
+
+
 def table(rows: list[dict]) -> str:
     """The results as one Markdown table (epoch times extrapolated from the measured rates)."""
     head = (
-        "| N | box | procs × threads | explore img/s | encode img/s | decode img/s | backproject img/s | "
-        "peak RSS MB (per process) | full read pass s (measured) | explore epoch s (extrapolated) | "
-        "decode epoch s (extrapolated) | peak GPU MB | device | load at run |"
+        "| N | box | procs × threads | explore img/s | encode img/s | decode img/s | re-search img/s | "
+        "mate check img/s | backproject img/s | peak RSS MB (per process) | full read pass s (measured) | "
+        "explore epoch s (extrapolated) | decode epoch s (extrapolated) | re-search round s (extrapolated) | "
+        "peak GPU MB | device | load at run |"
     )
-    lines = [head, "|" + " --- |" * 14]
+    lines = [head, "|" + " --- |" * 17]
     rows = [
         {**r, "box": f"{r['box']} (batches ≤ {r['max_batch']})" if r.get("max_batch") else r["box"]}
         for r in rows
@@ -216,9 +240,10 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['n']} | {r['box']} | {r['procs']} × {r['threads']} | {r['explore_ips']:.1f} | "
-            f"{r['encode_ips']:.1f} | {r['decode_ips']:.1f} | {r['backproject_ips']:.0f} | "
-            f"{r['rss_mb']:.0f} | "
+            f"{r['encode_ips']:.1f} | {r['decode_ips']:.1f} | {_rate(r, 'research_ips')} | "
+            f"{_rate(r, 'check_ips')} | {r['backproject_ips']:.0f} | {r['rss_mb']:.0f} | "
             f"{r['read_s']:.1f} | {r['n'] / r['explore_ips']:.0f} | {r['n'] / r['decode_ips']:.0f} | "
+            f"{'-' if not r.get('research_ips') else round(r['n'] / r['research_ips'])} | "
             f"{'-' if r.get('gpu_mb') is None else round(r['gpu_mb'])} | {r['device']} | "
             f"{r['load'].removeprefix('load ')} |"
         )
