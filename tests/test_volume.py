@@ -121,8 +121,12 @@ def test_a_grid_slice_table_is_kept_while_the_map_is_unchanged_and_remade_when_i
         assert torch.allclose(remade, v.slices(grid, k, 0)) and not torch.allclose(remade, table)
         v.mantissa[0] *= 2.0  # an in-place step, as Adam's
         assert torch.allclose(v.grid_slices(grid, k, 0), 2 * remade, rtol=1e-5, atol=1e-6)
-        weight = torch.rand(8, 8, 8)
-        with v.frozen(weight):  # what a frozen block reads is filtered: its table too
-            filtered = v.grid_slices(grid, k, 0)
-            assert torch.allclose(filtered, v.slices(grid, k, 0, detach=True))
-        assert torch.allclose(v.grid_slices(grid, k, 0), 2 * remade, rtol=1e-5, atol=1e-6)
+        unfiltered, other = v.grid_slices(grid, k, 0), v.grid_slices(grid, k, 1)
+        assert torch.allclose(unfiltered, 2 * remade, rtol=1e-5, atol=1e-6)
+        for weight in (torch.rand(8, 8, 8), torch.rand(8, 8, 8)):
+            with v.frozen(weight):  # what a frozen block reads is filtered: its table too, one per block
+                filtered = v.grid_slices(grid, k, 0)
+                assert torch.allclose(filtered, v.slices(grid, k, 0, detach=True))
+                assert v.grid_slices(grid, k, 0) is filtered
+            assert v.grid_slices(grid, k, 1) is other  # a block leaves the tables outside it alone
+        assert torch.allclose(v.grid_slices(grid, k, 0), unfiltered)

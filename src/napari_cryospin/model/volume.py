@@ -40,13 +40,14 @@ class HartleyVolume(nn.Module):
         self._frozen_mask: torch.Tensor | None = None  # the real-space mask ``frozen()`` applies first
         self._shared: tuple[torch.Tensor, ...] | None = None  # every copy's grid, inside ``shared()`` only
         self._slice_tables: dict[int, tuple] = {}  # copy → (key, grid, k2, slices): see ``grid_slices``
-        self._reads = 0  # bumped whenever what a read returns may change without a parameter write
+        self._operators_set = 0  # bumped by ``impose``: reads change without a parameter write
+        self._frozen_blocks = 0  # ``frozen()`` blocks entered so far: each reads its own filtered grids
 
     def impose(self, operators: np.ndarray | None) -> None:
         """Read every grid through point group ``operators`` (n, 3, 3) from now on (None or C1: none)."""
         self.operators = None if operators is None or len(operators) < 2 else np.asarray(operators)
         self._symmetric_cache = {}
-        self._reads += 1
+        self._operators_set += 1
 
     @property
     def copies(self) -> int:
@@ -108,7 +109,9 @@ class HartleyVolume(nn.Module):
         if torch.is_grad_enabled() or self._shared is not None or len(grid) * len(k2) > SLICE_TABLE_VALUES:
             return None
         params = (self.mantissa, self.exponent)
-        key = (*(p._version for p in params), *(id(p) for p in params), self._reads, k2._version)
+        block = self._frozen_blocks if self._frozen is not None else None  # None: the unfiltered map
+        key = (*(p._version for p in params), *(id(p) for p in params), self._operators_set, block)
+        key += (k2._version,)
         kept = self._slice_tables.get(copy)
         if kept is not None and kept[0] == key and kept[1] is grid and _same_view(kept[2], k2):
             return kept[3]
@@ -127,12 +130,11 @@ class HartleyVolume(nn.Module):
         still fits the whole, unfiltered one.
         """
         self._frozen, self._frozen_weight, self._frozen_mask = {}, weight, mask
-        self._reads += 1
+        self._frozen_blocks += 1
         try:
             yield
         finally:
             self._frozen, self._frozen_weight, self._frozen_mask = None, None, None
-            self._reads += 1
 
     @contextmanager
     def shared(self) -> Iterator[None]:
