@@ -39,7 +39,7 @@ class HartleyVolume(nn.Module):
         self._frozen_weight: torch.Tensor | None = None  # what ``frozen()`` multiplies them by
         self._frozen_mask: torch.Tensor | None = None  # the real-space mask ``frozen()`` applies first
         self._shared: tuple[torch.Tensor, ...] | None = None  # every copy's grid, inside ``shared()`` only
-        self._slice_tables: dict[int, tuple] = {}  # copy → (key, grid, k2, slices): see ``grid_slices``
+        self._slice_tables: dict[int, tuple] = {}  # copy → (key, params, grid, k2, slices): ``grid_slices``
         self._operators_set = 0  # bumped by ``impose``: reads change without a parameter write
         self._frozen_blocks = 0  # ``frozen()`` blocks entered so far: each reads its own filtered grids
 
@@ -108,16 +108,21 @@ class HartleyVolume(nn.Module):
         """
         if torch.is_grad_enabled() or self._shared is not None or len(grid) * len(k2) > SLICE_TABLE_VALUES:
             return None
-        params = (self.mantissa, self.exponent)
+        params = (self.mantissa, self.exponent)  # kept with the table: compared by identity
         block = self._frozen_blocks if self._frozen is not None else None  # None: the unfiltered map
-        key = (*(p._version for p in params), *(id(p) for p in params), self._operators_set, block)
-        key += (k2._version,)
+        key = (*(p._version for p in params), self._operators_set, block, k2._version)
         kept = self._slice_tables.get(copy)
-        if kept is not None and kept[0] == key and kept[1] is grid and _same_view(kept[2], k2):
-            return kept[3]
+        if (
+            kept is not None
+            and kept[0] == key
+            and all(a is b for a, b in zip(kept[1], params, strict=True))
+            and kept[2] is grid
+            and _same_view(kept[3], k2)
+        ):
+            return kept[4]
         self._slice_tables[copy] = None  # free the old table before making the new one
         table = self.slices(grid, k2, copy)
-        self._slice_tables[copy] = (key, grid, k2, table)
+        self._slice_tables[copy] = (key, params, grid, k2, table)
         return table
 
     @contextmanager
