@@ -124,6 +124,11 @@ def _sample(procs: list[psutil.Process], cpu_by_pid: dict[int, float]) -> float:
     return rss / 2**20
 
 
+def _maps_under(watch: Path) -> list[Path]:
+    """Every map file (.mrc, or cryoSPIN's per-epoch .npz) under ``watch``, sorted."""
+    return sorted([*watch.rglob("*.mrc"), *watch.rglob("*.npz")])
+
+
 def _copy_new_maps(
     watch: Path, seen: dict[Path, float], snap_dir: Path, start: float, record: RunRecord
 ) -> None:
@@ -131,7 +136,7 @@ def _copy_new_maps(
     and has been quiet for a second."""
     scored = SCORED_MAPS[record.method]
     now = time.time()
-    for path in sorted([*watch.rglob("*.mrc"), *watch.rglob("*.npz")]):
+    for path in _maps_under(watch):
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
@@ -168,13 +173,13 @@ class WatchedRun:
         self.record = RunRecord(method, command, budget_s)
         self.seen: dict[Path, float] = {}
         self.cpu_by_pid: dict[int, float] = {}
-        offset = 0.0
+        self.earlier_cpu_s = offset = 0.0
         if previous is not None:  # its maps are copied already; its time, memory and CPU carry over
             offset = previous.wall_s
             self.record.snapshots = list(previous.snapshots)
             self.record.continued_at_s = [*previous.continued_at_s, offset]
-            self.record.peak_rss_mb, self.cpu_by_pid[-1] = previous.peak_rss_mb, previous.cpu_s
-            self.seen = {p: p.stat().st_mtime for p in [*watch.rglob("*.mrc"), *watch.rglob("*.npz")]}
+            self.record.peak_rss_mb, self.earlier_cpu_s = previous.peak_rss_mb, previous.cpu_s
+            self.seen = {p: p.stat().st_mtime for p in _maps_under(watch)}
         self.log = open(workdir / "run.log", "a" if previous else "w")  # noqa: SIM115 - closed in finish()
         self.start = time.time() - offset
         self.popen = subprocess.Popen(
@@ -207,7 +212,7 @@ class WatchedRun:
         record = self.record
         record.wall_s = round(time.time() - self.start, 1)
         record.returncode = self.popen.returncode
-        record.cpu_s = round(sum(self.cpu_by_pid.values()), 1)
+        record.cpu_s = round(self.earlier_cpu_s + sum(self.cpu_by_pid.values()), 1)
         time.sleep(1.1)
         _copy_new_maps(self.watch, self.seen, self.snap_dir, self.start, record)
         (self.workdir / "run.json").write_text(json.dumps(asdict(record), indent=1))

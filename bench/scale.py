@@ -94,7 +94,7 @@ def measure(args: argparse.Namespace) -> None:
     from napari_cryospin.engine.config import RunConfig
     from napari_cryospin.engine.engine import Engine
     from napari_cryospin.engine.events import Stage
-    from napari_cryospin.engine.mates import distant_pose_errors, map_twofolds, score_hypotheses
+    from napari_cryospin.engine.mates import check_batch, map_twofolds
     from napari_cryospin.engine.research import BATCH as RESEARCH_BATCH
     from napari_cryospin.model.poses import ParticlePoses
     from napari_cryospin.physics.reconstruction import accumulate
@@ -150,12 +150,11 @@ def measure(args: argparse.Namespace) -> None:
         with torch.no_grad():
             engine.stages._research_batch(part, dec_points, explore_points, twofolds)
 
-    def mate_check(part: np.ndarray) -> None:  # as ``mates.check_mates`` scores a batch
+    def mate_check(part: np.ndarray) -> None:
         batch = model.batch(part)
         r, s = model.poses(batch.idx)
-        with torch.no_grad(), model.volume.frozen(model.reference_weight, model.reference_mask):
-            score_hypotheses(model, batch, r, s, dec_points, twofolds)
-            distant_pose_errors(model, batch, r, s, dec_points, np.zeros((0, 3, 3)))
+        with model.volume.frozen(model.reference_weight, model.reference_mask):
+            check_batch(model, batch, (r, s), dec_points, twofolds, np.zeros((0, 3, 3)), held_out=False)
 
     rate["research"] = timed(research, RESEARCH_BATCH)
     rate["check"] = timed(mate_check, 256, sync=False)

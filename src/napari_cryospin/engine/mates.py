@@ -266,6 +266,28 @@ class MateCheck:
 
 
 @torch.no_grad()
+def check_batch(
+    model: RunModel,
+    batch: ImageBatch,
+    pose: tuple[torch.Tensor, torch.Tensor],
+    n_points: int,
+    twofolds: list[torch.Tensor],
+    operators: np.ndarray,
+    held_out: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch of :func:`check_mates` at poses (rotations (B, 3, 3), shifts (B, 2) px): each particle's
+    margin (B,) in nats, its best mate's index in MATE_NAMES (B,) and which 2-fold mates are symmetry
+    mates (B, 6). Call it inside ``model.volume.frozen(...)``, one block for all batches."""
+    rot, shift = pose
+    err, rots, _ = score_hypotheses(model, batch, rot, shift, n_points, twofolds, held_out)
+    same = symmetry_mates(rots, operators)
+    err[:, 1:][same] = float("inf")
+    far = distant_pose_errors(model, batch, rot, shift, n_points, operators, held_out)
+    margin, which = margins(torch.cat([err, far[:, None]], 1), n_points)
+    return margin, which, same
+
+
+@torch.no_grad()
 def check_mates(
     model: RunModel,
     symmetry: tuple[str, np.ndarray] = ("C1", np.zeros((0, 3, 3))),
@@ -293,12 +315,9 @@ def check_mates(
             batch = model.batch(idx)
             pose_rot = torch.from_numpy(rot[idx]).to(model.device)
             pose_shift = torch.from_numpy(shift[idx]).to(model.device)
-            err, rots, _ = score_hypotheses(model, batch, pose_rot, pose_shift, n_points, twofolds, held_out)
-            same = symmetry_mates(rots, operators)
-            err[:, 1:][same] = float("inf")
-            far = distant_pose_errors(model, batch, pose_rot, pose_shift, n_points, operators, held_out)
-            err = torch.cat([err, far[:, None]], 1)
-            margin, which = margins(err, n_points)
+            margin, which, same = check_batch(
+                model, batch, (pose_rot, pose_shift), n_points, twofolds, operators, held_out
+            )
             out[idx, 0] = margin.cpu().double()
             out[idx, 1] = which.cpu().double()
             out[idx, 2] = same.sum(1).cpu().double()

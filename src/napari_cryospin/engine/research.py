@@ -147,9 +147,9 @@ def wide_search(
         b = r.shape[0]
         cand = r[:, :, None] @ turns[None, None]  # (b, C, T, 3, 3), each T about one start shift
         err, best = searched_error(vol, sub, cand, s[:, :, None], local, disk, points, c)
-        i = err.reshape(b, -1).argmin(1)
-        ar = torch.arange(b, device=device)
-        return err.reshape(b, -1)[ar, i], cand.reshape(b, -1, 3, 3)[ar, i], best.reshape(b, -1, 2)[ar, i]
+        err, cand, best = err.reshape(b, -1), cand.reshape(b, -1, 3, 3), best.reshape(b, -1, 2)
+        i, ar = err.argmin(1), torch.arange(b, device=device)
+        return err[ar, i], cand[ar, i], best[ar, i]
 
     def search(sub: ImageBatch, c: int, m: torch.Tensor) -> tuple[torch.Tensor, ...]:
         now, _, _ = refine(sub, c, rot[m][:, None], shift[m][:, None], fine, n_points)
