@@ -56,7 +56,21 @@ def full_size_maps(
     box = particles.stack.original_box
     if box == particles.box:
         return None
-    stored = particles.at_box(box)
+    return maps_at_box(particles, rotations, shifts_px, halves, box, device, operators)
+
+
+def maps_at_box(
+    particles: ParticleSet,
+    rotations: np.ndarray,
+    shifts_px: np.ndarray,
+    halves: list[np.ndarray],
+    box: int,
+    device: str = "cpu",
+    operators: np.ndarray | None = None,
+) -> FullSizeMaps:
+    """(full, half A, half B) of the particles of ``halves`` backprojected at ``box`` (poses as in
+    :func:`full_size_maps`)."""
+    stored = particles if box == particles.box else particles.at_box(box)
     shifts = np.asarray(shifts_px) * (box / particles.box)
     batch = max(1, BATCH_VALUES // (box * box))
     acc = [accumulate(stored, rotations, shifts, members, batch, device, operators) for members in halves]
@@ -76,32 +90,36 @@ def write_final_maps(
     was written, the maps (the working ones when the engine worked at the stored box), which the run is
     judged by, and the poses they were made with.
 
-    ``working`` are the (full, half A, half B) maps at the working box, written as they are when the
-    engine worked at the stored box; otherwise the stored-box maps are reconstructed from the particles of
-    ``halves`` at ``poses`` (rotations (n, 3, 3), shifts (n, 2) px of the working box: the ones the working
-    maps used) — refined first beyond the working box where it limits the map (``engine/local_refine.py``)
-    — and the working-box map is kept as volume_working.mrc.
+    ``working`` are the (full, half A, half B) maps at the working box made from ``poses`` (rotations
+    (n, 3, 3), shifts (n, 2) px of the working box) of the particles of ``halves``. With ``--local-refine
+    auto`` the poses are refined first (``engine/local_refine.py``: at the working box, then beyond it where
+    it limits the map) and the maps made again from them. The maps are the stored box's when the engine
+    worked on cropped images, and the working-box map is then kept as volume_working.mrc.
     """
     rot, shift = poses
-    sized = full_size_maps(model.particles, rot, shift, halves, model.device, model.symmetry)
+    args = (halves, model.device, model.symmetry)
+    sized = full_size_maps(model.particles, rot, shift, *args)
     refinement = None
-    if sized is not None and model.config.local_refine == "auto":
-        resolution = halves_resolution(sized.half_a, sized.half_b, sized.voxel)
+    if model.config.local_refine == "auto":
+        judged = sized or FullSizeMaps(*working, model.box, model.particles.pixel_size)
+        resolution = halves_resolution(judged.half_a, judged.half_b, judged.voxel)
         refined = refine_locally(
             model.particles,
             poses,
             halves,
             resolution,
-            sized.voxel,
-            sized.box,
+            judged.voxel,
+            judged.box,
             out,
             model.symmetry,
             model.device,
             model.config.seed,
         )
-        if refined is not None:
-            rot, shift, refinement = refined.rotations, refined.shifts, refined.report
-            sized = full_size_maps(model.particles, rot, shift, halves, model.device, model.symmetry)
+        rot, shift, refinement = refined.rotations, refined.shifts, refined.report
+        sized = full_size_maps(model.particles, rot, shift, *args)
+        if sized is None:
+            now = maps_at_box(model.particles, rot, shift, halves, model.box, model.device, model.symmetry)
+            working = (now.full, now.half_a, now.half_b)
     if sized is None:
         full, half_a, half_b = working
         box, voxel = model.box, model.particles.pixel_size

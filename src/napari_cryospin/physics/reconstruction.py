@@ -37,6 +37,10 @@ class Accumulator:
     def __add__(self, other: Accumulator) -> Accumulator:
         return Accumulator(self.num + other.num, self.den + other.den)
 
+    def __sub__(self, other: Accumulator) -> Accumulator:
+        """The sums without ``other``'s images (a subset of these)."""
+        return Accumulator(self.num - other.num, self.den - other.den)
+
     def symmetrized(self, operators: np.ndarray | None) -> Accumulator:
         """The sums as if every image were also inserted at its mates' poses ``g·R`` (n operators (n, 3, 3),
         ``geometry/symmetry.py``): ``Σ_g num(g·k)``, ``Σ_g den(g·k)`` — RELION's symmetrised backprojector.
