@@ -19,7 +19,8 @@ EXTEND_MODES = ("auto", "off")
 """``--explore-extend`` values: explore longer while the independent halves disagree, or exactly as set."""
 
 REFINE_MODES = ("auto", "off")
-"""``--local-refine`` values: refine the poses beyond the working box where it limits the map, or never."""
+"""``--local-refine`` values: refine the final poses locally (beyond the working box where it limits the map,
+at it where it does not), or never."""
 
 JUNK_MODES = ("auto", "keep")
 """``--junk`` values: leave the particles scored as junk out of the final maps, or keep every particle."""
@@ -245,10 +246,11 @@ class RunConfig:
     )
     local_refine: str = setting(
         "auto",
-        help="auto (default): when the full-size half maps agree nearly out to the working box's Nyquist, "
-        "refine every pose locally at a box that grows with the resolution, each half against its own map; "
-        "off: keep the working box's poses",
-        choices=labelled(REFINE_MODES, ("where the working box limits the map (auto)", "off")),
+        help="auto (default): refine every pose locally before the final maps, each half against its own "
+        "map without the particle's subset: at a box that grows with the resolution when the full-size half "
+        "maps agree nearly out to the working box's Nyquist, else at the working box; off: keep "
+        "auto-decoding's poses",
+        choices=labelled(REFINE_MODES, ("refine the final poses (auto)", "off")),
         dock="advanced",
     )
     explore_subset: int = setting(

@@ -183,7 +183,8 @@ def _extra_notes(n_junk: int, left_out: bool, refined: dict | None, semi: dict |
     fate = "left out" if left_out else "kept (--junk keep)"
     junk = f"; {n_junk} junk {fate}" if n_junk else ""
     rounds = len(refined["rounds"]) if refined else 0
-    notes = junk + (f"; poses refined locally at box {refined['box']} ({rounds} rounds)" if refined else "")
+    plural = "round" if rounds == 1 else "rounds"
+    notes = junk + (f"; poses refined locally at box {refined['box']} ({rounds} {plural})" if refined else "")
     if semi is not None:
         wrong = semi["audit_wrong_share"]
         audit = "no audit" if wrong is None else f"the audit found {wrong:.0%} of its {semi['audit']} wrong"
