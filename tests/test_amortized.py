@@ -22,7 +22,9 @@ from process_group import free_port, join_as
 from test_distributed import _agree, _halves
 from tiny_run import TINY_RUN
 
-SETTINGS = dict(**TINY_RUN, explore_subset=100)
+# The final local refinement is left out: its discrete search turns the sums' order (a few tenths of a
+# degree between one and two processes on this near-chance set) into other poses; it runs on process 0.
+SETTINGS = dict(**TINY_RUN, explore_subset=100, local_refine="off")
 
 
 # ------------------------------------------------------------------------------------------- units

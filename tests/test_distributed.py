@@ -24,7 +24,9 @@ from napari_cryospin.physics.reconstruction import split_halves
 from process_group import free_port, join_as
 from tiny_run import TINY_RUN
 
-SETTINGS = dict(**TINY_RUN, seed=5, max_particles=120)
+# The final local refinement is left out: its discrete search turns the sums' order (a few tenths of a
+# degree between one and two processes on this near-chance set) into other poses; it runs on process 0.
+SETTINGS = dict(**TINY_RUN, seed=5, max_particles=120, local_refine="off")
 
 
 def _flags(settings: dict) -> list[str]:
