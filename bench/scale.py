@@ -3,7 +3,8 @@
 For each case a fresh process (or ``torchrun --nproc-per-node P`` of them, 1 thread each) builds the engine
 on a memory-mapped stack, times a bounded number of batches of each stage — exploration (the grid search
 at the last exploration epoch's grid and radius), auto-encoding, auto-decoding, a global re-search round's
-batches (mates, then the wide grid search against a fixed map), the final mate check and backprojection —
+batches (mates, then the wide grid search against a fixed map), the final mate check, the final local
+refinement's widest round at the working box (its search against a fixed map) and backprojection —
 reads the whole stack once (each process its block, as the final maps do) and reports its peak RSS. Time per
 epoch is EXTRAPOLATED from the measured rate (N / img/s), labelled so in the table; the full read pass is
 measured. Stacks of N particles are written in chunks into a memory-mapped .mrcs by tiling a simulated set
@@ -94,8 +95,11 @@ def measure(args: argparse.Namespace) -> None:
     from napari_cryospin.engine.config import RunConfig
     from napari_cryospin.engine.engine import Engine
     from napari_cryospin.engine.events import Stage
+    from napari_cryospin.engine.local_refine import SHIFT_STEPS, WORKING_ROUNDS, best_local_poses
     from napari_cryospin.engine.mates import check_batch, map_twofolds
     from napari_cryospin.engine.research import BATCH as RESEARCH_BATCH
+    from napari_cryospin.engine.research import ball
+    from napari_cryospin.model.likelihood import prepare_batch, shift_grid
     from napari_cryospin.model.poses import ParticlePoses
     from napari_cryospin.physics.reconstruction import accumulate
 
@@ -156,8 +160,32 @@ def measure(args: argparse.Namespace) -> None:
         with model.volume.frozen(model.reference_weight, model.reference_mask):
             check_batch(model, batch, (r, s), dec_points, twofolds, np.zeros((0, 3, 3)), held_out=False)
 
+    ball_deg, window, points = WORKING_ROUNDS[0]
+    turns = ball(ball_deg, 0, engine.device, points)
+    offsets = shift_grid(window, window / SHIFT_STEPS, engine.device)
+    grid, k = model.volume.hartley(0).detach(), model.disk.k[:dec_points]
+
+    def local_refine(part: np.ndarray) -> None:
+        idx = torch.as_tensor(part, device=engine.device)
+        images = torch.as_tensor(model.particles.stack[part], device=engine.device)
+        b = prepare_batch(idx, images, model.particles.ctf, model.disk, None)
+        r, s = model.poses(idx)
+        with torch.no_grad():
+            best_local_poses(
+                grid,
+                b.spectrum[:, :dec_points],
+                b.ctf[:, :dec_points],
+                k,
+                model.disk.box,
+                r,
+                s,
+                turns,
+                offsets,
+            )
+
     rate["research"] = timed(research, RESEARCH_BATCH)
     rate["check"] = timed(mate_check, 256, sync=False)
+    rate["local_refine"] = timed(local_refine, 16, sync=False)
     rot, shift = engine.model.best_rot.numpy(), engine.model.best_shift.numpy()
     rate["backproject"] = timed(
         lambda p: accumulate(engine.model.particles, rot, shift, p, device=engine.device), 256, sync=False
@@ -227,11 +255,11 @@ def table(rows: list[dict]) -> str:
     """The results as one Markdown table (epoch times extrapolated from the measured rates)."""
     head = (
         "| N | box | procs × threads | explore img/s | encode img/s | decode img/s | re-search img/s | "
-        "mate check img/s | backproject img/s | peak RSS MB (per process) | full read pass s (measured) | "
-        "explore epoch s (extrapolated) | decode epoch s (extrapolated) | re-search round s (extrapolated) | "
-        "peak GPU MB | device | load at run |"
+        "mate check img/s | local refinement img/s | backproject img/s | peak RSS MB (per process) | "
+        "full read pass s (measured) | explore epoch s (extrapolated) | decode epoch s (extrapolated) | "
+        "re-search round s (extrapolated) | peak GPU MB | device | load at run |"
     )
-    lines = [head, "|" + " --- |" * 17]
+    lines = [head, "|" + " --- |" * 18]
     rows = [
         {**r, "box": f"{r['box']} (batches ≤ {r['max_batch']})" if r.get("max_batch") else r["box"]}
         for r in rows
@@ -240,7 +268,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['n']} | {r['box']} | {r['procs']} × {r['threads']} | {r['explore_ips']:.1f} | "
             f"{r['encode_ips']:.1f} | {r['decode_ips']:.1f} | {_rate(r, 'research_ips')} | "
-            f"{_rate(r, 'check_ips')} | {r['backproject_ips']:.0f} | {r['rss_mb']:.0f} | "
+            f"{_rate(r, 'check_ips')} | {_rate(r, 'local_refine_ips')} | {r['backproject_ips']:.0f} | "
+            f"{r['rss_mb']:.0f} | "
             f"{r['read_s']:.1f} | {r['n'] / r['explore_ips']:.0f} | {r['n'] / r['decode_ips']:.0f} | "
             f"{'-' if not r.get('research_ips') else round(r['n'] / r['research_ips'])} | "
             f"{'-' if r.get('gpu_mb') is None else round(r['gpu_mb'])} | {r['device']} | "
