@@ -70,7 +70,7 @@ def maps_at_box(
 ) -> FullSizeMaps:
     """(full, half A, half B) of the particles of ``halves`` backprojected at ``box`` (poses as in
     :func:`full_size_maps`)."""
-    stored = particles if box == particles.box else particles.at_box(box)
+    stored = particles.at_box(box)
     shifts = np.asarray(shifts_px) * (box / particles.box)
     batch = max(1, BATCH_VALUES // (box * box))
     acc = [accumulate(stored, rotations, shifts, members, batch, device, operators) for members in halves]

@@ -386,7 +386,7 @@ def _grown_references(
     resolution there asks for one (``poses``' shifts in pixels of the working box)."""
     working, stored = particles.box, particles.stack.original_box
     while True:
-        at = particles if box == working else particles.at_box(box)
+        at = particles.at_box(box)
         refs = _references(at, (poses[0], poses[1] * (box / working)), members, operators, device)
         wanted = refinement_box(refs.resolution, at.pixel_size, box, working, stored)
         if not grow or wanted <= box:
