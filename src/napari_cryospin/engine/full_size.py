@@ -92,8 +92,8 @@ def write_final_maps(
 
     ``working`` are the (full, half A, half B) maps at the working box made from ``poses`` (rotations
     (n, 3, 3), shifts (n, 2) px of the working box) of the particles of ``halves``. With ``--local-refine
-    auto`` the poses are refined first (``engine/local_refine.py``: at the working box, then beyond it where
-    it limits the map) and the maps made again from them. The maps are the stored box's when the engine
+    auto`` the poses are refined first (``engine/local_refine.py``: beyond the working box where it limits the
+    map, else at it) and the maps made again from them. The maps are the stored box's when the engine
     worked on cropped images, and the working-box map is then kept as volume_working.mrc.
     """
     rot, shift = poses
