@@ -117,10 +117,11 @@ def _start_key(rotations: np.ndarray, shifts: np.ndarray, members: list[np.ndarr
 
 @dataclass
 class _References:
-    """Each half's gridded sums per held-out subset (``sums[half][subset]``), the mask and FSC weight its maps
-    share, and the halves' FSC 0.143 (Å)."""
+    """Each half's gridded sums per held-out subset (``sums[half][subset]``) and in all (``totals[half]``),
+    the mask and FSC weight its maps share, and the halves' FSC 0.143 (Å)."""
 
     sums: list[list[Accumulator]]
+    totals: list[Accumulator]
     mask: np.ndarray
     weight: np.ndarray
     resolution: float
@@ -128,9 +129,8 @@ class _References:
     def grid(self, half: int, without: int | None = None) -> torch.Tensor:
         """Half ``half``'s map (all its images, or all but subset ``without``), masked and FSC-weighted, as a
         Hartley grid (D, D, D)."""
-        parts = self.sums[half]
-        total = sum(parts[1:], parts[0])
-        acc = total if without is None else total - parts[without]
+        total = self.totals[half]
+        acc = total if without is None else total - self.sums[half][without]
         vol = apply_per_shell(solve_map(acc) * self.mask, self.weight)
         return hartley_centered(torch.from_numpy(vol).to(acc.den.device), 3)
 
@@ -151,12 +151,13 @@ def _references(
         ]
         for m in members
     ]
-    halves = [solve_map(sum(parts[1:], parts[0])) for parts in sums]
+    totals = [sum(parts[1:], parts[0]) for parts in sums]
+    halves = [solve_map(total) for total in totals]
     voxel = particles.pixel_size
     resolution = halves_resolution(halves[0], halves[1], voxel)
     mask, _ = auto_mask(halves[0] + halves[1], halves[0], halves[1], voxel)
     weight = fsc_weight(fsc(halves[0] * mask, halves[1] * mask, voxel)[1])
-    return _References(sums, mask, weight, resolution)
+    return _References(sums, totals, mask, weight, resolution)
 
 
 def _noise_sigma(
@@ -299,7 +300,10 @@ def refine_locally(
     working, stored = particles.box, particles.stack.original_box
     target = refinement_box(resolution, voxel, box, working, stored)
     grow = target > working
-    schedule, window_scale = (ROUNDS, working / stored) if grow else (WORKING_ROUNDS, 1.0)
+    if grow:  # windows in pixels of the working box
+        schedule = [(ball_deg, window * working / stored, points) for ball_deg, window, points in ROUNDS]
+    else:
+        schedule = list(WORKING_ROUNDS)
     key = _start_key(poses[0], poses[1], members)
     rot, shift = poses[0].copy(), poses[1].copy()
     rounds: list[dict] = []
@@ -325,11 +329,11 @@ def refine_locally(
             target,
             refs.resolution,
             ball_deg,
-            window * window_scale,
+            window,
         )
         ratio = target / working
         found_rot, found_shift = _search_round(
-            at, refs, (rot, shift * ratio), members, ball_deg, window * window_scale * ratio, points, seed + i
+            at, refs, (rot, shift * ratio), members, ball_deg, window * ratio, points, seed + i
         )
         moved = _angles_deg(rot, found_rot)[np.concatenate(members)]
         rot, shift = found_rot, found_shift / ratio
@@ -337,7 +341,7 @@ def refine_locally(
             {
                 "box": float(target),
                 "ball_deg": ball_deg,
-                "window_px": window * window_scale,
+                "window_px": window,
                 "halves_resolution": refs.resolution,
                 "moved_median_deg": float(np.median(moved)),
                 "wall_s": time.perf_counter() - t0,
@@ -388,7 +392,9 @@ def _grown_references(
     while True:
         at = particles.at_box(box)
         refs = _references(at, (poses[0], poses[1] * (box / working)), members, operators, device)
+        if not grow:
+            return at, refs
         wanted = refinement_box(refs.resolution, at.pixel_size, box, working, stored)
-        if not grow or wanted <= box:
+        if wanted <= box:
             return at, refs
         box = wanted
