@@ -183,7 +183,7 @@ def test_each_particle_is_searched_against_its_half_without_its_held_out_subset(
     stack = load_particles(box64 / "truth.star", box=32)
     poses = (stack.rotations.astype(np.float32), stack.shifts.astype(np.float32))
     members = [np.arange(0, 160, 2), np.arange(1, 160, 2)]
-    refs = local_refine._references(stack, poses, members, None, torch.device("cpu"))
+    refs = local_refine.references(stack, poses, members, None, torch.device("cpu"))
     others = members[1][members[1] % local_refine.HELD_OUT != 3]
     own = solve_map(accumulate(stack, *poses, others))
     expected = hartley(torch.from_numpy(apply_per_shell(own * refs.mask, refs.weight)), 3)

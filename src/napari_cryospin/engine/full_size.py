@@ -16,6 +16,7 @@ import numpy as np
 
 from ..data.mrc import write_volume
 from ..physics.reconstruction import accumulate, solve_map
+from .doubtful_poses import search_doubtful
 from .local_refine import halves_resolution, refine_locally
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def write_final_maps(
     working: tuple[np.ndarray, np.ndarray, np.ndarray],
     halves: list[np.ndarray],
     poses: tuple[np.ndarray, np.ndarray],
+    margin: np.ndarray | None = None,
 ) -> tuple[dict, FullSizeMaps, tuple[np.ndarray, np.ndarray]]:
     """Write volume.mrc (and half_a.mrc, half_b.mrc) at the stored box in run folder ``out``; return what
     was written, the maps (the working ones when the engine worked at the stored box), which the run is
@@ -93,8 +95,10 @@ def write_final_maps(
     ``working`` are the (full, half A, half B) maps at the working box made from ``poses`` (rotations
     (n, 3, 3), shifts (n, 2) px of the working box) of the particles of ``halves``. With ``--local-refine
     auto`` the poses are refined first (``engine/local_refine.py``: beyond the working box where it limits the
-    map, else at it) and the maps made again from them. The maps are the stored box's when the engine
-    worked on cropped images, and the working-box map is then kept as volume_working.mrc.
+    map, else at it), the particles whose mate ``margin`` (n,) nats puts their pose in doubt are searched
+    again over every rotation (``engine/doubtful_poses.py``), and the maps made again from the poses. The
+    maps are the stored box's when the engine worked on cropped images, and the working-box map is then
+    kept as volume_working.mrc.
     """
     rot, shift = poses
     args = (halves, model.device, model.symmetry)
@@ -116,6 +120,19 @@ def write_final_maps(
             model.config.seed,
         )
         rot, shift, refinement = refined.rotations, refined.shifts, refined.report
+        if margin is not None:
+            searched = search_doubtful(
+                model.particles,
+                (rot, shift),
+                halves,
+                margin,
+                out,
+                model.symmetry,
+                model.device,
+                model.config.seed,
+            )
+            rot, shift = searched.rotations, searched.shifts
+            refinement["doubtful"] = searched.report
         sized = full_size_maps(model.particles, rot, shift, *args)
         if sized is None:
             now = maps_at_box(model.particles, rot, shift, halves, model.box, model.device, model.symmetry)

@@ -107,7 +107,7 @@ def halves_resolution(half_a: np.ndarray, half_b: np.ndarray, voxel: float) -> f
     return half_a.shape[0] * voxel / max(radius, 1e-6)
 
 
-def _start_key(rotations: np.ndarray, shifts: np.ndarray, members: list[np.ndarray]) -> str:
+def start_key(rotations: np.ndarray, shifts: np.ndarray, members: list[np.ndarray]) -> str:
     """A digest of the poses and halves a refinement starts from (a saved one resumes only from these)."""
     h = hashlib.sha1()
     for a in (rotations, shifts, *members):
@@ -116,7 +116,7 @@ def _start_key(rotations: np.ndarray, shifts: np.ndarray, members: list[np.ndarr
 
 
 @dataclass
-class _References:
+class HalfReferences:
     """Each half's gridded sums per held-out subset (``sums[half][subset]``) and in all (``totals[half]``),
     the mask and FSC weight its maps share, and the halves' FSC 0.143 (Å)."""
 
@@ -135,13 +135,13 @@ class _References:
         return hartley_centered(torch.from_numpy(vol).to(acc.den.device), 3)
 
 
-def _references(
+def references(
     particles: ParticleSet,
     poses: tuple[np.ndarray, np.ndarray],
     members: list[np.ndarray],
     operators: np.ndarray | None,
     device: torch.device,
-) -> _References:
+) -> HalfReferences:
     """Backproject each half's held-out subsets at ``particles``' box; the halves' mask and FSC weight."""
     rot, shift = poses
     sums = [
@@ -157,12 +157,12 @@ def _references(
     resolution = halves_resolution(halves[0], halves[1], voxel)
     mask, _ = auto_mask(halves[0] + halves[1], halves[0], halves[1], voxel)
     weight = fsc_weight(fsc(halves[0] * mask, halves[1] * mask, voxel)[1])
-    return _References(sums, totals, mask, weight, resolution)
+    return HalfReferences(sums, totals, mask, weight, resolution)
 
 
-def _noise_sigma(
+def noise_sigma(
     particles: ParticleSet,
-    refs: _References,
+    refs: HalfReferences,
     poses: tuple[np.ndarray, np.ndarray],
     members: list[np.ndarray],
     disk: FrequencyDisk,
@@ -180,7 +180,7 @@ def _noise_sigma(
         pick = np.sort(rng.choice(m, min(len(m), NOISE_SAMPLE // 2), replace=False))
         for start in range(0, len(pick), BATCH * 4):
             idx = pick[start : start + BATCH * 4]
-            b = _image_batch(particles, idx, disk, None)
+            b = image_batch(particles, idx, disk, None)
             r = torch.as_tensor(rot[idx], dtype=torch.float32, device=disk.k.device)
             s = torch.as_tensor(shift[idx], dtype=torch.float32, device=disk.k.device)
             model = extract_slices(grid, r, disk.k) * b.ctf
@@ -194,7 +194,7 @@ def _noise_sigma(
     return sigma2[shells].clamp_min(1e-12 * float(sigma2.max())).sqrt()
 
 
-def _image_batch(particles: ParticleSet, idx: np.ndarray, disk: FrequencyDisk, whiten: torch.Tensor | None):
+def image_batch(particles: ParticleSet, idx: np.ndarray, disk: FrequencyDisk, whiten: torch.Tensor | None):
     """Spectra and CTFs of particles ``idx`` on ``disk`` (whitened by ``whiten`` (P,) = 1/σ when given)."""
     device = disk.k.device
     images = torch.as_tensor(particles.stack[idx], device=device)
@@ -237,7 +237,7 @@ def best_local_poses(
 
 def _search_round(
     particles: ParticleSet,
-    refs: _References,
+    refs: HalfReferences,
     poses: tuple[np.ndarray, np.ndarray],
     members: list[np.ndarray],
     ball_deg: float,
@@ -249,7 +249,7 @@ def _search_round(
     (shifts in ``particles``' px)."""
     device = refs.sums[0][0].den.device
     disk = FrequencyDisk(particles.box, particles.pixel_size, device)
-    whiten = 1.0 / _noise_sigma(particles, refs, poses, members, disk, seed)
+    whiten = 1.0 / noise_sigma(particles, refs, poses, members, disk, seed)
     turns = ball(ball_deg, seed, device, points)
     n_points = disk.count(REACH * particles.box * particles.pixel_size / refs.resolution)
     k = disk.k[:n_points]
@@ -260,7 +260,7 @@ def _search_round(
             part, grid = m[held_out_subset(m) == held], refs.grid(c, without=held)
             for start in range(0, len(part), BATCH):
                 idx = part[start : start + BATCH]
-                b = _image_batch(particles, idx, disk, whiten)
+                b = image_batch(particles, idx, disk, whiten)
                 r = torch.as_tensor(rot[idx], dtype=torch.float32, device=device)
                 s = torch.as_tensor(shift[idx], dtype=torch.float32, device=device)
                 spectrum, ctf = b.spectrum[:, :n_points], b.ctf[:, :n_points]
@@ -304,7 +304,7 @@ def refine_locally(
         schedule = [(ball_deg, window * working / stored, points) for ball_deg, window, points in ROUNDS]
     else:
         schedule = list(WORKING_ROUNDS)
-    key = _start_key(poses[0], poses[1], members)
+    key = start_key(poses[0], poses[1], members)
     rot, shift = poses[0].copy(), poses[1].copy()
     rounds: list[dict] = []
     saved = out / SAVED if out is not None else None
@@ -385,13 +385,13 @@ def _grown_references(
     operators: np.ndarray | None,
     device: torch.device,
     grow: bool,
-) -> tuple[ParticleSet, _References]:
+) -> tuple[ParticleSet, HalfReferences]:
     """The particles at ``box`` and their references there — at a larger box when ``grow`` and the halves'
     resolution there asks for one (``poses``' shifts in pixels of the working box)."""
     working, stored = particles.box, particles.stack.original_box
     while True:
         at = particles.at_box(box)
-        refs = _references(at, (poses[0], poses[1] * (box / working)), members, operators, device)
+        refs = references(at, (poses[0], poses[1] * (box / working)), members, operators, device)
         if not grow:
             return at, refs
         wanted = refinement_box(refs.resolution, at.pixel_size, box, working, stored)

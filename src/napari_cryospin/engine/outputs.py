@@ -178,13 +178,20 @@ def _summary_line(
 
 
 def _extra_notes(n_junk: int, left_out: bool, refined: dict | None, semi: dict | None = None) -> str:
-    """What the last line adds when it happened: junk left out (or kept), the local refinement's box, and
-    semi-amortized posing (how many particles the encoder posed, how often the audit found it wrong)."""
+    """What the last line adds when it happened: junk left out (or kept), the local refinement's box, the
+    particles in doubt searched again and moved, and semi-amortized posing (how many particles the encoder
+    posed, how often the audit found it wrong)."""
     fate = "left out" if left_out else "kept (--junk keep)"
     junk = f"; {n_junk} junk {fate}" if n_junk else ""
     rounds = len(refined["rounds"]) if refined else 0
     plural = "round" if rounds == 1 else "rounds"
     notes = junk + (f"; poses refined locally at box {refined['box']} ({rounds} {plural})" if refined else "")
+    doubtful = (refined or {}).get("doubtful")
+    if doubtful and doubtful["searched"]:
+        notes += (
+            f"; {doubtful['searched']:.0f} particles in doubt searched over every rotation, "
+            f"{doubtful['moved']:.0f} moved to another pose"
+        )
     if semi is not None:
         wrong = semi["audit_wrong_share"]
         audit = "no audit" if wrong is None else f"the audit found {wrong:.0%} of its {semi['audit']} wrong"
@@ -222,6 +229,7 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
         (full, half_a, half_b),
         [np.flatnonzero((halves == c) & kept) for c in (0, 1)],
         (rot, shift),
+        mates.margin,
     )
     columns = {**scores, **junk.columns(), **mates.columns()}
     write_poses_star(out / "poses.star", model.particles, rot, shift, columns)

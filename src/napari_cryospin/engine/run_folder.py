@@ -34,6 +34,7 @@ RESULT_FILES = (
     "metrics.json",
     "checkpoint.pt",
     "local_refine.npz",
+    "doubtful_poses.npz",
     "fsc.png",
     "progress.png",
     "fsc.json",

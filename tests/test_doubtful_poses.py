@@ -1,0 +1,95 @@
+"""The dense global search of the particles in doubt: which are searched, what it brings back, what stays."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cryospin.data.particles import load_particles
+from napari_cryospin.engine import doubtful_poses
+from napari_cryospin.engine.doubtful_poses import in_doubt, search_doubtful
+from napari_cryospin.engine.outputs import _extra_notes
+from napari_cryospin.engine.run_folder import RESULT_FILES
+from napari_cryospin.geometry.rotations import axis_angle_to_matrix
+
+
+def test_the_particles_in_doubt_are_those_under_the_margin_at_most_a_share_lowest_first(monkeypatch):
+    monkeypatch.setattr(doubtful_poses, "SHARE", 0.3)
+    margin = np.array([50.0, 3.0, np.nan, -2.0, 9.0, 12.0, 0.5, 8.0, 40.0, 1.0, 7.0])
+    members = np.arange(1, 11)  # particle 0 is junk: never searched
+    # under 10 nats: 1, 3, 4, 6, 7, 9 (NaN: every mate a symmetry mate); at most 3 of 10, lowest first
+    np.testing.assert_array_equal(in_doubt(margin, members), [3, 6, 9])
+    np.testing.assert_array_equal(in_doubt(margin, np.array([4, 5, 7, 8])), [7])  # 0.3 × 4 → 1: the lowest
+    monkeypatch.setattr(doubtful_poses, "SHARE", 0.5)
+    assert len(in_doubt(margin, np.array([5, 8]))) == 0  # the lowest is over the margin
+    monkeypatch.setattr(doubtful_poses, "SHARE", 1.0)
+    np.testing.assert_array_equal(in_doubt(margin, members), [1, 3, 4, 6, 7, 9, 10])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """300 particles of the bundled box-64 map served at box 32, SNR 0.5, shifts up to ±2 px."""
+    from napari_cryospin.data.mrc import read_volume
+    from napari_cryospin.resources import bundled_map_path
+    from napari_cryospin.simulation.simulate import simulate_to_dir
+
+    out = tmp_path_factory.mktemp("doubt")
+    volume, voxel = read_volume(bundled_map_path(64))
+    simulate_to_dir(volume, voxel, 300, out, snr=0.5, max_shift_px=2.0, seed=7)
+    return load_particles(out / "truth.star", box=32)
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arccos(np.clip((np.einsum("nij,nij->n", a, b) - 1) / 2, -1, 1)))
+
+
+def test_particles_on_a_flipped_pose_are_brought_back_and_right_ones_stay(stack, tmp_path, monkeypatch):
+    truth, shift = stack.rotations.astype(np.float32), stack.shifts.astype(np.float32)
+    n = len(truth)
+    flipped = np.arange(0, n, 10)  # 30 particles turned 180° about their own view's x axis
+    doubtful_right = np.arange(3, n, 15)  # 20 right particles whose margin is as low
+    flip = axis_angle_to_matrix(torch.tensor([[np.pi, 0.0, 0.0]])).numpy()[0]
+    rot = truth.copy()
+    rot[flipped] = truth[flipped] @ flip
+    margin = np.full(n, 100.0)
+    margin[flipped], margin[doubtful_right] = 1.0, 2.0
+    members = [np.arange(0, n, 2), np.arange(1, n, 2)]
+    monkeypatch.setattr(doubtful_poses, "SHARE", 0.5)
+    found = search_doubtful(stack, (rot, shift), members, margin, out=tmp_path)
+
+    assert _angle_deg(rot[flipped], truth[flipped]).min() > 170
+    back = _angle_deg(found.rotations[flipped], truth[flipped])
+    assert np.mean(back < 10) >= 0.8, np.sort(back)
+    assert _angle_deg(found.rotations[doubtful_right], truth[doubtful_right]).max() < 10  # refined, not moved
+    others = np.setdiff1d(np.arange(n), np.concatenate([flipped, doubtful_right]))
+    np.testing.assert_array_equal(found.rotations[others], rot[others])  # not in doubt: not searched
+    np.testing.assert_array_equal(found.shifts[others], shift[others])
+    assert found.report["searched"] == 50
+    assert found.report["moved"] == np.sum(_angle_deg(found.rotations, rot) > 20)
+    assert found.report["moved"] >= 24
+    assert doubtful_poses.SAVED in RESULT_FILES  # --overwrite clears it
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a finished search was searched again")
+
+    monkeypatch.setattr(doubtful_poses, "_search_half", no_search)  # resumed: the search is saved
+    again = search_doubtful(stack, (rot, shift), members, margin, out=tmp_path)
+    np.testing.assert_array_equal(again.rotations, found.rotations)
+    assert again.report == found.report
+    with pytest.raises(AssertionError, match="searched again"):  # other poses start afresh
+        search_doubtful(stack, (truth, shift), members, margin, out=tmp_path)
+
+
+def test_a_run_with_no_particle_in_doubt_searches_nothing(stack):
+    poses = (stack.rotations.astype(np.float32), stack.shifts.astype(np.float32))
+    members = [np.arange(0, 100, 2), np.arange(1, 100, 2)]
+    found = search_doubtful(stack, poses, members, np.full(len(stack), 50.0))
+    assert found.report["searched"] == 0 and found.report["moved"] == 0
+    np.testing.assert_array_equal(found.rotations, poses[0])
+
+
+def test_the_last_line_says_how_many_particles_in_doubt_were_searched_and_moved():
+    refined = {"box": 64, "rounds": [{}], "doubtful": {"searched": 1250.0, "moved": 295.0}}
+    line = _extra_notes(0, True, refined)
+    assert "1250 particles in doubt searched over every rotation, 295 moved to another pose" in line
+    refined["doubtful"]["searched"] = 0.0
+    assert "in doubt" not in _extra_notes(0, True, refined)
