@@ -14,6 +14,7 @@ on 4JSV and 1BD2 at SNR 0.05); those under ``MARGIN_NATS``, at most the lowest `
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,8 @@ from .research import FAR_DEG, HELD_OUT, ball, held_out_subset
 
 if TYPE_CHECKING:
     from ..data.particle_set import ParticleSet
+
+log = logging.getLogger(__name__)
 
 MARGIN_NATS = 10.0
 """Particles whose mate margin is below this are in doubt. On SNR 0.05 sets it holds 94 % (4JSV) and 100 %
@@ -182,6 +185,7 @@ def search_doubtful(
     n_searched = sum(len(p) for p in picked)
     moved = 0
     if n_searched:
+        log.info("searching %d particles in doubt over every rotation…", n_searched)
         refs = references(particles, (rot, shift), members, operators, device)
         disk = FrequencyDisk(particles.box, particles.pixel_size, device)
         whiten = 1.0 / noise_sigma(particles, refs, (rot, shift), members, disk, seed)
