@@ -4,7 +4,8 @@ For each case a fresh process (or ``torchrun --nproc-per-node P`` of them, 1 thr
 on a memory-mapped stack, times a bounded number of batches of each stage — exploration (the grid search
 at the last exploration epoch's grid and radius), auto-encoding, auto-decoding, a global re-search round's
 batches (mates, then the wide grid search against a fixed map), the final mate check, the final local
-refinement's widest round at the working box (its search against a fixed map) and backprojection —
+refinement's widest round at the working box (its search against a fixed map), the dense search of the
+particles in doubt (against a fixed map, its slice table made once) and backprojection —
 reads the whole stack once (each process its block, as the final maps do) and reports its peak RSS. Time per
 epoch is EXTRAPOLATED from the measured rate (N / img/s), labelled so in the table; the full read pass is
 measured. Stacks of N particles are written in chunks into a memory-mapped .mrcs by tiling a simulated set
@@ -93,15 +94,19 @@ def measure(args: argparse.Namespace) -> None:
 
     from napari_cryospin.engine import distributed
     from napari_cryospin.engine.config import RunConfig
+    from napari_cryospin.engine.doubtful_poses import BATCH as DOUBT_BATCH
+    from napari_cryospin.engine.doubtful_poses import ROTATIONS, search_batch
     from napari_cryospin.engine.engine import Engine
     from napari_cryospin.engine.events import Stage
     from napari_cryospin.engine.local_refine import SHIFT_STEPS, WORKING_ROUNDS, best_local_poses
     from napari_cryospin.engine.mates import check_batch, map_twofolds
     from napari_cryospin.engine.research import BATCH as RESEARCH_BATCH
     from napari_cryospin.engine.research import ball
+    from napari_cryospin.geometry.rotations import random_rotations
     from napari_cryospin.model.likelihood import prepare_batch, shift_grid
     from napari_cryospin.model.poses import ParticlePoses
     from napari_cryospin.physics.reconstruction import accumulate
+    from napari_cryospin.physics.slicing import extract_slices
 
     torch.set_num_threads(args.threads)
     out = Path(tempfile.mkdtemp(prefix="scale-run-"))
@@ -183,9 +188,21 @@ def measure(args: argparse.Namespace) -> None:
                 offsets,
             )
 
+    rotations = random_rotations(ROTATIONS, torch.Generator().manual_seed(0)).to(engine.device)
+    table = extract_slices(grid, rotations, k)  # one per held-out map, which serves thousands of particles
+    power = table * table
+
+    def doubtful(part: np.ndarray) -> None:
+        idx = torch.as_tensor(part, device=engine.device)
+        images = torch.as_tensor(model.particles.stack[part], device=engine.device)
+        b = prepare_batch(idx, images, model.particles.ctf, model.disk, None)
+        spectrum, ctf = b.spectrum[:, :dec_points], b.ctf[:, :dec_points]
+        search_batch(grid, (table, power), rotations, spectrum, ctf, k, model.disk.box, model.poses(idx), 0)
+
     rate["research"] = timed(research, RESEARCH_BATCH)
     rate["check"] = timed(mate_check, 256, sync=False)
     rate["local_refine"] = timed(local_refine, 16, sync=False)
+    rate["doubtful"] = timed(doubtful, DOUBT_BATCH, sync=False)
     rot, shift = engine.model.best_rot.numpy(), engine.model.best_shift.numpy()
     rate["backproject"] = timed(
         lambda p: accumulate(engine.model.particles, rot, shift, p, device=engine.device), 256, sync=False
@@ -255,11 +272,12 @@ def table(rows: list[dict]) -> str:
     """The results as one Markdown table (epoch times extrapolated from the measured rates)."""
     head = (
         "| N | box | procs × threads | explore img/s | encode img/s | decode img/s | re-search img/s | "
-        "mate check img/s | local refinement img/s | backproject img/s | peak RSS MB (per process) | "
+        "mate check img/s | local refinement img/s | doubtful search img/s | backproject img/s | "
+        "peak RSS MB (per process) | "
         "full read pass s (measured) | explore epoch s (extrapolated) | decode epoch s (extrapolated) | "
         "re-search round s (extrapolated) | peak GPU MB | device | load at run |"
     )
-    lines = [head, "|" + " --- |" * 18]
+    lines = [head, "|" + " --- |" * 19]
     rows = [
         {**r, "box": f"{r['box']} (batches ≤ {r['max_batch']})" if r.get("max_batch") else r["box"]}
         for r in rows
@@ -268,7 +286,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['n']} | {r['box']} | {r['procs']} × {r['threads']} | {r['explore_ips']:.1f} | "
             f"{r['encode_ips']:.1f} | {r['decode_ips']:.1f} | {_rate(r, 'research_ips')} | "
-            f"{_rate(r, 'check_ips')} | {_rate(r, 'local_refine_ips')} | {r['backproject_ips']:.0f} | "
+            f"{_rate(r, 'check_ips')} | {_rate(r, 'local_refine_ips')} | {_rate(r, 'doubtful_ips')} | "
+            f"{r['backproject_ips']:.0f} | "
             f"{r['rss_mb']:.0f} | "
             f"{r['read_s']:.1f} | {r['n'] / r['explore_ips']:.0f} | {r['n'] / r['decode_ips']:.0f} | "
             f"{'-' if not r.get('research_ips') else round(r['n'] / r['research_ips'])} | "

@@ -248,7 +248,8 @@ class RunConfig:
         "auto",
         help="auto (default): refine every pose locally before the final maps, each half against its own "
         "map without the particle's subset: at a box that grows with the resolution when the full-size half "
-        "maps agree nearly out to the working box's Nyquist, else at the working box; off: keep "
+        "maps agree nearly out to the working box's Nyquist, else at the working box; then the particles "
+        "whose mate check leaves their pose in doubt are searched over every rotation; off: keep "
         "auto-decoding's poses",
         choices=labelled(REFINE_MODES, ("refine the final poses (auto)", "off")),
         dock="advanced",

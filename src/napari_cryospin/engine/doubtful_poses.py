@@ -93,30 +93,32 @@ def in_doubt(margin: np.ndarray, members: np.ndarray) -> np.ndarray:
 
 def _grid_scores(
     table: torch.Tensor,
+    power: torch.Tensor,
     spectrum: torch.Tensor,
     ctf: torch.Tensor,
     k: torch.Tensor,
     box: int,
     offsets: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's best score over ``offsets`` (S, 2) for every slice of ``table`` (G, P): (G, B) scores and
-    the offset index; images ``spectrum`` (B, P) already at their shifts, ``ctf`` (B, P). The score is
-    ``best_local_poses``', one matrix product for the batch (the CTF folded into the image)."""
+    """Each image's best score over ``offsets`` (S, 2) for every slice of ``table`` (G, P) (``power``: its
+    square): (G, B) scores and the offset index; images ``spectrum`` (B, P) already at their shifts, ``ctf``
+    (B, P). The score is ``best_local_poses``', one matrix product for the batch (the CTF folded into the
+    image)."""
     off = centering_phase(k / box, offsets)  # (S, P)
     hartley = ctf[:, None] * (
         spectrum.real[:, None] * (off.real - off.imag)[None]
         - spectrum.imag[:, None] * (off.real + off.imag)[None]
     )  # (B, S, P): CTF · Hartley(image · offset)
     cross = (table @ hartley.reshape(-1, table.shape[1]).T).reshape(len(table), len(spectrum), len(offsets))
-    norm = ((table * table) @ (ctf * ctf).T).sqrt().clamp_min(1e-20)  # (G, B)
+    norm = (power @ (ctf * ctf).T).sqrt().clamp_min(1e-20)  # (G, B)
     best, which = cross.max(2)
     return best / norm, which
 
 
 @torch.no_grad()
-def _search_batch(
+def search_batch(
     grid: torch.Tensor,
-    table: torch.Tensor,
+    table: tuple[torch.Tensor, torch.Tensor],
     rotations: torch.Tensor,
     spectrum: torch.Tensor,
     ctf: torch.Tensor,
@@ -126,12 +128,13 @@ def _search_batch(
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For images (B, P) at poses (rotations (B, 3, 3), shifts (B, 2) px): (B,) whether the dense search beat
-    the pose, and the better of the two per image (rotations, shifts)."""
+    the pose, and the better of the two per image (rotations, shifts). ``table``: the slices (G, P) of the
+    Hartley ``grid`` (D, D, D) on ``rotations`` (G, 3, 3) at frequencies ``k`` (P, 2), and their squares."""
     device = grid.device
     rot, shift = pose
     b = len(rot)
     offsets = shift_grid(WINDOW_PX, 1.0, device)
-    scores, which = _grid_scores(table, spectrum * centering_phase(k / box, shift), ctf, k, box, offsets)
+    scores, which = _grid_scores(*table, spectrum * centering_phase(k / box, shift), ctf, k, box, offsets)
     top = scores.topk(TOP_K, dim=0).indices.T  # (B, K)
     cand = rotations[top].reshape(-1, 3, 3)
     cand_shift = (shift[:, None] + offsets[which.T.gather(1, top)]).reshape(-1, 2)
@@ -234,6 +237,7 @@ def _search_half(
         table = torch.cat(
             [extract_slices(grid, rotations[i : i + SLICES], k) for i in range(0, len(rotations), SLICES)]
         )
+        power = table * table
         for start in range(0, len(sel), BATCH):
             idx = sel[start : start + BATCH]
             b = image_batch(particles, idx, disk, whiten)
@@ -241,8 +245,16 @@ def _search_half(
                 torch.as_tensor(rot[idx], dtype=torch.float32, device=device),
                 torch.as_tensor(shift[idx], dtype=torch.float32, device=device),
             )
-            better, r, s = _search_batch(
-                grid, table, rotations, b.spectrum[:, :n_points], b.ctf[:, :n_points], k, disk.box, pose, seed
+            better, r, s = search_batch(
+                grid,
+                (table, power),
+                rotations,
+                b.spectrum[:, :n_points],
+                b.ctf[:, :n_points],
+                k,
+                disk.box,
+                pose,
+                seed,
             )
             far = torch.rad2deg(geodesic_distance(r, pose[0])) > FAR_DEG
             moved += int((better & far).sum())
