@@ -133,9 +133,12 @@ def test_the_final_maps_are_made_from_the_refined_poses_and_say_so(box64, tmp_pa
     )
     small = np.zeros((32, 32, 32), np.float32)
     poses = (working.rotations.astype(np.float32), working.shifts.astype(np.float32))
-    info, maps, (rot, _) = write_final_maps(model, tmp_path, (small, small, small), members, poses)
+    margin = np.full(len(working), 100.0)
+    margin[[0, 1, 2]] = 0.0  # in doubt: searched over every rotation after the rounds
+    info, maps, (rot, _) = write_final_maps(model, tmp_path, (small, small, small), members, poses, margin)
     refined = info["local_refinement"]
     assert refined["box"] > 32 and len(refined["rounds"]) >= 1
+    assert refined["doubtful"]["searched"] == 3 and (tmp_path / "doubtful_poses.npz").exists()
     assert not np.array_equal(rot, poses[0]) and rot.shape == poses[0].shape
     assert maps.box == 64 and (tmp_path / local_refine.SAVED).exists()
     model.config.local_refine = "off"
