@@ -77,6 +77,10 @@ def test_particles_on_a_flipped_pose_are_brought_back_and_right_ones_stay(stack,
     assert again.report == found.report
     with pytest.raises(AssertionError, match="searched again"):  # other poses start afresh
         search_doubtful(stack, (truth, shift), members, margin, out=tmp_path)
+    fewer = margin.copy()
+    fewer[doubtful_right] = 100.0
+    with pytest.raises(AssertionError, match="searched again"):  # so do other particles in doubt
+        search_doubtful(stack, (rot, shift), members, fewer, out=tmp_path)
 
 
 def test_a_run_with_no_particle_in_doubt_searches_nothing(stack):
