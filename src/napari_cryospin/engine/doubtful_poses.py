@@ -184,7 +184,8 @@ def search_doubtful(
         with np.load(saved, allow_pickle=False) as f:
             if str(f["key"]) == key:
                 report = dict(zip(f["report_keys"].tolist(), f["report"].tolist(), strict=True))
-                return Searched(f["rotations"], f["shifts"], report)
+                counts = {name: int(report[name]) for name in ("searched", "moved")}
+                return Searched(f["rotations"], f["shifts"], {**report, **counts})
     t0 = time.perf_counter()
     rot, shift = poses[0].copy(), poses[1].copy()
     n_searched = sum(len(p) for p in picked)
@@ -200,7 +201,7 @@ def search_doubtful(
             moved += _search_half(
                 particles, refs, c, part, (rot, shift), rotations, disk, whiten, n_points, seed
             )
-    report = {"searched": float(n_searched), "moved": float(moved), "wall_s": time.perf_counter() - t0}
+    report = {"searched": n_searched, "moved": moved, "wall_s": time.perf_counter() - t0}
     if saved is not None:
         names = list(report)
         save_npz(
