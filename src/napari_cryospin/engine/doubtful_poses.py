@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..data.safe_write import save_npz
 from ..geometry.rotations import geodesic_distance, random_rotations
 from ..model.likelihood import FrequencyDisk, shift_grid
 from ..physics.shifts import centering_phase
@@ -31,10 +29,13 @@ from ..physics.slicing import extract_slices
 from .local_refine import (
     REACH,
     HalfReferences,
+    Refined,
     best_local_poses,
     image_batch,
+    load_rounds,
     noise_sigma,
     references,
+    save_rounds,
     start_key,
 )
 from .research import FAR_DEG, HELD_OUT, ball, held_out_subset
@@ -74,15 +75,6 @@ SLICES = 4096
 
 SAVED = "doubtful_poses.npz"
 """The run folder's record of a finished search, for ``--resume``."""
-
-
-@dataclass
-class Searched:
-    """Poses after the search: rotations (n, 3, 3), shifts (n, 2, working px), and the report."""
-
-    rotations: np.ndarray
-    shifts: np.ndarray
-    report: dict = field(default_factory=dict)
 
 
 def in_doubt(margin: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -169,7 +161,7 @@ def search_doubtful(
     operators: np.ndarray | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
-) -> Searched:
+) -> Refined:
     """Search the poses of the particles in doubt (:func:`in_doubt` of ``margin`` (n,) nats, per half of
     ``members``) over the whole rotation group, each against its own half's map without its held-out subset.
 
@@ -180,12 +172,11 @@ def search_doubtful(
     picked = [in_doubt(margin, m) for m in members]
     key = start_key(poses[0], poses[1], picked)
     saved = out / SAVED if out is not None else None
-    if saved is not None and saved.exists():
-        with np.load(saved, allow_pickle=False) as f:
-            if str(f["key"]) == key:
-                report = dict(zip(f["report_keys"].tolist(), f["report"].tolist(), strict=True))
-                counts = {name: int(report[name]) for name in ("searched", "moved")}
-                return Searched(f["rotations"], f["shifts"], {**report, **counts})
+    resumed = load_rounds(saved, key)
+    if resumed is not None:
+        rot, shift, (report,) = resumed
+        counts = {name: int(report[name]) for name in ("searched", "moved")}
+        return Refined(rot, shift, {**report, **counts})
     t0 = time.perf_counter()
     rot, shift = poses[0].copy(), poses[1].copy()
     n_searched = sum(len(p) for p in picked)
@@ -203,16 +194,8 @@ def search_doubtful(
             )
     report = {"searched": n_searched, "moved": moved, "wall_s": time.perf_counter() - t0}
     if saved is not None:
-        names = list(report)
-        save_npz(
-            saved,
-            key=np.array(key),
-            rotations=rot,
-            shifts=shift,
-            report_keys=np.array(names),
-            report=np.array([report[n] for n in names], dtype=np.float64),
-        )
-    return Searched(rot, shift, report)
+        save_rounds(saved, key, rot, shift, [report])
+    return Refined(rot, shift, report)
 
 
 def _search_half(

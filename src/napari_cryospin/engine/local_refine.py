@@ -308,7 +308,7 @@ def refine_locally(
     rot, shift = poses[0].copy(), poses[1].copy()
     rounds: list[dict] = []
     saved = out / SAVED if out is not None else None
-    resumed = _load_rounds(saved, key)
+    resumed = load_rounds(saved, key)
     if resumed is not None:
         rot, shift, rounds = resumed
         target = int(rounds[-1]["box"])
@@ -348,12 +348,13 @@ def refine_locally(
             }
         )
         if saved is not None:
-            _save_rounds(saved, key, rot, shift, rounds)
+            save_rounds(saved, key, rot, shift, rounds)
     return Refined(rot, shift, {"rounds": rounds, "box": target, "stopped": stopped})
 
 
-def _load_rounds(saved: Path | None, key: str) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
-    """The poses and rounds saved in ``saved`` when it holds a refinement from the start ``key``."""
+def load_rounds(saved: Path | None, key: str) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
+    """The poses and rounds (a dict of numbers each) saved in ``saved`` when it holds them from the start
+    ``key``."""
     if saved is None or not saved.exists():
         return None
     with np.load(saved, allow_pickle=False) as f:
@@ -364,7 +365,7 @@ def _load_rounds(saved: Path | None, key: str) -> tuple[np.ndarray, np.ndarray, 
         return f["rotations"], f["shifts"], rounds
 
 
-def _save_rounds(saved: Path, key: str, rot: np.ndarray, shift: np.ndarray, rounds: list[dict]) -> None:
+def save_rounds(saved: Path, key: str, rot: np.ndarray, shift: np.ndarray, rounds: list[dict]) -> None:
     """Record the rounds done and the poses after the last, under the start ``key``."""
     names = list(rounds[0])
     save_npz(
