@@ -12,9 +12,11 @@ or too little signal; for asymmetric particles only, as a symmetric one's mates 
 ``--whiten`` weighs frequencies by the stack's measured noise, as the engine does.
 ``--reference known-half`` scores against the best map a gold-standard run could hold instead of the true
 map: the backprojection, at their true poses, of half the other particles (the probed ones left out, so no
-image meets its own noise). Its floor is what a run's pose error can be compared with.
+image meets its own noise). Its floor is what a run's pose error can be compared with. With ``--symmetry``
+that backprojection imposes the group, as a run with ``--symmetry`` does (the near search is within one
+asymmetric unit for any group whose mates are further apart than the ball).
 Usage: ``python bench/pose_floor.py SET_DIR [SET_DIR ...] [--n 300] [--ball 12] [--candidates 2000]
-[--distant 20000] [--whiten] [--reference true|known-half]``
+[--distant 20000] [--whiten] [--reference true|known-half] [--symmetry C1]``
 (SET_DIR: ``truth.star`` + ``truth_volume.mrc``, or ribosome70s's ``truth/`` layout; the first n images
 not listed in its ``junk.npy``). Prints one table.
 """
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from napari_cryospin.geometry.rotations import axis_angle_to_matrix, random_rotations
+from napari_cryospin.geometry.symmetry import group_operators
 from napari_cryospin.model.likelihood import FrequencyDisk, prepare_batch
 from napari_cryospin.model.noise import estimate_noise
 from napari_cryospin.model.volume import HartleyVolume
@@ -82,11 +85,12 @@ def pose_floor(
     whiten: bool = False,
     batch: int = 16,
     reference: str = "true",
+    symmetry: str = "C1",
 ) -> dict:
     """Median / mean angle (°) of each particle's best-correlating rotation near the truth, the share within
     3°, the angle of the candidate nearest to the truth (the grid's resolution) and the share at the edge;
     with ``distant`` > 0, the share whose best pose ≥ 90° away correlates better than the best near.
-    ``reference``: "true" (the true map) or "known-half" (see the module doc)."""
+    ``reference``: "true" (the true map) or "known-half" (see the module doc), imposing ``symmetry``."""
     truth = load_truth(folder)  # the stack read with its detected polarity
     particles, volume = truth.particles, truth.volume
     box = particles.box
@@ -98,7 +102,10 @@ def pose_floor(
     kept = np.flatnonzero(~junk)
     rows = kept[:n]
     if reference == "known-half":  # half of the other kept particles
-        volume = backproject(particles, particles.rotations, particles.shifts, indices=kept[n:][::2])
+        operators = None if symmetry.upper() == "C1" else group_operators(symmetry)
+        volume = backproject(
+            particles, particles.rotations, particles.shifts, indices=kept[n:][::2], operators=operators
+        )
     vol = HartleyVolume(box, torch.zeros(1, box, box, box))
     vol.set_from_real_space(torch.from_numpy(np.ascontiguousarray(volume, np.float32)))
     pert, angle = perturbations(candidates, ball_deg)
@@ -123,7 +130,7 @@ def pose_floor(
     err = torch.cat(best).numpy()
     return {
         "set": folder.name,
-        "reference": reference,
+        "reference": reference if symmetry.upper() == "C1" else f"{reference} {symmetry}",
         "particles": len(rows),
         "box": box,
         "pixel_A": particles.pixel_size,
@@ -151,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         default="true",
         help="the true map, or the known-pose backprojection of half the other particles",
     )
+    p.add_argument("--symmetry", default="C1", help="point group the known-pose half map imposes")
     args = p.parse_args(argv)
+    if args.distant and args.symmetry.upper() != "C1":
+        p.error("--distant compares with poses ≥ 90° away: for asymmetric particles only")
     print(
         "| set | reference | n | box | Å/px | floor median ° | floor mean ° | ≤ 3° | nearest candidate ° | "
         "at edge | distant pose wins |"
@@ -159,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for folder in args.sets:
         r = pose_floor(
-            folder, args.n, args.ball, args.candidates, args.distant, args.whiten, reference=args.reference
+            folder,
+            args.n,
+            args.ball,
+            args.candidates,
+            args.distant,
+            args.whiten,
+            reference=args.reference,
+            symmetry=args.symmetry,
         )
         wins = "—" if r["distant_wins"] is None else f"{r['distant_wins']:.1%}"
         print(

@@ -94,8 +94,7 @@ def measure(args: argparse.Namespace) -> None:
 
     from napari_cryospin.engine import distributed
     from napari_cryospin.engine.config import RunConfig
-    from napari_cryospin.engine.doubtful_poses import BATCH as DOUBT_BATCH
-    from napari_cryospin.engine.doubtful_poses import ROTATIONS, search_batch
+    from napari_cryospin.engine.doubtful_poses import ROTATIONS, batch_size, search_batch
     from napari_cryospin.engine.engine import Engine
     from napari_cryospin.engine.events import Stage
     from napari_cryospin.engine.local_refine import SHIFT_STEPS, WORKING_ROUNDS, best_local_poses
@@ -202,7 +201,7 @@ def measure(args: argparse.Namespace) -> None:
     rate["research"] = timed(research, RESEARCH_BATCH)
     rate["check"] = timed(mate_check, 256, sync=False)
     rate["local_refine"] = timed(local_refine, 16, sync=False)
-    rate["doubtful"] = timed(doubtful, DOUBT_BATCH, sync=False)
+    rate["doubtful"] = timed(doubtful, batch_size(ROTATIONS, model.disk.box), sync=False)
     rot, shift = engine.model.best_rot.numpy(), engine.model.best_shift.numpy()
     rate["backproject"] = timed(
         lambda p: accumulate(engine.model.particles, rot, shift, p, device=engine.device), 256, sync=False

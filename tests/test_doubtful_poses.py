@@ -10,6 +10,7 @@ from napari_cryospin.engine.doubtful_poses import in_doubt, search_doubtful
 from napari_cryospin.engine.outputs import _extra_notes
 from napari_cryospin.engine.run_folder import RESULT_FILES
 from napari_cryospin.geometry.rotations import axis_angle_to_matrix
+from napari_cryospin.geometry.symmetry import group_operators
 
 
 def test_the_particles_in_doubt_are_those_under_the_margin_at_most_a_share_lowest_first(monkeypatch):
@@ -43,13 +44,14 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_particles_on_a_flipped_pose_are_brought_back_and_right_ones_stay(stack, tmp_path, monkeypatch):
-    truth, shift = stack.rotations.astype(np.float32), stack.shifts.astype(np.float32)
+    truth, true_shift = stack.rotations.astype(np.float32), stack.shifts.astype(np.float32)
     n = len(truth)
     flipped = np.arange(0, n, 10)  # 30 particles turned 180° about their own view's x axis
     doubtful_right = np.arange(3, n, 15)  # 20 right particles whose margin is as low
     flip = axis_angle_to_matrix(torch.tensor([[np.pi, 0.0, 0.0]])).numpy()[0]
-    rot = truth.copy()
+    rot, shift = truth.copy(), true_shift.copy()
     rot[flipped] = truth[flipped] @ flip
+    shift[flipped] += np.float32([5.0, -1.0])  # their shifts wrong too: the search is about the centre
     margin = np.full(n, 100.0)
     margin[flipped], margin[doubtful_right] = 1.0, 2.0
     members = [np.arange(0, n, 2), np.arange(1, n, 2)]
@@ -59,11 +61,13 @@ def test_particles_on_a_flipped_pose_are_brought_back_and_right_ones_stay(stack,
     assert _angle_deg(rot[flipped], truth[flipped]).min() > 170
     back = _angle_deg(found.rotations[flipped], truth[flipped])
     assert np.mean(back < 10) >= 0.8, np.sort(back)
+    shift_error = np.linalg.norm(found.shifts[flipped] - true_shift[flipped], axis=1)
+    assert np.mean(shift_error[back < 10] < 1.0) >= 0.9, np.sort(shift_error)
     assert _angle_deg(found.rotations[doubtful_right], truth[doubtful_right]).max() < 10  # refined, not moved
     others = np.setdiff1d(np.arange(n), np.concatenate([flipped, doubtful_right]))
     np.testing.assert_array_equal(found.rotations[others], rot[others])  # not in doubt: not searched
     np.testing.assert_array_equal(found.shifts[others], shift[others])
-    assert found.report["searched"] == 50
+    assert found.report["searched"] == 50 and found.report["passes"] == doubtful_poses.PASSES
     assert found.report["moved"] == np.sum(_angle_deg(found.rotations, rot) > 20)
     assert found.report["moved"] >= 24
     assert doubtful_poses.SAVED in RESULT_FILES  # --overwrite clears it
@@ -75,6 +79,7 @@ def test_particles_on_a_flipped_pose_are_brought_back_and_right_ones_stay(stack,
     again = search_doubtful(stack, (rot, shift), members, margin, out=tmp_path)
     np.testing.assert_array_equal(again.rotations, found.rotations)
     assert again.report == found.report and isinstance(again.report["moved"], int)
+    assert isinstance(again.report["passes"], int)
     with pytest.raises(AssertionError, match="searched again"):  # other poses start afresh
         search_doubtful(stack, (truth, shift), members, margin, out=tmp_path)
     fewer = margin.copy()
@@ -83,11 +88,20 @@ def test_particles_on_a_flipped_pose_are_brought_back_and_right_ones_stay(stack,
         search_doubtful(stack, (rot, shift), members, fewer, out=tmp_path)
 
 
+def test_a_move_to_a_symmetry_mate_is_not_a_move_to_another_basin():
+    start = np.repeat(np.eye(3)[None], 4, 0)
+    axis_angles = [[0, 0, 2 * np.pi / 5], [0, 0, 0.1], [0.0, 1.2, 0], [1.0, 0, 0]]
+    turns = axis_angle_to_matrix(torch.tensor(axis_angles))
+    end = turns.double().numpy() @ start  # a C5 mate, 6° off, 69° off, 57° off
+    assert doubtful_poses._moved(start, end, None) == 3
+    assert doubtful_poses._moved(start, end, group_operators("C5")) == 2
+
+
 def test_a_run_with_no_particle_in_doubt_searches_nothing(stack):
     poses = (stack.rotations.astype(np.float32), stack.shifts.astype(np.float32))
     members = [np.arange(0, 100, 2), np.arange(1, 100, 2)]
     found = search_doubtful(stack, poses, members, np.full(len(stack), 50.0))
-    assert found.report["searched"] == 0 and found.report["moved"] == 0
+    assert found.report["searched"] == 0 and found.report["moved"] == 0 and found.report["passes"] == 0
     np.testing.assert_array_equal(found.rotations, poses[0])
 
 
