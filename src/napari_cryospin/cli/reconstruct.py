@@ -17,8 +17,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-FINAL_STEPS = ("napari_cryospin.engine.outputs", "napari_cryospin.engine.local_refine")
-"""The loggers whose lines the CLI prints above the bar: the final steps and the local refinement's rounds."""
+FINAL_STEPS = (
+    "napari_cryospin.engine.outputs",
+    "napari_cryospin.engine.local_refine",
+    "napari_cryospin.engine.doubtful_poses",
+)
+"""The loggers whose lines the CLI prints above the bar: the final steps, the local refinement's rounds and
+the passes of the search of the particles in doubt."""
 
 
 class _StepLines(logging.Handler):
