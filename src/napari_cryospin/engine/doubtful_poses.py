@@ -3,8 +3,8 @@
 At low SNR exploration leaves some particles on a wrong basin (most often the flipped mate of an
 elongated particle); local rounds cannot leave it, and the wide re-search (a 15° grid scored at
 exploration's top radius, the best of eight chosen there) finds few of them. Against the refined half
-maps at the halves' resolution the right pose wins for most of them (72.9 % of the particles > 90° off on
-a realistic 4JSV set at SNR 0.05), so the search is denser and scored at the current radius: random
+maps at the halves' resolution the right pose wins for most of them (at least 72.9 % of the particles > 90°
+off on a realistic 4JSV set at SNR 0.05), so the search is denser and scored at the current radius: random
 rotations × the wide search's shift window about the box centre, the best ``TOP_K`` refined in two balls,
 each particle against its own half's map without its held-out subset. A particle moves when what was
 found beats its own pose refined in the same last ball. Only particles in doubt are searched: the mate
@@ -125,10 +125,11 @@ def search_batch(
     box: int,
     pose: tuple[torch.Tensor, torch.Tensor],
     seed: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For images (B, P) at poses (rotations (B, 3, 3), shifts (B, 2) px): (B,) whether the dense search beat
-    the pose, and the better of the two per image (rotations, shifts). ``table``: the slices (G, P) of the
-    Hartley ``grid`` (D, D, D) on ``rotations`` (G, 3, 3) at frequencies ``k`` (P, 2), and their squares.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For images (B, P) at poses (rotations (B, 3, 3), shifts (B, 2) px): the better per image of the pose
+    and what the dense search found, both refined in the last ball (rotations (B, 3, 3), shifts (B, 2)).
+    ``table``: the slices (G, P) of the Hartley ``grid`` (D, D, D) on ``rotations`` (G, 3, 3) at
+    frequencies ``k`` (P, 2), and their squares.
     The grid is searched over :func:`window` about the box centre, whatever the pose's shift: a particle
     on a wrong basin often has a wrong shift too."""
     device = grid.device
@@ -153,7 +154,6 @@ def search_batch(
     now_rot, now_shift, now = best_local_poses(grid, spectrum, ctf, k, box, rot, shift, last, fine)
     better = found[ar, best] > now
     return (
-        better,
         torch.where(better[:, None, None], found_rot, now_rot),
         torch.where(better[:, None], found_shift, now_shift),
     )
@@ -222,11 +222,10 @@ def search_doubtful(
 
 def _moved(start: np.ndarray, end: np.ndarray, operators: np.ndarray | None) -> int:
     """How many rotations ``end`` (n, 3, 3) are on another basin than ``start`` (n, 3, 3): further than
-    ``research.FAR_DEG``, and not ``start`` turned by one of the symmetry ``operators`` (G, 3, 3)."""
-    turn = torch.as_tensor(end, dtype=torch.float64) @ torch.as_tensor(start, dtype=torch.float64).transpose(
-        1, 2
-    )
-    ops = np.eye(3)[None] if operators is None else np.concatenate([np.eye(3)[None], np.asarray(operators)])
+    ``research.FAR_DEG``, and not ``start`` turned by one of the symmetry ``operators`` (G, 3, 3, the
+    identity first, as ``group_operators`` gives them)."""
+    turn = torch.as_tensor(end @ np.swapaxes(start, 1, 2), dtype=torch.float64)  # end = turn · start
+    ops = np.eye(3)[None] if operators is None else operators
     return int((~turned_by_operator(turn, ops, FAR_DEG)).sum())
 
 
@@ -262,7 +261,7 @@ def _search_half(
                 torch.as_tensor(rot[idx], dtype=torch.float32, device=device),
                 torch.as_tensor(shift[idx], dtype=torch.float32, device=device),
             )
-            _, r, s = search_batch(
+            r, s = search_batch(
                 grid,
                 (table, power),
                 rotations,
