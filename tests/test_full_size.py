@@ -76,7 +76,7 @@ def test_written_maps_are_full_size_and_the_working_map_is_kept(box96, tmp_path)
         config=SimpleNamespace(half_maps=True, local_refine="off", seed=0),
     )
     small = np.zeros((32, 32, 32), np.float32)
-    info, maps, _ = write_final_maps(
+    info, maps, _, _ = write_final_maps(
         model, tmp_path, (small, small, small), halves, (working.rotations, working.shifts)
     )
     for name in ("volume.mrc", "half_a.mrc", "half_b.mrc"):

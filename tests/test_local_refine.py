@@ -7,6 +7,7 @@ import torch
 from napari_cryospin.data.particles import load_particles
 from napari_cryospin.engine import local_refine
 from napari_cryospin.engine.local_refine import best_local_poses, refine_locally, refinement_box
+from napari_cryospin.engine.mates import AS_GOOD_NATS, MateCheck
 from napari_cryospin.engine.research import ball
 from napari_cryospin.engine.run_folder import RESULT_FILES
 from napari_cryospin.geometry.rotations import axis_angle_to_matrix
@@ -135,15 +136,20 @@ def test_the_final_maps_are_made_from_the_refined_poses_and_say_so(box64, tmp_pa
     poses = (working.rotations.astype(np.float32), working.shifts.astype(np.float32))
     margin = np.full(len(working), 100.0)
     margin[[0, 1, 2]] = 0.0  # in doubt: searched over every rotation after the rounds
-    info, maps, (rot, _) = write_final_maps(model, tmp_path, (small, small, small), members, poses, margin)
+    mates = MateCheck(margin, np.zeros(len(working), np.int64))
+    info, maps, (rot, _), checked = write_final_maps(
+        model, tmp_path, (small, small, small), members, poses, mates
+    )
     refined = info["local_refinement"]
     assert refined["box"] > 32 and len(refined["rounds"]) >= 1
     assert refined["doubtful"]["searched"] == 3 and (tmp_path / "doubtful_poses.npz").exists()
+    assert checked.checked_again == 3 and (checked.margin[:3] > AS_GOOD_NATS).all(), checked.margin[:3]
+    np.testing.assert_array_equal(checked.margin[3:], margin[3:])
     assert not np.array_equal(rot, poses[0]) and rot.shape == poses[0].shape
     assert maps.box == 64 and (tmp_path / local_refine.SAVED).exists()
     model.config.local_refine = "off"
     (tmp_path / "off").mkdir()
-    info, _, (rot, _) = write_final_maps(model, tmp_path / "off", (small, small, small), members, poses)
+    info, _, (rot, _), _ = write_final_maps(model, tmp_path / "off", (small, small, small), members, poses)
     assert info["local_refinement"] is None and np.array_equal(rot, poses[0])
 
 
@@ -167,7 +173,7 @@ def test_poses_are_refined_at_the_working_box_when_the_stack_is_stored_at_it(box
         config=SimpleNamespace(half_maps=True, local_refine="auto", seed=0),
     )
     before = maps_at_box(stack, rot, shift, members, 64)
-    info, maps, (found, moved) = write_final_maps(
+    info, maps, (found, moved), _ = write_final_maps(
         model, tmp_path, (before.full, before.half_a, before.half_b), members, (rot, shift)
     )
     rounds = info["local_refinement"]["rounds"]

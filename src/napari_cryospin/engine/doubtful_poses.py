@@ -11,27 +11,28 @@ found beats its own pose refined in the same last ball. Only particles in doubt 
 check's margin (the pose's log-likelihood over its best mate or distant pose) ranks the particles on a
 wrong basin first (ROC AUC 0.975 and 0.927 on 4JSV and 1BD2 at SNR 0.05); those under ``MARGIN_NATS``, at
 most the lowest ``SHARE`` of each half. The search runs ``PASSES`` times, the maps made again from the
-poses of the pass before.
+poses of the pass before. Its last pass also checks the pose it leaves: the margin (nats) of that pose over
+the best distant pose of the same search, so the run's mate check sees the poses it writes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..geometry.rotations import random_rotations
+from ..geometry.rotations import geodesic_distance, random_rotations
 from ..model.likelihood import FrequencyDisk, shift_grid
 from ..physics.shifts import centering_phase
 from ..physics.slicing import extract_slices
 from .local_refine import (
     REACH,
     HalfReferences,
-    Refined,
     best_local_poses,
     image_batch,
     load_rounds,
@@ -40,7 +41,7 @@ from .local_refine import (
     save_rounds,
     start_key,
 )
-from .mates import turned_by_operator
+from .mates import DISTANT_DEG, SYMMETRY_BASIN_DEG, turned_by_operator
 from .research import FAR_DEG, HELD_OUT, WIDE_WINDOW_FRACTION, ball, held_out_subset
 
 if TYPE_CHECKING:
@@ -114,6 +115,50 @@ def _grid_scores(
     return best / norm, which
 
 
+@dataclass
+class Searched:
+    """The search's poses, rotations (n, 3, 3) and shifts (n, 2, px of the working box), its report, which
+    particles it searched (n,) bool, and the margin (n,) nats of each searched particle's pose over its best
+    distant pose (NaN where not searched, or where every distant pose is a symmetry mate)."""
+
+    rotations: np.ndarray
+    shifts: np.ndarray
+    report: dict
+    searched: np.ndarray
+    margin: np.ndarray
+
+
+def _refined(
+    grid: torch.Tensor,
+    spectrum: torch.Tensor,
+    ctf: torch.Tensor,
+    k: torch.Tensor,
+    box: int,
+    pose: tuple[torch.Tensor, torch.Tensor],
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Poses (rotations (B, 3, 3), shifts (B, 2) px) refined in the BALLS one after the other: (rotations,
+    shifts, scores)."""
+    rot, shift = pose
+    fine = shift_grid(0.5, 0.25, grid.device)
+    for i, (deg, points) in enumerate(BALLS):
+        turns = ball(deg, seed + i, grid.device, points)
+        rot, shift, score = best_local_poses(grid, spectrum, ctf, k, box, rot, shift, turns, fine)
+    return rot, shift, score
+
+
+def _best_distant(
+    scores: torch.Tensor, rotations: torch.Tensor, pose: torch.Tensor, mates_of: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the best grid rotation (index into ``rotations`` (G, 3, 3), by ``scores`` (G, B)) at least
+    ``mates.DISTANT_DEG`` from its ``pose`` (B, 3, 3) and not the pose turned by one of the symmetry
+    operators ``mates_of`` (K, 3, 3): (B,) indices and (B,) whether there was one."""
+    far = torch.rad2deg(geodesic_distance(rotations[:, None], pose[None])) >= DISTANT_DEG  # (G, B)
+    turn = rotations[:, None] @ pose[None].transpose(-1, -2)  # candidate = turn · pose
+    far &= ~turned_by_operator(turn, mates_of, SYMMETRY_BASIN_DEG)
+    return scores.masked_fill(~far, float("-inf")).argmax(0), far.any(0)
+
+
 @torch.no_grad()
 def search_batch(
     grid: torch.Tensor,
@@ -125,38 +170,45 @@ def search_batch(
     box: int,
     pose: tuple[torch.Tensor, torch.Tensor],
     seed: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    mates_of: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For images (B, P) at poses (rotations (B, 3, 3), shifts (B, 2) px): the better per image of the pose
-    and what the dense search found, both refined in the last ball (rotations (B, 3, 3), shifts (B, 2)).
+    and what the dense search found, both refined in the last ball (rotations (B, 3, 3), shifts (B, 2)),
+    and that pose's margin (B,) in nats over the best distant grid pose, refined as the found ones (NaN
+    where every distant pose is a symmetry mate of ``mates_of`` (K, 3, 3) operators; default none).
     ``table``: the slices (G, P) of the Hartley ``grid`` (D, D, D) on ``rotations`` (G, 3, 3) at
     frequencies ``k`` (P, 2), and their squares.
     The grid is searched over :func:`window` about the box centre, whatever the pose's shift: a particle
-    on a wrong basin often has a wrong shift too."""
+    on a wrong basin often has a wrong shift too. The images are whitened, so a pose's log-likelihood with
+    the model's scale fitted is its score squared over two (plus a constant): the margin is
+    ``(s² − s_distant²) / 2``, a score below zero counted as zero (no negative scale)."""
     device = grid.device
     rot, shift = pose
     b = len(rot)
     offsets = window(box, device)
     scores, which = _grid_scores(*table, spectrum, ctf, k, box, offsets)
     top = scores.topk(TOP_K, dim=0).indices.T  # (B, K)
-    cand = rotations[top].reshape(-1, 3, 3)
-    cand_shift = offsets[which.T.gather(1, top)].reshape(-1, 2)
-    fine = shift_grid(0.5, 0.25, device)
+    cand = (rotations[top].reshape(-1, 3, 3), offsets[which.T.gather(1, top)].reshape(-1, 2))
     many = (grid, spectrum.repeat_interleave(TOP_K, 0), ctf.repeat_interleave(TOP_K, 0), k, box)
-    for i, (deg, points) in enumerate(BALLS):
-        cand, cand_shift, found = best_local_poses(
-            *many, cand, cand_shift, ball(deg, seed + i, device, points), fine
-        )
+    cand_rot, cand_shift, found = _refined(*many, cand, seed)
     found = found.reshape(b, TOP_K)
     best = found.argmax(1)
     ar = torch.arange(b, device=device)
-    found_rot, found_shift = cand.reshape(b, TOP_K, 3, 3)[ar, best], cand_shift.reshape(b, TOP_K, 2)[ar, best]
+    found_rot = cand_rot.reshape(b, TOP_K, 3, 3)[ar, best]
+    found_shift = cand_shift.reshape(b, TOP_K, 2)[ar, best]
     last = ball(BALLS[-1][0], seed + len(BALLS) - 1, device, BALLS[-1][1])
+    fine = shift_grid(0.5, 0.25, device)
     now_rot, now_shift, now = best_local_poses(grid, spectrum, ctf, k, box, rot, shift, last, fine)
     better = found[ar, best] > now
-    return (
-        torch.where(better[:, None, None], found_rot, now_rot),
-        torch.where(better[:, None], found_shift, now_shift),
-    )
+    end_rot = torch.where(better[:, None, None], found_rot, now_rot)
+    end_shift = torch.where(better[:, None], found_shift, now_shift)
+    ops = np.zeros((0, 3, 3)) if mates_of is None else mates_of
+    distant, exists = _best_distant(scores, rotations, end_rot, ops)
+    rival = (rotations[distant], offsets[which[distant, ar]])
+    rival_score = _refined(grid, spectrum, ctf, k, box, rival, seed)[2]
+    score = torch.maximum(found[ar, best], now).clamp_min(0)
+    margin = (score**2 - rival_score.clamp_min(0) ** 2) / 2
+    return end_rot, end_shift, torch.where(exists, margin, torch.full_like(margin, float("nan")))
 
 
 def window(box: int, device: torch.device | str) -> torch.Tensor:
@@ -179,27 +231,33 @@ def search_doubtful(
     operators: np.ndarray | None = None,
     device: torch.device | str = "cpu",
     seed: int = 0,
-) -> Refined:
+    mates_of: np.ndarray | None = None,
+) -> Searched:
     """Search the poses of the particles in doubt (:func:`in_doubt` of ``margin`` (n,) nats, per half of
     ``members``) over the whole rotation group, each against its own half's map without its held-out
     subset, PASSES times.
 
-    ``particles`` are at the working box; ``poses`` rotations (n, 3, 3) and shifts (n, 2, px). A search
-    saved in run folder ``out`` from the same poses and particles in doubt is not redone. The report counts
-    the particles searched and those that end on another basin (further than ``research.FAR_DEG`` from
-    the start, a symmetry mate of ``operators`` not counted).
+    ``particles`` are at the working box; ``poses`` rotations (n, 3, 3) and shifts (n, 2, px); ``operators``
+    the imposed group's. A search saved in run folder ``out`` from the same poses and particles in doubt is
+    not redone. The report counts the particles searched and those that end on another basin (further than
+    ``research.FAR_DEG`` from the start, a symmetry mate of ``operators`` not counted). The margins are the
+    last pass's (:func:`search_batch`), the mates of the map's detected group ``mates_of`` (K, 3, 3
+    operators) not counted, as the mate check does not count them.
     """
     device = torch.device(device)
     picked = [in_doubt(margin, m) for m in members]
     key = start_key(poses[0], poses[1], picked)
     saved = out / SAVED if out is not None else None
-    resumed = load_rounds(saved, key)
+    searched = np.zeros(len(poses[0]), bool)
+    searched[np.concatenate(picked)] = True
+    resumed = load_rounds(saved, key, "margin")
     if resumed is not None:
-        rot, shift, (report,) = resumed
+        rot, shift, (report,), found_margin = resumed
         counts = {name: int(report[name]) for name in ("searched", "moved", "passes")}
-        return Refined(rot, shift, {**report, **counts})
+        return Searched(rot, shift, {**report, **counts}, searched, found_margin)
     t0 = time.perf_counter()
     rot, shift = poses[0].copy(), poses[1].copy()
+    found_margin = np.full(len(rot), np.nan)
     n_searched = sum(len(p) for p in picked)
     passes = PASSES if n_searched else 0
     disk = FrequencyDisk(particles.box, particles.pixel_size, device)
@@ -212,12 +270,23 @@ def search_doubtful(
         whiten = 1.0 / noise_sigma(particles, refs, (rot, shift), members, disk, seed)
         n_points = disk.count(REACH * particles.box * particles.pixel_size / refs.resolution)
         for c, part in enumerate(picked):
-            _search_half(particles, refs, c, part, (rot, shift), rotations, disk, whiten, n_points, seed)
+            _search_half(
+                particles,
+                refs,
+                (c, part),
+                (rot, shift, found_margin),
+                rotations,
+                disk,
+                whiten,
+                n_points,
+                seed,
+                mates_of,
+            )
     moved = _moved(poses[0], rot, operators)
     report = {"searched": n_searched, "moved": moved, "passes": passes, "wall_s": time.perf_counter() - t0}
     if saved is not None:
-        save_rounds(saved, key, rot, shift, [report])
-    return Refined(rot, shift, report)
+        save_rounds(saved, key, rot, shift, [report], margin=found_margin)
+    return Searched(rot, shift, report, searched, found_margin)
 
 
 def _moved(start: np.ndarray, end: np.ndarray, operators: np.ndarray | None) -> int:
@@ -232,17 +301,19 @@ def _moved(start: np.ndarray, end: np.ndarray, operators: np.ndarray | None) -> 
 def _search_half(
     particles: ParticleSet,
     refs: HalfReferences,
-    half: int,
-    part: np.ndarray,
-    poses: tuple[np.ndarray, np.ndarray],
+    which: tuple[int, np.ndarray],
+    found: tuple[np.ndarray, np.ndarray, np.ndarray],
     rotations: torch.Tensor,
     disk: FrequencyDisk,
     whiten: torch.Tensor,
     n_points: int,
     seed: int,
+    mates_of: np.ndarray | None,
 ) -> None:
-    """Search the particles ``part`` of half ``half`` in place in ``poses``."""
-    rot, shift = poses
+    """Search the particles ``part`` of half ``half`` (``which``), in place in ``found``: their rotations,
+    shifts and margins."""
+    half, part = which
+    rot, shift, margin = found
     device, k = disk.k.device, disk.k[:n_points]
     batch = batch_size(len(rotations), disk.box)
     for held in range(HELD_OUT):
@@ -261,7 +332,7 @@ def _search_half(
                 torch.as_tensor(rot[idx], dtype=torch.float32, device=device),
                 torch.as_tensor(shift[idx], dtype=torch.float32, device=device),
             )
-            r, s = search_batch(
+            r, s, m = search_batch(
                 grid,
                 (table, power),
                 rotations,
@@ -271,5 +342,6 @@ def _search_half(
                 disk.box,
                 pose,
                 seed,
+                mates_of,
             )
-            rot[idx], shift[idx] = r.cpu().numpy(), s.cpu().numpy()
+            rot[idx], shift[idx], margin[idx] = r.cpu().numpy(), s.cpu().numpy(), m.cpu().double().numpy()

@@ -21,6 +21,7 @@ from .local_refine import halves_resolution, refine_locally
 
 if TYPE_CHECKING:
     from ..data.particle_set import ParticleSet
+    from .mates import MateCheck
     from .run_model import RunModel
 
 WORKING_MAP = "volume_working.mrc"
@@ -86,17 +87,18 @@ def write_final_maps(
     working: tuple[np.ndarray, np.ndarray, np.ndarray],
     halves: list[np.ndarray],
     poses: tuple[np.ndarray, np.ndarray],
-    margin: np.ndarray | None = None,
-) -> tuple[dict, FullSizeMaps, tuple[np.ndarray, np.ndarray]]:
+    mates: MateCheck | None = None,
+) -> tuple[dict, FullSizeMaps, tuple[np.ndarray, np.ndarray], MateCheck | None]:
     """Write volume.mrc (and half_a.mrc, half_b.mrc) at the stored box in run folder ``out``; return what
     was written, the maps (the working ones when the engine worked at the stored box), which the run is
-    judged by, and the poses they were made with.
+    judged by, the poses they were made with, and the mate check of those poses.
 
     ``working`` are the (full, half A, half B) maps at the working box made from ``poses`` (rotations
     (n, 3, 3), shifts (n, 2) px of the working box) of the particles of ``halves``. With ``--local-refine
     auto`` the poses are refined first (``engine/local_refine.py``: beyond the working box where it limits the
-    map, else at it), the particles whose mate ``margin`` (n,) nats puts their pose in doubt are searched
-    again over every rotation (``engine/doubtful_poses.py``), and the maps made again from the poses. The
+    map, else at it), the particles whose margin in the mate check ``mates`` puts their pose in doubt are
+    searched again over every rotation (``engine/doubtful_poses.py``; their margins then the search's), and
+    the maps made again from the poses. The
     maps are the stored box's when the engine worked on cropped images, and the working-box map is then
     kept as volume_working.mrc.
     """
@@ -120,19 +122,21 @@ def write_final_maps(
             model.config.seed,
         )
         rot, shift, refinement = refined.rotations, refined.shifts, refined.report
-        if margin is not None:
+        if mates is not None:
             searched = search_doubtful(
                 model.particles,
                 (rot, shift),
                 halves,
-                margin,
+                mates.margin,
                 out,
                 model.symmetry,
                 model.device,
                 model.config.seed,
+                mates.operators,
             )
             rot, shift = searched.rotations, searched.shifts
             refinement["doubtful"] = searched.report
+            mates = mates.after_search(searched.searched, searched.margin)
         sized = full_size_maps(model.particles, rot, shift, *args)
         if sized is None:
             now = maps_at_box(model.particles, rot, shift, halves, model.box, model.device, model.symmetry)
@@ -154,4 +158,4 @@ def write_final_maps(
         "working_voxel_size": model.particles.pixel_size,
         "local_refinement": refinement,
     }
-    return info, FullSizeMaps(full, half_a, half_b, box, voxel), (rot, shift)
+    return info, FullSizeMaps(full, half_a, half_b, box, voxel), (rot, shift), mates

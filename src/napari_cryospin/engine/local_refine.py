@@ -352,21 +352,23 @@ def refine_locally(
     return Refined(rot, shift, {"rounds": rounds, "box": target, "stopped": stopped})
 
 
-def load_rounds(saved: Path | None, key: str) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
-    """The poses and rounds (a dict of numbers each) saved in ``saved`` when it holds them from the start
-    ``key``."""
+def load_rounds(saved: Path | None, key: str, *arrays: str) -> tuple | None:
+    """(rotations, shifts, rounds, then the named ``arrays``): the poses and rounds (a dict of numbers each)
+    saved in ``saved`` when it holds them, and every named array, from the start ``key``."""
     if saved is None or not saved.exists():
         return None
     with np.load(saved, allow_pickle=False) as f:
-        if str(f["key"]) != key:
+        if str(f["key"]) != key or any(name not in f for name in arrays):
             return None
         names = f["round_keys"].tolist()
         rounds = [dict(zip(names, row, strict=True)) for row in f["rounds"].tolist()]
-        return f["rotations"], f["shifts"], rounds
+        return f["rotations"], f["shifts"], rounds, *(f[name] for name in arrays)
 
 
-def save_rounds(saved: Path, key: str, rot: np.ndarray, shift: np.ndarray, rounds: list[dict]) -> None:
-    """Record the rounds done and the poses after the last, under the start ``key``."""
+def save_rounds(
+    saved: Path, key: str, rot: np.ndarray, shift: np.ndarray, rounds: list[dict], **arrays: np.ndarray
+) -> None:
+    """Record the rounds done, the poses after the last and any other ``arrays``, under the start ``key``."""
     names = list(rounds[0])
     save_npz(
         saved,
@@ -375,6 +377,7 @@ def save_rounds(saved: Path, key: str, rot: np.ndarray, shift: np.ndarray, round
         shifts=shift,
         round_keys=np.array(names),
         rounds=np.array([[r[n] for n in names] for r in rounds], dtype=np.float64),
+        **arrays,
     )
 
 

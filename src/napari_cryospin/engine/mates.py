@@ -16,7 +16,7 @@ margin is the log-likelihood (nats) of the pose over its best mate, in the units
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -211,6 +211,17 @@ class MateCheck:
     group: str = "C1"  # the detected point group whose mates are not counted
     symmetry_share: float = 0.0  # the share of the mate tests left out as symmetry mates
     counted: np.ndarray | None = None  # (n,) bool: the particles the shares count (None: all)
+    operators: np.ndarray | None = None  # (G, 3, 3) the detected group's other than the identity
+    checked_again: int = 0  # particles whose margin is the final search's (:meth:`after_search`)
+
+    def after_search(self, searched: np.ndarray, margin: np.ndarray) -> MateCheck:
+        """The check with the margins (n,) nats that the search of the particles in doubt measured for the
+        poses it left (``doubtful_poses.search_batch``: over its best distant pose) in place of these, where
+        ``searched`` (n,) bool: the run's verdict and poses.star then judge the poses the run writes."""
+        new_margin, mate = self.margin.copy(), self.mate.copy()
+        new_margin[searched] = margin[searched]
+        mate[searched] = MATE_NAMES.index("a distant pose")
+        return replace(self, margin=new_margin, mate=mate, checked_again=int(searched.sum()))
 
     @property
     def as_good(self) -> np.ndarray:
@@ -243,6 +254,7 @@ class MateCheck:
             "median_margin_nats": float(np.nanmedian(self.margin)) if finite.any() else None,
             "symmetry_group": self.group,
             "symmetry_mates_left_out": self.symmetry_share,
+            "checked_after_search": self.checked_again,
             "per_mate": {
                 name: float((as_good & (mate == i)).mean()) if as_good.size else 0.0
                 for i, name in enumerate(MATE_NAMES)
@@ -325,4 +337,4 @@ def check_mates(
     margin = out[:, 0].numpy().copy()
     margin[~np.isfinite(margin)] = np.nan
     share = float(out[:, 2].sum()) / (model.n * len(TWOFOLD_NAMES))
-    return MateCheck(margin, out[:, 1].numpy().astype(np.int64), group, share, counted)
+    return MateCheck(margin, out[:, 1].numpy().astype(np.int64), group, share, counted, operators)

@@ -223,13 +223,13 @@ def write_results(model: RunModel, out: Path) -> FinalReport:
     halves = model.halves.cpu().numpy()
     kept = np.ones(model.n, bool) if keep is None else keep
     log.info("writing full-size maps…")
-    sizes, maps, (rot, shift) = write_final_maps(
+    sizes, maps, (rot, shift), mates = write_final_maps(
         model,
         out,
         (full, half_a, half_b),
         [np.flatnonzero((halves == c) & kept) for c in (0, 1)],
         (rot, shift),
-        mates.margin,
+        mates,
     )
     columns = {**scores, **junk.columns(), **mates.columns()}
     write_poses_star(out / "poses.star", model.particles, rot, shift, columns)
