@@ -26,7 +26,7 @@ from napari_cryospin.engine.mates import (
     turned_by_operator,
 )
 from napari_cryospin.engine.outputs import write_results
-from napari_cryospin.engine.run_results import read_run
+from napari_cryospin.engine.run_results import MATE_MARGIN_COLUMN, read_run
 from napari_cryospin.geometry.rotations import axis_angle_to_matrix, geodesic_distance, random_rotations
 from napari_cryospin.geometry.symmetry import group_operators
 from napari_cryospin.model.search import SoftAssignment, insert_weighted
@@ -112,10 +112,22 @@ def test_mate_check_finds_planted_flips(tiny_engine, tmp_path):
         found = check_mates(tiny_engine.model)
         assert found.as_good[which].mean() > 0.9
         assert abs(found.as_good.mean() - PLANTED) < 0.1
-        tiny_engine.out = tmp_path
-        write_results(tiny_engine.model, tiny_engine.out)
+        config = tiny_engine.model.config
+        config.local_refine = "off"  # the check as made: no search of the particles in doubt after it
+        write_results(tiny_engine.model, tmp_path)
+        config.local_refine = "auto"  # the search brings the flips back and checks the poses it leaves
+        (tmp_path / "searched").mkdir()
+        write_results(tiny_engine.model, tmp_path / "searched")
     finally:
         tiny_engine.model.poses.reseed(torch.arange(tiny_engine.model.n), *saved)
+    searched = json.loads((tmp_path / "searched" / "metrics.json").read_text())["final"]
+    table = load_particles(tmp_path / "searched" / "poses.star").table
+    in_doubt = searched["maps"]["local_refinement"]["doubtful"]["searched"]
+    kept = table["rlnParticleSelectZScore"].to_numpy() <= Z_JUNK  # junk is never searched
+    assert searched["mates"]["checked_after_search"] == in_doubt >= 0.9 * kept[which].sum()
+    share = np.mean(table[MATE_MARGIN_COLUMN].to_numpy()[kept] <= 1.0)
+    assert abs(searched["mates"]["fraction_as_good"] - share) < 1e-9  # the search's margins count
+    assert searched["mates"]["fraction_as_good"] < 0.5 * found.as_good[kept].mean()
     final = json.loads((tmp_path / "metrics.json").read_text())["final"]
     kept = load_particles(tmp_path / "poses.star").table["rlnParticleSelectZScore"].to_numpy() <= Z_JUNK
     assert final["mates"]["particles_counted"] == kept.sum()  # the particles not scored as junk
