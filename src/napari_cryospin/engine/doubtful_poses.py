@@ -129,21 +129,18 @@ class Searched:
 
 
 def _refined(
-    grid: torch.Tensor,
-    spectrum: torch.Tensor,
-    ctf: torch.Tensor,
-    k: torch.Tensor,
-    box: int,
+    scored: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int],
     pose: tuple[torch.Tensor, torch.Tensor],
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Poses (rotations (B, 3, 3), shifts (B, 2) px) refined in the BALLS one after the other: (rotations,
-    shifts, scores)."""
+    shifts, scores). ``scored``: the Hartley grid, the images' spectra and CTFs (B, P), the frequencies
+    (P, 2) and the box, as :func:`best_local_poses` takes them."""
     rot, shift = pose
-    fine = shift_grid(0.5, 0.25, grid.device)
+    device = scored[0].device
+    fine = shift_grid(0.5, 0.25, device)
     for i, (deg, points) in enumerate(BALLS):
-        turns = ball(deg, seed + i, grid.device, points)
-        rot, shift, score = best_local_poses(grid, spectrum, ctf, k, box, rot, shift, turns, fine)
+        rot, shift, score = best_local_poses(*scored, rot, shift, ball(deg, seed + i, device, points), fine)
     return rot, shift, score
 
 
@@ -190,7 +187,7 @@ def search_batch(
     top = scores.topk(TOP_K, dim=0).indices.T  # (B, K)
     cand = (rotations[top].reshape(-1, 3, 3), offsets[which.T.gather(1, top)].reshape(-1, 2))
     many = (grid, spectrum.repeat_interleave(TOP_K, 0), ctf.repeat_interleave(TOP_K, 0), k, box)
-    cand_rot, cand_shift, found = _refined(*many, cand, seed)
+    cand_rot, cand_shift, found = _refined(many, cand, seed)
     found = found.reshape(b, TOP_K)
     best = found.argmax(1)
     ar = torch.arange(b, device=device)
@@ -205,7 +202,7 @@ def search_batch(
     ops = np.zeros((0, 3, 3)) if mates_of is None else mates_of
     distant, exists = _best_distant(scores, rotations, end_rot, ops)
     rival = (rotations[distant], offsets[which[distant, ar]])
-    rival_score = _refined(grid, spectrum, ctf, k, box, rival, seed)[2]
+    rival_score = _refined((grid, spectrum, ctf, k, box), rival, seed)[2]
     score = torch.maximum(found[ar, best], now).clamp_min(0)
     margin = (score**2 - rival_score.clamp_min(0) ** 2) / 2
     return end_rot, end_shift, torch.where(exists, margin, torch.full_like(margin, float("nan")))
