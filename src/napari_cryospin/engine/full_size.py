@@ -98,9 +98,8 @@ def write_final_maps(
     auto`` the poses are refined first (``engine/local_refine.py``: beyond the working box where it limits the
     map, else at it), the particles whose margin in the mate check ``mates`` puts their pose in doubt are
     searched again over every rotation (``engine/doubtful_poses.py``; their margins then the search's), and
-    the maps made again from the poses. The
-    maps are the stored box's when the engine worked on cropped images, and the working-box map is then
-    kept as volume_working.mrc.
+    the maps made again from the poses. The maps are the stored box's when the engine worked on cropped
+    images, and the working-box map is then kept as volume_working.mrc.
     """
     rot, shift = poses
     args = (halves, model.device, model.symmetry)
