@@ -6,9 +6,10 @@ left out, so the grid does not favour it) are scored by normalised correlation o
 of the true map with the image at the true shift; the floor is the distance of the best one from the truth.
 A run cannot be expected to beat it: no map is better than the true one.
 With ``--distant G`` it also says how many particles no map can pose: the best of ``G`` uniform rotations
-≥ 90° from the truth (the five best each refined in an 8° ball) is compared with the best near the truth;
-where it correlates better, even the true map puts the particle on a distant pose (a pseudo-symmetric mate,
-or too little signal; for asymmetric particles only, as a symmetric one's mates fit by construction).
+≥ ``--distant-deg`` (90) from the truth (the five best each refined in an 8° ball) is compared with the best
+near the truth; where it correlates better, even the true map puts the particle on a distant pose (a
+pseudo-symmetric mate, or too little signal; for asymmetric particles only, as a symmetric one's mates fit
+by construction).
 ``--whiten`` weighs frequencies by the stack's measured noise, as the engine does.
 ``--reference known-half`` scores against the best map a gold-standard run could hold instead of the true
 map: the backprojection, at their true poses, of half the other particles (the probed ones left out, so no
@@ -16,7 +17,7 @@ image meets its own noise). Its floor is what a run's pose error can be compared
 that backprojection imposes the group, as a run with ``--symmetry`` does (the near search is within one
 asymmetric unit for any group whose mates are further apart than the ball).
 Usage: ``python bench/pose_floor.py SET_DIR [SET_DIR ...] [--n 300] [--ball 12] [--candidates 2000]
-[--distant 20000] [--whiten] [--reference true|known-half] [--symmetry C1]``
+[--distant 20000] [--distant-deg 90] [--whiten] [--reference true|known-half] [--symmetry C1]``
 (SET_DIR: ``truth.star`` + ``truth_volume.mrc``, or ribosome70s's ``truth/`` layout; the first n images
 not listed in its ``junk.npy``). Prints one table.
 """
@@ -63,13 +64,15 @@ def _best_distant(
     obs: torch.Tensor,
     ctf: torch.Tensor,
     refine: torch.Tensor,
+    distant_deg: float = 90.0,
     top: int = 5,
 ) -> torch.Tensor:
-    """Best correlation (B,) of a pose ≥ 90° from each true rotation ``rot`` (B, 3, 3): the ``top`` best of
-    the uniform ``grid`` (G, 3, 3) (slices (G, P)), each refined over ``refine`` (R, 3, 3) around it."""
+    """Best correlation (B,) of a pose ≥ ``distant_deg`` from each true rotation ``rot`` (B, 3, 3): the
+    ``top`` best of the uniform ``grid`` (G, 3, 3) (slices (G, P)), each refined over ``refine`` (R, 3, 3)
+    around it."""
     scores = ((obs * ctf) @ grid_slices.T) / ((ctf**2) @ (grid_slices**2).T).sqrt().clamp_min(1e-12)
     trace = torch.einsum("bij,gij->bg", rot, grid)  # tr(Rᵀ·G) = 1 + 2·cos(angle between R and G)
-    scores[trace > 1] = -np.inf  # nearer than 90°
+    scores[trace > 1 + 2 * np.cos(np.radians(distant_deg))] = -np.inf  # nearer than distant_deg
     picks = grid[scores.topk(top, dim=1).indices]  # (B, top, 3, 3)
     cand = (picks[:, :, None] @ refine[None, None]).reshape(len(rot), -1, 3, 3)
     return _ncc(vol.slices(cand, k, 0) * ctf[:, None], obs).max(1).values
@@ -86,10 +89,12 @@ def pose_floor(
     batch: int = 16,
     reference: str = "true",
     symmetry: str = "C1",
+    distant_deg: float = 90.0,
 ) -> dict:
     """Median / mean angle (°) of each particle's best-correlating rotation near the truth, the share within
     3°, the angle of the candidate nearest to the truth (the grid's resolution) and the share at the edge;
-    with ``distant`` > 0, the share whose best pose ≥ 90° away correlates better than the best near.
+    with ``distant`` > 0, the share whose best pose ≥ ``distant_deg`` away correlates better than the best
+    near.
     ``reference``: "true" (the true map) or "known-half" (see the module doc), imposing ``symmetry``."""
     truth = load_truth(folder)  # the stack read with its detected polarity
     particles, volume = truth.particles, truth.volume
@@ -126,7 +131,10 @@ def pose_floor(
         near = _ncc(model, obs)
         best.append(angle[near.argmax(1)])
         if distant:
-            far.append(_best_distant(vol, k, grid, grid_slices, rot, obs, b.ctf, refine) > near.max(1).values)
+            far.append(
+                _best_distant(vol, k, grid, grid_slices, rot, obs, b.ctf, refine, distant_deg)
+                > near.max(1).values
+            )
     err = torch.cat(best).numpy()
     return {
         "set": folder.name,
@@ -150,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=300, help="particles per set (the first n)")
     p.add_argument("--ball", type=float, default=12.0, help="degrees around the truth searched")
     p.add_argument("--candidates", type=int, default=2000)
-    p.add_argument("--distant", type=int, default=0, help="uniform rotations searched ≥ 90° away (0: none)")
+    p.add_argument("--distant", type=int, default=0, help="uniform rotations searched far away (0: none)")
+    p.add_argument("--distant-deg", type=float, default=90.0, help="how far (°) a distant pose is at least")
     p.add_argument("--whiten", action="store_true", help="weigh frequencies by the measured noise")
     p.add_argument(
         "--reference",
@@ -161,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symmetry", default="C1", help="point group the known-pose half map imposes")
     args = p.parse_args(argv)
     if args.distant and args.symmetry.upper() != "C1":
-        p.error("--distant compares with poses ≥ 90° away: for asymmetric particles only")
+        p.error("--distant compares with poses far away: for asymmetric particles only")
     print(
         "| set | reference | n | box | Å/px | floor median ° | floor mean ° | ≤ 3° | nearest candidate ° | "
         "at edge | distant pose wins |"
@@ -177,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             args.whiten,
             reference=args.reference,
             symmetry=args.symmetry,
+            distant_deg=args.distant_deg,
         )
         wins = "—" if r["distant_wins"] is None else f"{r['distant_wins']:.1%}"
         print(
