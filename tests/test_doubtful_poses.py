@@ -102,8 +102,10 @@ def test_a_move_to_a_symmetry_mate_is_not_a_move_to_another_basin():
     axis_angles = [[0, 0, 2 * np.pi / 5], [0, 0, 0.1], [0.0, 1.2, 0], [1.0, 0, 0]]
     turns = axis_angle_to_matrix(torch.tensor(axis_angles))
     end = turns.double().numpy() @ start  # a C5 mate, 6° off, 69° off, 57° off
-    assert doubtful_poses._moved(start, end, None) == 3
-    assert doubtful_poses._moved(start, end, group_operators("C5")) == 2
+    np.testing.assert_array_equal(doubtful_poses.moved_basin(start, end, None), [True, False, True, True])
+    np.testing.assert_array_equal(
+        doubtful_poses.moved_basin(start, end, group_operators("C5")), [False, False, True, True]
+    )
 
 
 def test_a_run_with_no_particle_in_doubt_searches_nothing(stack):
@@ -149,10 +151,24 @@ def test_the_mate_check_takes_the_margins_the_search_measured_for_the_poses_it_l
     check = MateCheck(margin, np.array([0, 1, 2, 3, 4, 5]), counted=np.array([1, 1, 1, 1, 1, 0], bool))
     assert check.share() == pytest.approx(3 / 5)
     searched = np.array([True, True, False, False, False, True])
-    after = check.after_search(searched, np.array([25.0, 0.4, np.nan, np.nan, np.nan, 3.0]))
+    moved = np.ones(6, bool)
+    after = check.after_search(searched, np.array([25.0, 0.4, np.nan, np.nan, np.nan, 3.0]), moved)
     np.testing.assert_array_equal(after.margin[[0, 1, 5]], [25.0, 0.4, 3.0])
     np.testing.assert_array_equal(after.margin[[2, 3]], [30.0, 0.1])  # not searched: as checked before
     assert np.isnan(after.margin[4])
     assert after.share() == pytest.approx(2 / 5) and after.summary()["checked_after_search"] == 3
     assert after.mate[1] == MATE_NAMES.index("a distant pose") and after.mate[3] == 3
     np.testing.assert_array_equal(check.margin[[0, 1]], [0.5, 0.2])  # the first check is left as it was
+
+
+def test_a_searched_particle_left_on_its_basin_keeps_the_lower_of_the_two_margins():
+    # the search chose the pose it checks with the same image: alone, its margin is biased upward
+    margin = np.array([0.5, 0.2, 30.0, 4.0, 0.3])
+    check = MateCheck(margin, np.array([0, 1, 2, 3, 4]))
+    searched = np.array([True, True, False, True, True])
+    moved = np.array([True, False, False, False, False])
+    after = check.after_search(searched, np.array([25.0, 12.0, np.nan, 2.0, np.nan]), moved)
+    np.testing.assert_array_equal(after.margin, [25.0, 0.2, 30.0, 2.0, 0.3])
+    distant = MATE_NAMES.index("a distant pose")
+    np.testing.assert_array_equal(after.mate, [distant, 1, 2, distant, 4])  # whose margin stands, its mate
+    assert after.share() == pytest.approx(2 / 5)  # by the search's margins alone: none

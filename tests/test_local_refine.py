@@ -135,7 +135,7 @@ def test_the_final_maps_are_made_from_the_refined_poses_and_say_so(box64, tmp_pa
     small = np.zeros((32, 32, 32), np.float32)
     poses = (working.rotations.astype(np.float32), working.shifts.astype(np.float32))
     margin = np.full(len(working), 100.0)
-    margin[[0, 1, 2]] = 0.0  # in doubt: searched over every rotation after the rounds
+    margin[[0, 1, 2]] = 5.0  # in doubt: searched over every rotation after the rounds
     mates = MateCheck(margin, np.zeros(len(working), np.int64))
     info, maps, (rot, _), checked = write_final_maps(
         model, tmp_path, (small, small, small), members, poses, mates
@@ -144,6 +144,7 @@ def test_the_final_maps_are_made_from_the_refined_poses_and_say_so(box64, tmp_pa
     assert refined["box"] > 32 and len(refined["rounds"]) >= 1
     assert refined["doubtful"]["searched"] == 3 and (tmp_path / "doubtful_poses.npz").exists()
     assert checked.checked_again == 3 and (checked.margin[:3] > AS_GOOD_NATS).all(), checked.margin[:3]
+    assert (checked.margin[:3] <= 5.0).all()  # right, not moved: the lower of the two checks' margins
     np.testing.assert_array_equal(checked.margin[3:], margin[3:])
     assert not np.array_equal(rot, poses[0]) and rot.shape == poses[0].shape
     assert maps.box == 64 and (tmp_path / local_refine.SAVED).exists()

@@ -118,14 +118,16 @@ def _grid_scores(
 @dataclass
 class Searched:
     """The search's poses, rotations (n, 3, 3) and shifts (n, 2, px of the working box), its report, which
-    particles it searched (n,) bool, and the margin (n,) nats of each searched particle's pose over its best
-    distant pose (NaN where not searched, or where every distant pose is a symmetry mate)."""
+    particles it searched (n,) bool, the margin (n,) nats of each searched particle's pose over its best
+    distant pose (NaN where not searched, or where every distant pose is a symmetry mate), and which
+    particles it moved to another basin (n,) bool."""
 
     rotations: np.ndarray
     shifts: np.ndarray
     report: dict
     searched: np.ndarray
     margin: np.ndarray
+    moved: np.ndarray
 
 
 def _refined(
@@ -251,7 +253,8 @@ def search_doubtful(
     if resumed is not None:
         rot, shift, (report,), found_margin = resumed
         counts = {name: int(report[name]) for name in ("searched", "moved", "passes")}
-        return Searched(rot, shift, {**report, **counts}, searched, found_margin)
+        moved = moved_basin(poses[0], rot, operators)
+        return Searched(rot, shift, {**report, **counts}, searched, found_margin, moved)
     t0 = time.perf_counter()
     rot, shift = poses[0].copy(), poses[1].copy()
     found_margin = np.full(len(rot), np.nan)
@@ -279,20 +282,21 @@ def search_doubtful(
                 seed,
                 mates_of,
             )
-    moved = _moved(poses[0], rot, operators)
-    report = {"searched": n_searched, "moved": moved, "passes": passes, "wall_s": time.perf_counter() - t0}
+    moved = moved_basin(poses[0], rot, operators)
+    wall = time.perf_counter() - t0
+    report = {"searched": n_searched, "moved": int(moved.sum()), "passes": passes, "wall_s": wall}
     if saved is not None:
         save_rounds(saved, key, rot, shift, [report], margin=found_margin)
-    return Searched(rot, shift, report, searched, found_margin)
+    return Searched(rot, shift, report, searched, found_margin, moved)
 
 
-def _moved(start: np.ndarray, end: np.ndarray, operators: np.ndarray | None) -> int:
-    """How many rotations ``end`` (n, 3, 3) are on another basin than ``start`` (n, 3, 3): further than
-    ``research.FAR_DEG``, and not ``start`` turned by one of the symmetry ``operators`` (G, 3, 3, the
+def moved_basin(start: np.ndarray, end: np.ndarray, operators: np.ndarray | None) -> np.ndarray:
+    """(n,) bool: which rotations ``end`` (n, 3, 3) are on another basin than ``start`` (n, 3, 3): further
+    than ``research.FAR_DEG``, and not ``start`` turned by one of the symmetry ``operators`` (G, 3, 3, the
     identity first, as ``group_operators`` gives them)."""
     turn = torch.as_tensor(end @ np.swapaxes(start, 1, 2), dtype=torch.float64)  # end = turn · start
     ops = np.eye(3)[None] if operators is None else operators
-    return int((~turned_by_operator(turn, ops, FAR_DEG)).sum())
+    return (~turned_by_operator(turn, ops, FAR_DEG)).numpy()
 
 
 def _search_half(

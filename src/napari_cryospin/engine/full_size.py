@@ -135,7 +135,7 @@ def write_final_maps(
             )
             rot, shift = searched.rotations, searched.shifts
             refinement["doubtful"] = searched.report
-            mates = mates.after_search(searched.searched, searched.margin)
+            mates = mates.after_search(searched.searched, searched.margin, searched.moved)
         sized = full_size_maps(model.particles, rot, shift, *args)
         if sized is None:
             now = maps_at_box(model.particles, rot, shift, halves, model.box, model.device, model.symmetry)
