@@ -222,12 +222,10 @@ class MateCheck:
         search chose its pose with the same image, so its margin alone is biased upward (at SNR 0.05 it
         counted 12.6 % of a pseudo-symmetric run's particles, 29.4 % of them > 90° off; the lower, 43 %)."""
         new_margin, mate = self.margin.copy(), self.mate.copy()
-        stayed = searched & ~moved
-        new_margin[searched] = margin[searched]
-        new_margin[stayed] = np.fmin(self.margin[stayed], margin[stayed])
-        old_lower = ~np.isnan(self.margin) & (np.isnan(margin) | (self.margin < margin))
-        first = stayed & old_lower  # the first check's margin stands, and its mate
-        mate[searched & ~first] = MATE_NAMES.index("a distant pose")
+        first_lower = ~np.isnan(self.margin) & (np.isnan(margin) | (self.margin < margin))
+        taken = searched & ~(~moved & first_lower)  # elsewhere the first check's margin stands, and its mate
+        new_margin[taken] = margin[taken]
+        mate[taken] = MATE_NAMES.index("a distant pose")
         return replace(self, margin=new_margin, mate=mate, checked_again=int(searched.sum()))
 
     @property
